@@ -1,0 +1,90 @@
+"""Whisper log-mel front end in numpy (no torch), equal to transformers' WhisperFeatureExtractor.
+
+Recipe (REFERENCE.md §3): 16 kHz mono, pad/trim to 30 s, periodic Hann(400), centred STFT with reflect
+padding, hop 160, drop the last frame, |X|^2, Slaney mel filterbank 0-8 kHz, log10(max(x, 1e-10)),
+floor at (max - 8) per clip, (x + 4) / 4.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_SECONDS = 30
+CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480 000
+CHUNK_FRAMES = CHUNK_SAMPLES // HOP_LENGTH  # 3000
+MIN_TRIM_FRAMES = 100  # 1 s: the shortest input the "trim" policy hands to the encoder
+
+
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    # Slaney scale: linear below 1 kHz, logarithmic above (librosa htk=False).
+    freq = np.asarray(freq, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    mels = freq / f_sp
+    log_region = freq >= min_log_hz
+    mels = np.where(log_region, min_log_hz / f_sp + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep, mels)
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Slaney-normalised triangular filters, shape [n_freqs, n_mels] (float64, read-only)."""
+    fft_freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    mel_points = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(8000.0), n_mels + 2))
+    fdiff = np.diff(mel_points)
+    slopes = mel_points[None, :] - fft_freqs[:, None]  # [n_freqs, n_mels + 2]
+    down = -slopes[:, :-2] / fdiff[:-1]
+    up = slopes[:, 2:] / fdiff[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    filters *= (2.0 / (mel_points[2:] - mel_points[:-2]))[None, :]
+    filters.setflags(write=False)
+    return filters
+
+
+@lru_cache(maxsize=1)
+def _periodic_hann(n: int = N_FFT) -> np.ndarray:
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    window.setflags(write=False)
+    return window
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, pad_to_seconds: float | None = CHUNK_SECONDS) -> np.ndarray:
+    """Log-mel features [n_mels, frames] (float32) of one 16 kHz mono clip.
+
+    With ``pad_to_seconds=30`` (the default and the paper's input) the clip is zero-padded or cut to
+    30 s and 3000 frames come back. ``None`` keeps the clip's own length (frames = len // 160).
+    """
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if pad_to_seconds is not None:
+        n = int(round(pad_to_seconds * SAMPLE_RATE))
+        audio = audio[:n] if audio.size >= n else np.pad(audio, (0, n - audio.size))
+    if audio.size < N_FFT // 2 + 1:
+        raise ValueError(f"audio too short for an STFT: {audio.size} samples (need > {N_FFT // 2})")
+    padded = np.pad(audio.astype(np.float64), N_FFT // 2, mode="reflect")
+    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
+    )
+    spectrum = np.fft.rfft(frames * _periodic_hann(N_FFT), axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2  # [frames, n_freqs]
+    mel = power[:-1] @ mel_filterbank(n_mels)  # drop the last frame, as Whisper does
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).T.astype(np.float32)
+
+
+def trim_frames(n_samples: int) -> int:
+    """Frames the "trim" policy keeps for a clip of n_samples: those holding audio, even, 1 s to 30 s."""
+    frames = -(-n_samples // HOP_LENGTH)
+    frames += frames % 2  # the encoder's stride-2 conv halves it
+    return int(min(CHUNK_FRAMES, max(MIN_TRIM_FRAMES, frames)))

