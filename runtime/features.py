@@ -80,7 +80,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, pad_to_seconds: flo
     mel = power[:-1] @ mel_filterbank(n_mels)  # drop the last frame, as Whisper does
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).T.astype(np.float32)
+    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
 
 
 def trim_frames(n_samples: int) -> int:
@@ -88,3 +88,46 @@ def trim_frames(n_samples: int) -> int:
     frames = -(-n_samples // HOP_LENGTH)
     frames += frames % 2  # the encoder's stride-2 conv halves it
     return int(min(CHUNK_FRAMES, max(MIN_TRIM_FRAMES, frames)))
+
+
+CLIP_POLICIES = ("pad", "trim")
+MIN_WINDOW_SAMPLES = SAMPLE_RATE  # a trailing partial window shorter than 1 s adds noise, not content
+
+
+def clip_features(audio: np.ndarray, n_mels: int, policy: str) -> np.ndarray:
+    """Encoder input for one <= 30 s window under a clip policy.
+
+    ``pad``: the paper's input, log-mel of the window padded to 30 s (3000 frames). ``trim``: the same
+    features cut to ``trim_frames`` -- a prefix of the padded ones (same per-clip log floor), never
+    re-padded, so results do not depend on how inputs are batched.
+    """
+    if policy not in CLIP_POLICIES:
+        raise ValueError(f"unknown clip policy {policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
+    mel = log_mel_spectrogram(audio, n_mels)
+    if policy == "trim":
+        mel = np.ascontiguousarray(mel[:, : trim_frames(audio.size)])
+    return mel
+
+
+def iter_windows(blocks, hop_samples: int = CHUNK_SAMPLES, window_samples: int = CHUNK_SAMPLES,
+                 min_samples: int = MIN_WINDOW_SAMPLES):
+    """Split a stream of 16 kHz blocks into 30 s windows starting every ``hop_samples``.
+
+    Windowing stops at the first window that reaches the end of the audio. That last window may be
+    partial; it is kept if it holds >= ``min_samples`` or is the only window. Holds at most one window
+    plus one block, whatever the stream's length.
+    """
+    if not 0 < hop_samples <= window_samples:
+        raise ValueError(f"window hop must be in (0, {window_samples / SAMPLE_RATE:g} s], "
+                         f"got {hop_samples / SAMPLE_RATE:g} s")
+    buffer = np.zeros(0, np.float32)
+    emitted = False
+    for block in blocks:
+        buffer = np.concatenate([buffer, block]) if buffer.size else block
+        # Strictly more than a window: only then is it certain this window does not reach the end.
+        while buffer.size > window_samples:
+            yield buffer[:window_samples].copy()
+            emitted = True
+            buffer = buffer[hop_samples:]
+    if buffer.size and (buffer.size >= min_samples or not emitted):
+        yield buffer.copy()

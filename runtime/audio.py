@@ -1,0 +1,174 @@
+"""Audio decoding: files (anything libsndfile reads) or (array, sample_rate) pairs -> 16 kHz mono float32.
+
+Audio is produced as a stream of blocks so an hours-long file never sits in memory whole: files are read
+``BLOCK_FRAMES`` frames at a time, down-mixed (mean over channels) and resampled with a streaming soxr
+resampler. In-memory arrays go through the same path, so a file and the array read from it give the
+same samples.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from wavlink_edge.runtime.errors import AudioInputError
+from wavlink_edge.runtime.features import SAMPLE_RATE
+
+# 2**18 frames: 16 s at 16 kHz, 2.7 s at 96 kHz; 6 MB for 6-channel float32 -- bounded whatever the file.
+BLOCK_FRAMES = 1 << 18
+MAX_CHANNELS = 64
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+# libsndfile reports exact frame counts for these; fewer frames read than announced means truncation.
+# (MP3 lengths are estimates, so a short read there is not an error.)
+EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "CAF", "AU", "OGG"}
+
+AudioInput = Union[str, os.PathLike, tuple]
+
+
+def describe_source(item: object, index: int) -> str:
+    """A short, stable name for an input item, used in results and error messages."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, tuple) and len(item) == 2:
+        array, rate = item
+        shape = getattr(array, "shape", None)
+        return f"array[{index}] (shape {shape}, {rate} Hz)" if shape is not None else f"array[{index}]"
+    return f"input[{index}] ({type(item).__name__})"
+
+
+def iter_audio_blocks(item: AudioInput, source: str | None = None) -> Iterator[np.ndarray]:
+    """16 kHz mono float32 blocks of one input item; raises AudioInputError naming it when unusable."""
+    source = source or describe_source(item, 0)
+    # A generator throughout, so every problem surfaces on iteration, where callers handle item errors.
+    if isinstance(item, (str, os.PathLike)):
+        yield from _file_blocks(Path(item), source)
+    elif isinstance(item, tuple) and len(item) == 2:
+        yield from _array_blocks(item[0], item[1], source)
+    else:
+        raise AudioInputError(f"{source}: expected a file path or an (array, sample_rate) pair")
+
+
+def decode_audio(item: AudioInput) -> np.ndarray:
+    """The whole item as one 16 kHz mono float32 array (convenience for short clips; not for long files)."""
+    return np.concatenate(list(iter_audio_blocks(item)))
+
+
+class _MonoResampler:
+    """Down-mix + streaming resample to 16 kHz; counts output samples and checks they are finite."""
+
+    def __init__(self, rate: int, source: str):
+        self.source = source
+        self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+        self.samples_in = 0
+
+    def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """block: float32 [frames, channels]."""
+        if block.size and not np.isfinite(block).all():
+            bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise AudioInputError(f"{self.source}: NaN or Inf sample at frame {self.samples_in + bad}")
+        self.samples_in += block.shape[0]
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        if self.stream is None:
+            return np.ascontiguousarray(mono, dtype=np.float32)
+        return self.stream.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32), last=last)
+
+
+def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
+    if not path.exists():
+        raise AudioInputError(f"{source}: file not found")
+    if not path.is_file():
+        raise AudioInputError(f"{source}: not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioInputError(f"{source}: empty file (0 bytes)")
+    try:
+        handle = sf.SoundFile(path)
+    except Exception as exc:  # libsndfile's errors are RuntimeError/LibsndfileError/TypeError depending on version
+        raise AudioInputError(f"{source}: not a readable audio file ({_sf_reason(exc)})") from None
+    with handle:
+        rate, channels, announced, container = handle.samplerate, handle.channels, handle.frames, handle.format
+        _check_rate_and_channels(rate, channels, source)
+        resampler = _MonoResampler(rate, source)
+        while True:
+            try:
+                block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise AudioInputError(
+                    f"{source}: decoding failed after {resampler.samples_in} frames ({_sf_reason(exc)})") from None
+            if block.shape[0] == 0:
+                break
+            out = resampler.process(block)
+            if out.size:
+                yield out
+    if resampler.samples_in == 0:
+        raise AudioInputError(f"{source}: no audio samples (0 frames)")
+    if resampler.samples_in < announced and container in EXACT_LENGTH_FORMATS:
+        raise AudioInputError(f"{source}: truncated file: header announces {announced} frames, "
+                              f"only {resampler.samples_in} could be read")
+    tail = resampler.process(np.zeros((0, 1), np.float32), last=True)
+    if tail.size:
+        yield tail
+
+
+def _array_blocks(array: object, rate: object, source: str) -> Iterator[np.ndarray]:
+    rate = _check_rate_value(rate, source)
+    samples = _as_samples_by_channels(array, source)
+    _check_rate_and_channels(rate, samples.shape[1], source)
+    if samples.shape[0] == 0:
+        raise AudioInputError(f"{source}: no audio samples (0 frames)")
+    resampler = _MonoResampler(rate, source)
+    n = samples.shape[0]
+    for start in range(0, n, BLOCK_FRAMES):
+        block = _pcm_to_float32(samples[start:start + BLOCK_FRAMES])
+        out = resampler.process(block, last=start + BLOCK_FRAMES >= n)
+        if out.size:
+            yield out
+
+
+def _check_rate_value(rate: object, source: str) -> int:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer, float, np.floating)):
+        raise AudioInputError(f"{source}: sample rate must be a number, got {type(rate).__name__}")
+    if not np.isfinite(rate) or float(rate) != int(rate):
+        raise AudioInputError(f"{source}: sample rate must be a whole number of Hz, got {rate!r}")
+    return int(rate)
+
+
+def _check_rate_and_channels(rate: int, channels: int, source: str) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioInputError(f"{source}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioInputError(f"{source}: {channels} channels (expected 1..{MAX_CHANNELS}; arrays are "
+                              "[samples] or [samples, channels] -- transpose a [channels, samples] array)")
+
+
+def _as_samples_by_channels(array: object, source: str) -> np.ndarray:
+    try:
+        samples = np.asarray(array)
+    except Exception as exc:
+        raise AudioInputError(f"{source}: not an array ({exc})") from None
+    if samples.dtype.kind not in "iuf":
+        raise AudioInputError(f"{source}: audio dtype {samples.dtype} is not integer or float PCM")
+    if samples.ndim == 1:
+        return samples[:, None]
+    if samples.ndim == 2:
+        return samples
+    raise AudioInputError(f"{source}: audio must be 1-D [samples] or 2-D [samples, channels], got shape {samples.shape}")
+
+
+def _pcm_to_float32(block: np.ndarray) -> np.ndarray:
+    """Integer PCM to [-1, 1) the way libsndfile scales it; floats pass through unscaled."""
+    if block.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # float64 beyond float32 range becomes Inf and is reported as such
+            return block.astype(np.float32)
+    bits = block.dtype.itemsize * 8
+    scale = np.float64(2.0 ** (bits - 1))
+    offset = scale if block.dtype.kind == "u" else 0.0  # unsigned PCM (e.g. 8-bit WAV) is centred on 2**(bits-1)
+    return ((block.astype(np.float64) - offset) / scale).astype(np.float32)
+
+
+def _sf_reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,128 @@
+"""Inference sessions: the ONNX Runtime wrapper, execution-provider choice, and the TensorRT backend hook.
+
+Every backend session has the same surface: ``run(feeds: dict[str, np.ndarray]) -> np.ndarray`` (the
+first output) and ``providers`` (what actually runs it). ORT sessions allow concurrent ``run`` calls,
+and the wrapper keeps no per-call state, so one instance serves many threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
+from wavlink_edge.runtime.registry import ArtifactSpec, ExportManifest
+
+log = logging.getLogger("wavlink_edge.runtime")
+
+TENSORRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+PROVIDER_PREFERENCE = (TENSORRT_EP, CUDA_EP, CPU_EP)
+ACCELERATED_EPS = (TENSORRT_EP, CUDA_EP)
+BACKENDS = ("onnxruntime", "tensorrt")
+
+ProviderSpec = Union[str, tuple]  # "NameExecutionProvider" or (name, options) as ORT takes them
+
+
+def tensorrt_provider_options(cache_dir: Path, fp16: bool) -> dict:
+    """Engine and timing caches on: building a TRT engine takes minutes, reusing one takes a second."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_fp16_enable": bool(fp16),
+    }
+
+
+def trt_cache_dir(export_dir: Path) -> Path:
+    """<export>/trt_cache, or a per-user cache when the export directory is read-only (installed models)."""
+    preferred = export_dir / "trt_cache"
+    if os.access(export_dir, os.W_OK) or preferred.is_dir():
+        return preferred
+    key = hashlib.sha256(str(export_dir.resolve()).encode()).hexdigest()[:12]
+    fallback = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wavlink-edge" / "trt_cache" / (
+        f"{export_dir.resolve().name}-{key}")
+    log.info("export directory %s is read-only; TensorRT caches go to %s", export_dir, fallback)
+    return fallback
+
+
+def choose_providers(requested: Sequence[ProviderSpec] | None, fp16: bool, cache_dir: Path) -> list[ProviderSpec]:
+    """The provider list for ORT: ``requested`` if given, else TensorRT -> CUDA -> CPU as this build has them.
+
+    TensorRT entries without options get the engine/timing cache options, so an explicit
+    ``providers=["TensorrtExecutionProvider"]`` still reuses built engines.
+    """
+    available = ort.get_available_providers()
+    if requested:
+        chosen = list(requested)
+        missing = [_provider_name(p) for p in chosen if _provider_name(p) not in available]
+        if missing:
+            raise WavLinkError(f"providers {missing} are not in this onnxruntime build (available: {available}); "
+                               "install onnxruntime-gpu for CUDA/TensorRT")
+        log.info("execution providers as requested: %s", [_provider_name(p) for p in chosen])
+    else:
+        chosen = [name for name in PROVIDER_PREFERENCE if name in available]
+        skipped = [name for name in PROVIDER_PREFERENCE if name not in available]
+        if skipped:
+            log.info("execution providers: %s (not in this onnxruntime build: %s)", chosen, skipped)
+        else:
+            log.info("execution providers: %s", chosen)
+    return [(TENSORRT_EP, tensorrt_provider_options(cache_dir, fp16)) if p == TENSORRT_EP else p for p in chosen]
+
+
+def _provider_name(provider: ProviderSpec) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
+def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
+    return bool(providers) and _provider_name(providers[0]) in ACCELERATED_EPS
+
+
+class OnnxSession:
+    """One ONNX model in an ORT InferenceSession; ``run`` returns the first output."""
+
+    def __init__(self, model: bytes | str | Path, providers: Sequence[ProviderSpec], name: str,
+                 intra_op_threads: int | None = None):
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
+        self.name = name
+        try:
+            self._session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                 providers=list(providers))
+        except Exception as exc:  # ORT raises several Fail/InvalidGraph types; the message is what matters
+            raise WavLinkError(f"{name}: onnxruntime could not load the model: {exc}") from None
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        wanted = [_provider_name(p) for p in providers]
+        self.providers = self._session.get_providers()
+        if wanted and self.providers[0] != wanted[0]:
+            # ORT silently skips a provider whose libraries fail to load (no CUDA driver, TRT missing).
+            log.warning("%s: %s could not be initialised, running on %s", name, wanted[0], self.providers)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run(None, feeds)[0]
+
+
+def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec]):
+    """A session for one tower: ORT from hash-checked bytes, or the TensorRT backend from a checked path."""
+    if backend == "onnxruntime":
+        return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file)
+    if backend == "tensorrt":
+        try:
+            from wavlink_edge.runtime.trt_engine import TensorRTSession
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend='tensorrt' needs the TensorRT Python bindings ({exc}); install 'wavlink-edge[trt]' "
+                "(or JetPack's tensorrt on Jetson), or use backend='onnxruntime' with the "
+                "TensorrtExecutionProvider of onnxruntime-gpu") from None
+        return TensorRTSession(manifest.verified_path(artifact.file))
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
