@@ -119,10 +119,11 @@ def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec,
     if backend == "tensorrt":
         try:
             from wavlink_edge.runtime.trt_engine import TensorRTSession
-        except ImportError as exc:
+
+            return TensorRTSession(manifest.verified_path(artifact.file))
+        except ImportError as exc:  # at import or at construction: tensorrt / CUDA bindings may load lazily
             raise BackendUnavailableError(
                 f"backend='tensorrt' needs the TensorRT Python bindings ({exc}); install 'wavlink-edge[trt]' "
                 "(or JetPack's tensorrt on Jetson), or use backend='onnxruntime' with the "
                 "TensorrtExecutionProvider of onnxruntime-gpu") from None
-        return TensorRTSession(manifest.verified_path(artifact.file))
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
