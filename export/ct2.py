@@ -7,6 +7,7 @@ two PyPI packages. Names are mapped onto the transformers `WhisperEncoder` state
 from __future__ import annotations
 
 import io
+import re
 import struct
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def whisper_encoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np
     out["embed_positions.weight"] = take("encoder/position_encodings/encodings")
     out["layer_norm.weight"] = take("encoder/layer_norm/gamma")
     out["layer_norm.bias"] = take("encoder/layer_norm/beta")
-    n_layers = len({k.split("/")[2] for k in variables if k.startswith("encoder/layer_")})
+    n_layers = len({m.group(1) for k in variables if (m := re.match(r"encoder/layer_(\d+)/", k))})
     for i in range(n_layers):
         src, dst = f"encoder/layer_{i}", f"layers.{i}"
         qkv_w, qkv_b = take(f"{src}/self_attention/linear_0/weight"), take(f"{src}/self_attention/linear_0/bias")

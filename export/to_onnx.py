@@ -74,7 +74,7 @@ def _torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names,
 
 
 def export_audio(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
-    mel = torch.randn(2, model.config.audio.n_mels, 200)
+    mel = torch.randn(2, model.config.audio.n_mels, min(200, 2 * model.config.audio.n_ctx))
     _torch_export(_AudioGraph(model).eval(), (mel,), path, ["input_features"],
                   {"input_features": {0: "batch", 2: "frames"}}, opset)
     return path
@@ -134,8 +134,9 @@ def validate(model: WavLinkModel, out_dir: Path, tokenizer_path: Path) -> dict:
     audio_sess = ort.InferenceSession(str(out_dir / "audio.onnx"), opts, providers=["CPUExecutionProvider"])
     text_sess = ort.InferenceSession(str(out_dir / "text.onnx"), opts, providers=["CPUExecutionProvider"])
     ref, got = [], []
+    max_frames = 2 * model.config.audio.n_ctx  # < 3000 only for test-sized models
     for _, mel in validation_clips(model.config.audio.n_mels):
-        batch = np.stack([mel, mel])  # batch of 2 also checks the dynamic batch axis
+        batch = np.stack([mel[:, :max_frames]] * 2)  # batch of 2 also checks the dynamic batch axis
         with torch.no_grad():
             ref.append(model.audio(torch.from_numpy(batch)).numpy())
         got.append(audio_sess.run(None, {"input_features": batch})[0])
