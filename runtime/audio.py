@@ -18,7 +18,9 @@ import soxr
 from wavlink_edge.runtime.errors import AudioInputError
 from wavlink_edge.runtime.features import SAMPLE_RATE
 
-# 2**18 frames: 16 s at 16 kHz, 2.7 s at 96 kHz; 6 MB for 6-channel float32 -- bounded whatever the file.
+# Reads are at most 10 s and at most 2**18 frames (2.7 s at 96 kHz; 6 MB for 6-channel float32), so the
+# decoder's memory is bounded whatever the file's length, rate or channel count.
+BLOCK_SECONDS = 10
 BLOCK_FRAMES = 1 << 18
 MAX_CHANNELS = 64
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
@@ -92,9 +94,10 @@ def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
         rate, channels, announced, container = handle.samplerate, handle.channels, handle.frames, handle.format
         _check_rate_and_channels(rate, channels, source)
         resampler = _MonoResampler(rate, source)
+        block_frames = _block_frames(rate)
         while True:
             try:
-                block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
             except Exception as exc:
                 raise AudioInputError(
                     f"{source}: decoding failed after {resampler.samples_in} frames ({_sf_reason(exc)})") from None
@@ -120,12 +123,16 @@ def _array_blocks(array: object, rate: object, source: str) -> Iterator[np.ndarr
     if samples.shape[0] == 0:
         raise AudioInputError(f"{source}: no audio samples (0 frames)")
     resampler = _MonoResampler(rate, source)
-    n = samples.shape[0]
-    for start in range(0, n, BLOCK_FRAMES):
-        block = _pcm_to_float32(samples[start:start + BLOCK_FRAMES])
-        out = resampler.process(block, last=start + BLOCK_FRAMES >= n)
+    n, step = samples.shape[0], _block_frames(rate)
+    for start in range(0, n, step):
+        block = _pcm_to_float32(samples[start:start + step])
+        out = resampler.process(block, last=start + step >= n)
         if out.size:
             yield out
+
+
+def _block_frames(rate: int) -> int:
+    return min(BLOCK_FRAMES, BLOCK_SECONDS * rate)
 
 
 def _check_rate_value(rate: object, source: str) -> int:

@@ -1,0 +1,336 @@
+"""Runtime vs the PyTorch reference, model loading (manifest, integrity, precisions, providers), windowing,
+thread safety, torch-free import and bounded-memory decoding."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wavlink_edge.runtime import ModelFilesError, WavLink, WavLinkError, similarity
+from wavlink_edge.runtime.audio import iter_audio_blocks
+from wavlink_edge.runtime.errors import BackendUnavailableError
+from wavlink_edge.runtime.features import SAMPLE_RATE, iter_windows, trim_frames
+from wavlink_edge.runtime.model import _pick_artifact, normalize
+from wavlink_edge.runtime.registry import ExportManifest
+from wavlink_edge.runtime.session import TENSORRT_EP, choose_providers
+
+MIN_COSINE = 0.99999
+TEXTS = ["a woman speaks over a slow piano melody", "a phone is ringing", "", "dog " * 3000]
+
+
+@pytest.fixture(scope="module")
+def runtime_pad(base_export):
+    return WavLink.from_pretrained(base_export, clip_policy="pad")
+
+
+@pytest.fixture(scope="module")
+def runtime_trim(base_export):
+    return WavLink.from_pretrained(base_export, clip_policy="trim")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(normalize(a) * normalize(b), axis=-1)
+
+
+def _truncate(full: np.ndarray, dim: int) -> np.ndarray:
+    return normalize(full[:, :dim])
+
+
+@pytest.mark.parametrize("policy", ["pad", "trim"])
+def test_audio_embeddings_equal_pytorch_reference_at_every_dim(base_model, sample_clips, runtime_pad, runtime_trim, policy):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, _ = base_model
+    runtime = runtime_pad if policy == "pad" else runtime_trim
+    extractor = transformers.WhisperFeatureExtractor(feature_size=runtime.spec.n_mels)
+    reference = []
+    for path in sample_clips:
+        audio, rate = sf.read(path, dtype="float32")
+        mel = extractor(audio, sampling_rate=rate, return_tensors="np").input_features
+        if policy == "trim":
+            mel = mel[:, :, : trim_frames(audio.size)]
+        with torch.no_grad():
+            reference.append(model.audio(torch.from_numpy(mel)).numpy()[0])
+    reference = np.stack(reference)
+    for dim in runtime.matryoshka_dims:
+        ours = runtime.embed_audio(sample_clips, dim=dim)
+        assert ours.shape == (len(sample_clips), dim) and ours.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+        cos = _cosines(ours, _truncate(reference, dim))
+        assert cos.min() >= MIN_COSINE, f"{policy} dim {dim}: cosines {cos}"
+
+
+def test_text_embeddings_equal_pytorch_reference_at_every_dim(base_model, base_export, runtime_pad):
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer
+
+    model, _ = base_model
+    encodings = Tokenizer.from_file(str(base_export / "tokenizer.json")).encode_batch(TEXTS)
+    ids = torch.tensor([e.ids for e in encodings])
+    mask = torch.tensor([e.attention_mask for e in encodings])
+    with torch.no_grad():
+        reference = model.text(ids, mask).numpy()
+    for dim in runtime_pad.matryoshka_dims:
+        ours = runtime_pad.embed_text(TEXTS, dim=dim)
+        cos = _cosines(ours, _truncate(reference, dim))
+        assert cos.min() >= MIN_COSINE, f"text dim {dim}: cosines {cos}"
+
+
+def test_long_audio_is_the_renormalised_mean_of_its_windows(runtime_trim):
+    rng = np.random.default_rng(3)
+    audio = (0.1 * rng.standard_normal(35 * SAMPLE_RATE)).astype(np.float32)
+    windows = [audio[: 30 * SAMPLE_RATE], audio[30 * SAMPLE_RATE:]]
+    separately = runtime_trim.embed_audio([(w, SAMPLE_RATE) for w in windows])
+    (result,) = runtime_trim.iter_embed_audio([(audio, SAMPLE_RATE)])
+    assert result.windows == 2
+    np.testing.assert_allclose(result.embedding, normalize(separately.mean(axis=0)), atol=1e-5)
+    # Smaller dims are prefixes of the same full embedding.
+    np.testing.assert_allclose(runtime_trim.embed_audio([(audio, SAMPLE_RATE)], dim=64)[0],
+                               normalize(result.embedding[:64]), atol=1e-6)
+
+
+def test_batched_trim_inputs_of_mixed_lengths_keep_order_and_values(runtime_trim):
+    rng = np.random.default_rng(5)
+    clips = [(0.2 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in (2.0, 4.5, 2.0, 1.3, 4.5, 0.4)]
+    inputs = [(c, SAMPLE_RATE) for c in clips]
+    batched = runtime_trim.embed_audio(inputs, batch_size=2)
+    one_by_one = np.concatenate([runtime_trim.embed_audio([item], batch_size=1) for item in inputs])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_file_and_resampled_inputs_agree(runtime_trim, sample_clips, tmp_path):
+    audio, rate = sf.read(sample_clips[0], dtype="float32")
+    stereo_44k = tmp_path / "stereo_44k.wav"
+    import soxr
+
+    up = soxr.resample(audio, rate, 44_100)
+    sf.write(stereo_44k, np.stack([up, up], axis=1), 44_100, subtype="FLOAT")
+    direct, resampled, array = runtime_trim.embed_audio([sample_clips[0], stereo_44k, (audio, rate)])
+    assert np.dot(direct, array) == pytest.approx(1.0, abs=1e-6)
+    assert np.dot(direct, resampled) > 0.999  # two resamplings, same content
+
+
+def test_similarity_is_a_cosine_matrix(runtime_trim, sample_clips):
+    audio = runtime_trim.embed_audio(sample_clips, dim=128)
+    text = runtime_trim.embed_text(TEXTS[:2], dim=128)
+    sims = similarity(audio, text)
+    assert sims.shape == (len(sample_clips), 2)
+    np.testing.assert_allclose(sims, audio @ text.T, atol=1e-6)
+    with pytest.raises(ValueError, match="widths differ"):
+        similarity(audio, runtime_trim.embed_text(TEXTS[:1], dim=64))
+
+
+def test_empty_inputs_give_empty_matrices(runtime_trim):
+    assert runtime_trim.embed_audio([], dim=64).shape == (0, 64)
+    assert runtime_trim.embed_text([], dim=128).shape == (0, 128)
+
+
+def test_dim_must_be_a_matryoshka_dim(runtime_trim, base_export):
+    for bad in (100, 0, 1024, "128", True):
+        with pytest.raises(ValueError, match="512, 256, 128, 64"):
+            runtime_trim.embed_text(["x"], dim=bad)
+    with pytest.raises(ValueError, match="Matryoshka"):
+        WavLink.from_pretrained(base_export, dim=96)
+
+
+def test_thread_safety_gives_identical_results(runtime_trim, sample_clips):
+    expected_audio = runtime_trim.embed_audio(sample_clips, dim=128)
+    expected_text = runtime_trim.embed_text(TEXTS, dim=128)
+    results, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(2):
+                results.append((runtime_trim.embed_audio(sample_clips, dim=128), runtime_trim.embed_text(TEXTS, dim=128)))
+        except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 8
+    for audio, text in results:
+        np.testing.assert_array_equal(audio, expected_audio)
+        np.testing.assert_array_equal(text, expected_text)
+
+
+# -- loading: manifest, integrity, precisions, providers, backends -------------------------------------
+
+
+@pytest.fixture
+def export_copy(base_export, tmp_path) -> Path:
+    """A writable view of the export: large files symlinked, small ones copied (replace a link to tamper)."""
+    out = tmp_path / "export"
+    out.mkdir()
+    for path in base_export.iterdir():
+        if path.suffix == ".onnx":
+            os.symlink(path, out / path.name)
+        elif path.is_file():
+            shutil.copy(path, out / path.name)
+    return out
+
+
+def _edit_manifest(export_dir: Path, edit) -> None:
+    path = export_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_manifest_of_another_version_or_format_is_rejected(export_copy):
+    _edit_manifest(export_copy, lambda m: m.update(format_version=2))
+    with pytest.raises(ModelFilesError, match="format_version 2 is not supported"):
+        WavLink.from_pretrained(export_copy)
+    _edit_manifest(export_copy, lambda m: m.update(format_version=1, format="something-else"))
+    with pytest.raises(ModelFilesError, match="'something-else' is not 'wavlink-edge-export'"):
+        WavLink.from_pretrained(export_copy)
+    (export_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFilesError, match="not valid JSON"):
+        WavLink.from_pretrained(export_copy)
+
+
+def test_missing_directory_manifest_or_files_are_clear_errors(export_copy, tmp_path):
+    with pytest.raises(ModelFilesError, match="does not exist.*to_onnx.py"):
+        WavLink.from_pretrained(tmp_path / "nowhere")
+    (export_copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelFilesError, match="tokenizer.json is missing"):
+        WavLink.from_pretrained(export_copy)
+    (export_copy / "audio.onnx").unlink()
+    with pytest.raises(ModelFilesError, match="audio.onnx is missing"):
+        WavLink.from_pretrained(export_copy)
+    (export_copy / "manifest.json").unlink()
+    with pytest.raises(ModelFilesError, match="manifest.json is missing"):
+        WavLink.from_pretrained(export_copy)
+
+
+def test_tampered_files_are_rejected(export_copy, base_export):
+    tokenizer = export_copy / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"[PAD]"', '"[PAD ]"', 1))
+    with pytest.raises(ModelFilesError, match="tokenizer.json: sha256 mismatch"):
+        WavLink.from_pretrained(export_copy)
+    shutil.copy(base_export / "tokenizer.json", tokenizer)
+    text = export_copy / "text.onnx"
+    text.unlink()
+    payload = bytearray((base_export / "text.onnx").read_bytes())
+    payload[len(payload) // 2] ^= 0xFF  # one flipped byte inside a weight
+    text.write_bytes(bytes(payload))
+    with pytest.raises(ModelFilesError, match="text.onnx: sha256 mismatch"):
+        WavLink.from_pretrained(export_copy)
+
+
+def test_missing_precision_lists_what_the_manifest_has(base_export):
+    with pytest.raises(ModelFilesError, match="precision 'fp16'.*has fp32"):
+        WavLink.from_pretrained(base_export, precision="fp16")
+    with pytest.raises(ModelFilesError, match="'int8_static'.*has fp32"):
+        WavLink.from_pretrained(base_export, precision="int8_static")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        WavLink.from_pretrained(base_export, precision="fp8")
+
+
+def test_int8_picks_dynamic_on_cpu_and_static_on_accelerators(base_export):
+    data = json.loads((base_export / "manifest.json").read_text())
+    for tower in ("audio", "text"):
+        for variant in ("dynamic", "static"):
+            data["artifacts"][f"{tower}_int8_{variant}.onnx"] = {"tower": tower, "precision": "int8",
+                                                                "variant": variant, "sha256": "0" * 64}
+    manifest = ExportManifest(base_export, data)
+    assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_dynamic.onnx"
+    assert _pick_artifact(manifest, "audio", "int8", accelerated=True).file == "audio_int8_static.onnx"
+    assert _pick_artifact(manifest, "text", "int8_static", accelerated=False).file == "text_int8_static.onnx"
+    assert _pick_artifact(manifest, "text", "fp32", accelerated=True).file == "text.onnx"
+    del data["artifacts"]["audio_int8_dynamic.onnx"]
+    manifest = ExportManifest(base_export, data)
+    assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_static.onnx"
+
+
+def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, base_export):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: [TENSORRT_EP, "CUDAExecutionProvider", "CPUExecutionProvider"])
+    chosen = choose_providers(None, fp16=True, cache_dir=tmp_path / "trt")
+    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == [TENSORRT_EP, "CUDAExecutionProvider",
+                                                                    "CPUExecutionProvider"]
+    options = chosen[0][1]
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"] and options["trt_fp16_enable"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
+    assert choose_providers([TENSORRT_EP], fp16=False, cache_dir=tmp_path / "trt")[0][1]["trt_fp16_enable"] is False
+    monkeypatch.undo()
+    with pytest.raises(WavLinkError, match="not in this onnxruntime build"):
+        WavLink.from_pretrained(base_export, providers=["NoSuchExecutionProvider"])
+    model = WavLink.from_pretrained(base_export, providers=["CPUExecutionProvider"])
+    assert model.audio_session.providers == ["CPUExecutionProvider"]
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(base_export):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        WavLink.from_pretrained(base_export, backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown backend"):
+        WavLink.from_pretrained(base_export, backend="tvm")
+
+
+# -- torch-free, bounded memory ----------------------------------------------------------------------
+
+
+def test_runtime_imports_and_embeds_without_torch(base_export, sample_clips):
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class BlockTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+
+        sys.meta_path.insert(0, BlockTorch())
+        from wavlink_edge.runtime import WavLink
+        model = WavLink.from_pretrained({str(base_export)!r}, clip_policy="trim")
+        emb = model.embed_audio([{str(sample_clips[0])!r}], dim=64)
+        assert emb.shape == (1, 64), emb.shape
+        model.embed_text(["a phone is ringing"], dim=64)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "torch"
+                        or m.startswith(("wavlink_edge.export", "wavlink_edge.quantization", "wavlink_edge.bench")))
+        assert not leaked, leaked
+        print("torch-free ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "torch-free ok" in done.stdout
+
+
+def test_long_file_is_decoded_in_bounded_memory(tmp_path):
+    # 10 minutes at 8 kHz: 38 MB once decoded to 16 kHz float32; the stream must never hold it all.
+    path = tmp_path / "ten_minutes.flac"
+    rate, seconds = 8_000, 600
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16") as out:
+        for _ in range(seconds // 60):
+            out.write((0.1 * rng.standard_normal((60 * rate, 2))).astype(np.float32))
+    decoded_bytes = seconds * SAMPLE_RATE * 4
+    tracemalloc.start()
+    try:
+        total, windows = 0, 0
+        for window in iter_windows(iter_audio_blocks(path)):
+            total += window.size
+            windows += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert windows == 20 and abs(total - seconds * SAMPLE_RATE) < 100
+    assert peak < decoded_bytes / 4, f"peak {peak / 1e6:.1f} MB for {decoded_bytes / 1e6:.0f} MB of audio"
