@@ -13,7 +13,8 @@ from wavlink_edge.export.model import AUDIO_DIMS, AudioDims, TextSpec, WavLinkCo
 from wavlink_edge.export.to_onnx import ExportError, export_model, load_model, main as to_onnx_main
 from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
 
-TINY_BERT = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+TINY_BERT = dict(vocab_size=30522,  # MiniLM tokenizer ids must fit
+                 hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=64)
 
 
@@ -65,7 +66,7 @@ def test_tower_shapes_and_pruned_last_layer(size, position):
         assert pruned.shape == (3, cfg.embed_dim)
         assert torch.allclose(pruned.norm(dim=-1), torch.ones(3), atol=1e-5)
         assert (pruned - full).abs().max() < 1e-6
-    ids = torch.randint(1, 128, (2, 7))
+    ids = torch.randint(1, 30522, (2, 7))
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
     with torch.no_grad():
