@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     e.add_argument("--from", dest="src", required=True)
     e.add_argument("--out", default="bench/data/wavlink_eval")
     e.add_argument("--split", default="test")
+    e.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     if a.cmd == "generate":
         sizes = TINY if a.tiny else {"n_train": a.n_train, "n_test": a.n_test}
@@ -31,7 +32,7 @@ def main(argv=None) -> None:
             s.pop("compositions")
         print(json.dumps(stats, indent=1))
     else:
-        print(json.dumps(export_eval(a.src, a.out, a.split)))
+        print(json.dumps(export_eval(a.src, a.out, a.split, a.workers)))
 
 
 if __name__ == "__main__":

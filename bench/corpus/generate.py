@@ -125,7 +125,17 @@ def load_split(directory, split: str) -> list[tuple[str, list[str]]]:
                 for row in csv.DictReader(f)]
 
 
-def export_eval(src, out_dir, split: str = "test") -> dict:
+def _to_ogg(job) -> int:
+    src, dst = job
+    x, sr = sf.read(src, dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
+    data = fix_serial(buf.getvalue())
+    Path(dst).write_bytes(data)
+    return len(data)
+
+
+def export_eval(src, out_dir, split: str = "test", workers: int = 2) -> dict:
     """Copy one split as Opus-in-Ogg (byte-reproducible) with its captions, metadata and data card."""
     src, out = Path(src), Path(out_dir)
     (out / "audio" / split).mkdir(parents=True, exist_ok=True)
@@ -134,14 +144,9 @@ def export_eval(src, out_dir, split: str = "test") -> dict:
     for name in (f"captions_{split}.csv", f"metadata_{split}.csv"):
         text = (src / name).read_text().replace(".flac,", ".ogg,")
         (out / name).write_text(text)
-    total = 0
-    for path, _ in load_split(src, split):
-        x, sr = sf.read(path, dtype="float32")
-        buf = io.BytesIO()
-        sf.write(buf, x, sr, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
-        data = fix_serial(buf.getvalue())
-        (out / "audio" / split / (Path(path).stem + ".ogg")).write_bytes(data)
-        total += len(data)
+    jobs = [(path, str(out / "audio" / split / (Path(path).stem + ".ogg"))) for path, _ in load_split(src, split)]
+    with _fork_pool(workers) as pool:
+        total = sum(pool.map(_to_ogg, jobs, chunksize=8))
     stats = json.loads((src / "stats.json").read_text())
     stats["splits"] = {split: stats["splits"][split]}
     stats["eval_audio_bytes"] = total

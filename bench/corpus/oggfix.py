@@ -6,26 +6,20 @@ when it is regenerated; the decoded audio is unaffected.
 from __future__ import annotations
 
 import struct
+import zlib
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-_TABLE = _crc_table()
+_REV8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def _crc(data: bytes) -> int:
-    crc = 0
-    for b in data:
-        crc = ((crc << 8) ^ _TABLE[((crc >> 24) & 0xFF) ^ b]) & 0xFFFFFFFF
-    return crc
+    """Ogg's CRC-32 (poly 0x04C11DB7, not reflected, init 0, no final xor) via zlib's C implementation.
+
+    zlib computes the reflected CRC with init/xorout 0xFFFFFFFF: bit-reversing the input bytes and the
+    result gives the non-reflected CRC, and XOR with the CRC of as many zero bytes cancels init/xorout.
+    """
+    r = zlib.crc32(data.translate(_REV8)) ^ zlib.crc32(bytes(len(data)))
+    return int(f"{r:032b}"[::-1], 2)
 
 
 def fix_serial(data: bytes, serial: int = 0x57A11E) -> bytes:

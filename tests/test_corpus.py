@@ -1,0 +1,109 @@
+"""The generated corpus: determinism, Clotho layout, compositional split, audio sanity, committed eval split."""
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wavlink_edge.bench.corpus import generate, load_split
+from wavlink_edge.bench.corpus import plan as corpus_plan
+from wavlink_edge.bench.corpus.generate import CAPTION_COLUMNS, available
+
+EVAL_DIR = Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"
+TINY = dict(n_train=20, n_test=10, seed=3, workers=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    a, b = tmp_path_factory.mktemp("corpus_a"), tmp_path_factory.mktemp("corpus_b")
+    generate(a, **TINY)
+    generate(b, **TINY)
+    return a, b
+
+
+def _files(d: Path) -> dict:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != "stats.json"}  # stats.json holds wall-clock timings
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_same_seed_gives_identical_files(tiny):
+    a, b = _files(tiny[0]), _files(tiny[1])
+    assert a.keys() == b.keys() and len([k for k in a if k.endswith(".flac")]) == 30
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_captions_are_clotho_with_five_distinct_captions(tiny):
+    for split, n in (("train", 20), ("test", 10)):
+        with open(tiny[0] / f"captions_{split}.csv", newline="") as f:
+            assert next(csv.reader(f)) == CAPTION_COLUMNS
+        rows = _rows(tiny[0] / f"captions_{split}.csv")
+        assert len(rows) == n
+        for r in rows:
+            caps = [r[c] for c in CAPTION_COLUMNS[1:]]
+            assert all(c.strip() for c in caps) and len(set(caps)) >= 4, caps
+        pairs = load_split(tiny[0], split)
+        assert len(pairs) == n and all(Path(p).exists() and len(c) == 5 for p, c in pairs)
+
+
+def test_test_compositions_never_seen_in_train(tiny):
+    comps = {s: {r["composition"] for r in _rows(tiny[0] / f"metadata_{s}.csv")} for s in ("train", "test")}
+    assert comps["train"] and comps["test"] and not comps["train"] & comps["test"]
+    # at full size too (planning only, no rendering): disjoint, and every single value is still trained on
+    avail = {"speech": True, "music": True, "events": True}
+    full = {s: corpus_plan.plan_split(0, s, n, avail) for s, n in (("train", 3000), ("test", 600))}
+    seen = {s: {corpus_plan.composition(c) for c in clips} for s, clips in full.items()}
+    assert not seen["train"] & seen["test"]
+    for scene, (_, _, va, _, vb) in corpus_plan.SCENES.items():
+        trained = [c for c in seen["train"] if c[0] == scene]
+        assert {c[1] for c in trained} == {corpus_plan._hashable(v) for v in va}, scene
+        assert {c[2] for c in trained} == {corpus_plan._hashable(v) for v in vb}, scene
+
+
+def test_audio_is_16k_mono_1_to_30_s_and_not_silent(tiny):
+    for path in sorted((tiny[0] / "audio").rglob("*.flac")):
+        info = sf.info(str(path))
+        assert info.samplerate == 16000 and info.channels == 1
+        assert 1.0 <= info.duration <= 30.0
+        x, _ = sf.read(str(path), dtype="float32")
+        assert np.sqrt(np.mean(x ** 2)) > 1e-3 and np.abs(x).max() <= 1.0, path.name
+
+
+def test_data_card_states_generated_data_and_licences(tiny):
+    card = (tiny[0] / "DATA_CARD.md").read_text()
+    assert "generated data" in card and "licence" in card and "held out" in card
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian package espeak-ng) not installed")
+def test_espeak_renders_every_language():
+    from wavlink_edge.bench.corpus import speech
+    for lang in speech.LANGUAGES:
+        assert len(speech.render("espeak-ng", lang, "female", "normal", 0)) > 16000 // 2, lang
+
+
+@pytest.mark.skipif(not available()["music"], reason="fluidsynth or GM soundfonts (fluid-soundfont-gm) not installed")
+def test_fluidsynth_renders_music():
+    from wavlink_edge.bench.corpus import music
+    x = music.render("piano", "fast", "minor", True, 0)
+    assert len(x) > 16000 * 20 and np.abs(x).max() > 0.01
+
+
+def test_committed_eval_split_fits_limits_and_matches_csv():
+    if not (EVAL_DIR / "captions_test.csv").exists():
+        pytest.fail(f"eval split missing at {EVAL_DIR}")
+    rows = _rows(EVAL_DIR / "captions_test.csv")
+    meta = _rows(EVAL_DIR / "metadata_test.csv")
+    audio = sorted((EVAL_DIR / "audio" / "test").glob("*.ogg"))
+    total = sum(p.stat().st_size for p in EVAL_DIR.rglob("*") if p.is_file())
+    assert total <= 15 * 1024 * 1024 and len(rows) >= 500
+    assert [r["file_name"] for r in rows] == [p.name for p in audio] == [m["file_name"] for m in meta]
+    assert all(all(r[c].strip() for c in CAPTION_COLUMNS[1:]) for r in rows)
+    for p in audio[:: max(1, len(audio) // 20)]:  # decode a sample: Opus via libsndfile, 16 kHz mono
+        x, sr = sf.read(str(p), dtype="float32")
+        assert sr == 16000 and x.ndim == 1 and 1.0 <= len(x) / sr <= 30.0 and np.abs(x).max() > 1e-3
