@@ -8,6 +8,7 @@ same samples.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -93,6 +94,7 @@ def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
     with handle:
         rate, channels, announced, container = handle.samplerate, handle.channels, handle.frames, handle.format
         _check_rate_and_channels(rate, channels, source)
+        _check_wav_data_size(handle, source)
         resampler = _MonoResampler(rate, source)
         block_frames = _block_frames(rate)
         while True:
@@ -129,6 +131,22 @@ def _array_blocks(array: object, rate: object, source: str) -> Iterator[np.ndarr
         out = resampler.process(block, last=start + step >= n)
         if out.size:
             yield out
+
+
+# libsndfile clamps a WAV whose data chunk claims more bytes than the file holds, and only notes it in its
+# log ("data : 64000 (should be 31978)"); a cut-off download would otherwise embed silently.
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Streaming writers (ffmpeg to a pipe) leave 0 or 0xFFFFFFFF as the size: a placeholder, not a truncation.
+_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
+def _check_wav_data_size(handle: sf.SoundFile, source: str) -> None:
+    match = _WAV_DATA_SIZE.search(handle.extra_info or "")
+    if match:
+        declared, present = int(match.group(1)), int(match.group(2))
+        if declared > present and declared not in _PLACEHOLDER_SIZES:
+            raise AudioInputError(f"{source}: truncated file: header announces {declared} bytes of audio data, "
+                                  f"the file holds {present}")
 
 
 def _block_frames(rate: int) -> int:
