@@ -195,5 +195,8 @@ def _pcm_to_float32(block: np.ndarray) -> np.ndarray:
 
 
 def _sf_reason(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    text = re.sub(r"^Error opening .*?: ", "", text)  # the path is already in our message
+    if "File does not exist or is not a regular file" in text:  # what libsndfile says of a corrupt MP3
+        text = "unrecognised or corrupt data"
+    return text[:200]
