@@ -1,0 +1,158 @@
+"""Data and fidelity measurement shared by quantize.py, exclusion_sweep.py and latency.py (torch-free).
+
+Fidelity of an artifact = cosine of its embedding to the fp32 ONNX embedding of the same input, per
+Matryoshka dim (first `dim` columns re-normalised, as the runtime does), on held-out real clips (each
+clip twice: padded to 30 s and trimmed to its own length) and held-out sentences. Inputs run one row
+at a time so the figures are not affected by batch-mates.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CALIBRATION_DIR = HERE / "calibration"
+HELDOUT_DIR = HERE / "heldout"
+SAMPLES_DIR = REPO / "runtime" / "samples"
+EVAL_SPLIT_DIR = REPO / "bench" / "data" / "wavlink_eval"  # benchmark eval split, used when present
+AUDIO_SUFFIXES = (".ogg", ".oga", ".flac", ".wav")
+SR = 16000
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(export_dir: Path) -> dict:
+    return json.loads((Path(export_dir) / "manifest.json").read_text())
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """16 kHz mono float32. Other rates are resampled linearly (good enough for calibration statistics)."""
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if sr != SR:
+        n = int(round(audio.size * SR / sr))
+        audio = np.interp(np.linspace(0, audio.size - 1, n), np.arange(audio.size), audio).astype(np.float32)
+    return audio
+
+
+def audio_files(folder: Path, limit: int | None = None) -> list[Path]:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if limit is not None and len(files) > limit:
+        # evenly spread, deterministic
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    return files
+
+
+def audio_feeds(paths: list[Path], n_mels: int, policies=("pad", "trim")) -> list[tuple[str, dict]]:
+    """One feed per clip and input policy: 'pad' (30 s, 3000 frames) and 'trim' (the clip's own frames)."""
+    from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
+
+    feeds = []
+    for path in paths:
+        audio = load_audio(path)
+        mel = log_mel_spectrogram(audio, n_mels)
+        if "pad" in policies:
+            feeds.append((f"{path.name}:pad", {"input_features": mel[None]}))
+        if "trim" in policies:
+            feeds.append((f"{path.name}:trim", {"input_features": np.ascontiguousarray(mel[None, :, : trim_frames(audio.size)])}))
+    return feeds
+
+
+def read_sentences(path: Path) -> list[str]:
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def text_feeds(sentences: list[str], tokenizer_json: Path) -> list[tuple[str, dict]]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    feeds = []
+    for s in sentences:
+        e = tok.encode(s)
+        feeds.append((s[:40], {"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask], np.int64)}))
+    return feeds
+
+
+def heldout_audio_paths(eval_dir: Path | None = None, eval_limit: int = 8) -> list[Path]:
+    """runtime/samples + quantization/heldout (+ up to eval_limit clips of the benchmark eval split)."""
+    paths = audio_files(SAMPLES_DIR) + audio_files(HELDOUT_DIR)
+    split = Path(eval_dir) if eval_dir else EVAL_SPLIT_DIR
+    if split.is_dir():
+        paths += audio_files(split, limit=eval_limit)
+    return paths
+
+
+def heldout_sentences() -> list[str]:
+    # the empty string and an over-long text are legal inputs: check them too
+    return read_sentences(HELDOUT_DIR / "sentences.txt") + ["", "crowd noise " * 80]
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def embed(sess, feeds: list[tuple[str, dict]]) -> np.ndarray:
+    """Embeddings [N, D], one row per run (batch 1)."""
+    return np.concatenate([sess.run(None, feed)[0] for _, feed in feeds]).astype(np.float64)
+
+
+def matryoshka(x: np.ndarray, dim: int) -> np.ndarray:
+    x = x[:, :dim]
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_by_dim(reference: np.ndarray, candidate: np.ndarray, dims) -> dict:
+    out = {}
+    for dim in dims:
+        cos = np.sum(matryoshka(reference, dim) * matryoshka(candidate, dim), axis=-1)
+        out[str(dim)] = {"cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6)}
+    return out
+
+
+class HeldOut:
+    """Held-out inputs of one tower and their fp32 reference embeddings (computed once)."""
+
+    def __init__(self, export_dir: Path, tower: str, eval_dir: Path | None = None, eval_limit: int = 8):
+        manifest = load_manifest(export_dir)
+        self.dims = manifest["model"]["matryoshka_dims"]
+        if tower == "audio":
+            paths = heldout_audio_paths(eval_dir, eval_limit)
+            self.feeds = audio_feeds(paths, manifest["model"]["n_mels"])
+            self.source = sorted({str(p.parent.relative_to(REPO)) if p.is_relative_to(REPO) else str(p.parent) for p in paths})
+        else:
+            self.feeds = text_feeds(heldout_sentences(), Path(export_dir) / "tokenizer.json")
+            self.source = [str((HELDOUT_DIR / "sentences.txt").relative_to(REPO)), "empty text", "over-long text"]
+        self.reference = embed(session(Path(export_dir) / f"{tower}.onnx"), self.feeds)
+
+    def fidelity(self, model_path: Path) -> dict:
+        got = embed(session(model_path), self.feeds)
+        return cosine_by_dim(self.reference, got, self.dims)
+
+    def describe(self) -> dict:
+        return {"n": len(self.feeds), "inputs": self.source, "reference": "fp32 ONNX", "batch": 1}
+
+
+def min_mean(fig: dict) -> float:
+    return min(v["cosine_mean"] for k, v in fig.items() if k.isdigit())
+
+
+def min_min(fig: dict) -> float:
+    return min(v["cosine_min"] for k, v in fig.items() if k.isdigit())

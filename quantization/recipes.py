@@ -1,0 +1,129 @@
+"""Graph surgery and node selection for the quantized artifacts (torch-free, no ORT sessions here).
+
+Node names come from the TorchScript export (export/to_onnx.py): Whisper layers are
+`/audio/layers.N/...` with `fc2` the second MLP matmul; MiniLM layers are
+`/text/backbone/encoder/layer.N/...` with `output/dense` (not `attention/output/dense`) the second MLP
+matmul. The selectors below work on those patterns and fail loudly if they match nothing.
+"""
+from __future__ import annotations
+
+import re
+
+import onnx
+from onnx import TensorProto, helper
+
+LAYER_RE = {"audio": re.compile(r"/layers\.(\d+)/"), "text": re.compile(r"/layer\.(\d+)/")}
+FC2_RE = {"audio": re.compile(r"/fc2/MatMul$"), "text": re.compile(r"/layer\.\d+/output/dense/MatMul$")}
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMul/Gemm/Conv nodes whose second input is a constant weight (not attention's act x act)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and n.input[1] in inits]
+
+
+def layer_of(name: str, tower: str) -> int | None:
+    m = LAYER_RE[tower].search(name)
+    return int(m.group(1)) if m else None
+
+
+def n_layers(model: onnx.ModelProto, tower: str) -> int:
+    layers = {layer_of(n.name, tower) for n in model.graph.node} - {None}
+    if not layers:
+        raise ValueError(f"no {tower} transformer layers found by name: was the graph exported by export/to_onnx.py?")
+    return max(layers) + 1
+
+
+def fc2_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
+    names = [n.name for n in model.graph.node if FC2_RE[tower].search(n.name)]
+    if not names:
+        raise ValueError(f"no second-MLP matmuls found in the {tower} graph")
+    return names
+
+
+def edge_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
+    """Every node of the first and last transformer layer, plus the projector head."""
+    last = n_layers(model, tower) - 1
+    return [n.name for n in model.graph.node
+            if layer_of(n.name, tower) in (0, last) or "/projector/" in n.name]
+
+
+# Static Q/DQ exclusion sets, from most to least quantized. Each returns (op_types, nodes_to_quantize,
+# nodes_to_exclude) for onnxruntime.quantization.quantize_static. exclusion_sweep.py measures all of
+# them; quantize.py walks STATIC_LADDER and keeps the first that passes the gate.
+def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[list[str] | None, list[str] | None, list[str]]:
+    all_ops = None  # everything ORT can quantize
+    if name == "everything":
+        return all_ops, None, []
+    if name == "no_add":
+        ops = sorted({n.op_type for n in model.graph.node} - {"Add"})
+        return ops, None, []
+    if name == "no_add_layernorm":
+        ops = sorted({n.op_type for n in model.graph.node} - {"Add", "LayerNormalization"})
+        return ops, None, []
+    w = weight_matmuls(model)
+    if name == "weight_matmuls":
+        return ["MatMul", "Gemm", "Conv"], w, []
+    if name == "weight_matmuls_fc2_fp32":
+        return ["MatMul", "Gemm", "Conv"], w, fc2_nodes(model, tower)
+    if name == "weight_matmuls_edges_fp32":
+        return ["MatMul", "Gemm", "Conv"], w, edge_layer_nodes(model, tower)
+    if name == "weight_matmuls_fc2_edges_fp32":
+        return ["MatMul", "Gemm", "Conv"], w, sorted(set(fc2_nodes(model, tower)) | set(edge_layer_nodes(model, tower)))
+    raise ValueError(f"unknown static exclusion set {name!r}; choose one of {', '.join(STATIC_SETS)}")
+
+
+STATIC_SETS = ("everything", "no_add", "no_add_layernorm", "weight_matmuls", "weight_matmuls_fc2_fp32",
+               "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32")
+# Candidates for the shipped static artifact: only weight-MatMul sets (Q/DQ on MatMul inputs is also the
+# placement TensorRT fuses best); the broader sets are in the sweep for the record.
+STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32")
+
+
+def per_row_scan(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Wrap the whole graph in a Scan over the batch axis: each row runs alone, exactly as at batch 1.
+
+    Why: ORT's DynamicQuantizeLinear computes one activation scale per tensor, i.e. per *batch*, so an
+    embedding would depend on its batch-mates. Inside the Scan each row gets its own scales, so a clip
+    gives bit-identical output alone or in any batch. Weights stay outer-scope initializers (no copy).
+    """
+    g = model.graph
+    axes = "__per_row_axes0"
+    rename = {v.name: v.name + "__row_local" for v in list(g.input) + list(g.output)}
+    body_in = [helper.make_tensor_value_info(i.name + "__row", i.type.tensor_type.elem_type, None) for i in g.input]
+    body_out = [helper.make_tensor_value_info(o.name + "__row", o.type.tensor_type.elem_type, None) for o in g.output]
+    nodes = [helper.make_node("Unsqueeze", [i.name + "__row", axes], [rename[i.name]], name=f"per_row/unsqueeze_{i.name}")
+             for i in g.input]
+    for node in g.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        for k, v in enumerate(node.input):
+            node.input[k] = rename.get(v, v)
+        for k, v in enumerate(node.output):
+            node.output[k] = rename.get(v, v)
+        nodes.append(node)
+    nodes += [helper.make_node("Squeeze", [rename[o.name], axes], [o.name + "__row"], name=f"per_row/squeeze_{o.name}")
+              for o in g.output]
+    body = helper.make_graph(nodes, "per_row_body", body_in, body_out, value_info=list(g.value_info))
+    scan = helper.make_node("Scan", [i.name for i in g.input], [o.name for o in g.output], name="per_row_scan",
+                            body=body, num_scan_inputs=len(g.input))
+    initializers = list(g.initializer) + [helper.make_tensor(axes, TensorProto.INT64, [1], [0])]
+    outer = helper.make_graph([scan], g.name, list(g.input), list(g.output), initializer=initializers)
+    out = helper.make_model(outer, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                            producer_name="wavlink_edge.quantization")
+    for p in model.metadata_props:
+        out.metadata_props.append(p)
+    return out
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def walk(graph):
+        for n in graph.node:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(model.graph)
+    return counts
