@@ -100,16 +100,29 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Attention of `query` positions [B, Q, d] over all `context` positions [B, T, d]."""
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys [B, h, d_head, T] (pre-scaled) and values [B, h, T, d_head] of `context`."""
+        b, _, d = context.shape
+        # Scale q and k by d_head^-1/4 each (as openai/whisper does) so q.k stays small in fp16.
+        k = (self.k_proj(context) * (d // self.n_heads) ** -0.25).view(b, -1, self.n_heads, d // self.n_heads)
+        v = self.v_proj(context).view(b, -1, self.n_heads, d // self.n_heads)
+        return k.permute(0, 2, 3, 1), v.transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor | None, key_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of `query` positions [B, Q, d] over all `context` positions [B, T, d].
+
+        `key_mask` [B, T] (True = real position) and precomputed `kv` exist for training on cached,
+        padded batches; exported graphs see unpadded clips and use neither.
+        """
         b, q_len, d = query.shape
         h = self.n_heads
-        # Scale q and k by d_head^-1/4 each (as openai/whisper does) so q.k stays small in fp16.
-        scale = (d // h) ** -0.25
-        q = (self.q_proj(query) * scale).view(b, q_len, h, -1).transpose(1, 2)
-        k = (self.k_proj(context) * scale).view(b, -1, h, d // h).permute(0, 2, 3, 1)
-        v = self.v_proj(context).view(b, -1, h, d // h).transpose(1, 2)
-        weights = torch.softmax((q @ k).float(), dim=-1).to(q.dtype)
+        q = (self.q_proj(query) * (d // h) ** -0.25).view(b, q_len, h, -1).transpose(1, 2)
+        k, v = kv if kv is not None else self.keys_values(context)
+        scores = (q @ k).float()
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1).to(q.dtype)
         return self.out_proj((weights @ v).transpose(1, 2).reshape(b, q_len, d))
 
 
@@ -122,15 +135,17 @@ class EncoderLayer(nn.Module):
         self.fc2 = nn.Linear(dims.ffn_dim, dims.d_model)
         self.final_layer_norm = nn.LayerNorm(dims.d_model)
 
-    def forward(self, x: torch.Tensor, query_index: int | None = None) -> torch.Tensor:
-        """Pre-LN block. With `query_index`, only that position is computed (keys/values from all)."""
+    def forward(self, x: torch.Tensor, query_index: int | None = None, key_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Pre-LN block. With `query_index`, only that position is computed (keys/values from all, or
+        the given `kv`, in which case `x` may hold just the query position)."""
         normed = self.self_attn_layer_norm(x)
         if query_index is None:
             residual, query = x, normed
         else:
             residual = x[:, query_index : query_index + 1] if query_index >= 0 else x[:, query_index:]
             query = normed[:, query_index : query_index + 1] if query_index >= 0 else normed[:, query_index:]
-        h = residual + self.self_attn(query, normed)
+        h = residual + self.self_attn(query, normed, key_mask, kv)
         return h + self.fc2(F.gelu(self.fc1(self.final_layer_norm(h))))
 
 
@@ -170,13 +185,18 @@ class AudioTower(nn.Module):
             x = layer(x)
         return x
 
+    def pooled_state(self, penultimate: torch.Tensor, prune_last_layer: bool = True,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The global token's final state (after the last layer and LayerNorm), before the projector."""
+        if prune_last_layer:
+            token = self.layers[-1](penultimate, query_index=self.token_index, key_mask=key_mask)[:, 0]
+        else:
+            token = self.layers[-1](penultimate, key_mask=key_mask)[:, self.token_index]
+        return self.layer_norm(token)
+
     def pool(self, penultimate: torch.Tensor, prune_last_layer: bool = True) -> torch.Tensor:
         """Last layer + final LayerNorm + projector + L2 from the penultimate states."""
-        if prune_last_layer:
-            token = self.layers[-1](penultimate, query_index=self.token_index)[:, 0]
-        else:
-            token = self.layers[-1](penultimate)[:, self.token_index]
-        return F.normalize(self.projector(self.layer_norm(token)), dim=-1)
+        return F.normalize(self.projector(self.pooled_state(penultimate, prune_last_layer)), dim=-1)
 
     def forward(self, mel: torch.Tensor, prune_last_layer: bool = True) -> torch.Tensor:
         if mel.shape[-1] > 2 * self.dims.n_ctx:
@@ -199,14 +219,16 @@ class TextTower(nn.Module):
             self.projector = nn.Linear(self.backbone.config.hidden_size, embed_dim, bias=False)
         self.backbone.config._attn_implementation = "eager"  # plain MatMul/Softmax graph for ONNX
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence vector before the projector: masked mean (BERT) or the EOS state (CLIP)."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        if self.kind == "bert":
-            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        else:
-            pooled = out.pooler_output
-        return F.normalize(self.projector(pooled), dim=-1)
+        if self.kind == "clip":
+            return out.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.pooled(input_ids, attention_mask)), dim=-1)
 
 
 class WavLinkModel(nn.Module):
