@@ -225,6 +225,7 @@ def _pick_artifact(manifest: ExportManifest, tower: str, precision: str, acceler
         return manifest.find_artifact(tower, precision)
     # Dynamic INT8 is CPU-only in practice; Q/DQ static graphs are what CUDA/TensorRT accelerate.
     preferred, other = ("static", "dynamic") if accelerated else ("dynamic", "static")
+    manifest.find_artifact(tower, "int8")  # neither variant: report "int8" missing, not the fallback
     try:
         return manifest.find_artifact(tower, "int8", preferred)
     except ModelFilesError:
