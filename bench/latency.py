@@ -272,6 +272,10 @@ def build_rows(export_dir: Path, config: dict, specs: list[B.Spec], results: dic
     return rows
 
 
+def _load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def run(export_dir: Path, out_dir: Path, quick: bool = False, threads: int | None = None, checkpoint: Path | None = None,
         only: list[str] | None = None, command: str | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
@@ -289,7 +293,7 @@ def run(export_dir: Path, out_dir: Path, quick: bool = False, threads: int | Non
     work_dir = out_dir / ".work"
     work_dir.mkdir(exist_ok=True)
     total = sum(len(plan_cells(s.tower, settings)[0]) for s in specs)
-    results, started = {}, time.time()
+    results, started, load_start = {}, time.time(), _load_average()
     with tqdm(total=total, desc="latency", unit="cell", disable=not progress) as bar:
         for spec in specs:
             bar.set_postfix_str(spec.key)
@@ -327,6 +331,8 @@ def run(export_dir: Path, out_dir: Path, quick: bool = False, threads: int | Non
         "backends": [{**s.to_dict(), **{k: v for k, v in results[s.key].items() if k not in ("cells",)}} for s in specs],
         "rows": rows,
         "wall_s": round(time.time() - started, 1),
+        # Other processes compete for the same cores: a load above the thread count inflates every row.
+        "load_average": {"start": load_start, "end": _load_average(), "threads": threads},
     }
     report.write_latency(doc, out_dir)
     return doc

@@ -99,6 +99,11 @@ def latency_markdown(doc: dict) -> str:
               "Peak RSS is the backend process's high-water mark after that cell (one process per backend, cells run "
               "smallest first). GFLOP/s = analytic encoder FLOPs / p50; % peak against the int8 peak for int8 rows, "
               "fp32 otherwise. Pad rows of every length are one 3000-frame computation (measured once: `shared`).", ""]
+    load = doc.get("load_average") or {}
+    if load.get("start") and max(load["start"][0], (load.get("end") or [0])[0]) > load["threads"]:
+        lines += [f"> **busy machine**: 1-min load average {load['start'][0]} at start, {load['end'][0]} at end, above "
+                  f"the {load['threads']} threads used: other processes competed for the cores and every figure is "
+                  "inflated; rerun on an idle machine.", ""]
     header = ["backend", "tower", "clip s", "policy", "frames", "batch", "p50 ms", "p95 ms", "items/s", "× PyTorch",
               "GFLOP/s", "% peak", "peak RSS MB", "model MB", "cold start s", "n (warm-up)"]
     body = []

@@ -1,0 +1,102 @@
+"""The full report in one command: latency + recall + plots + results/README.md with headline ratios.
+
+    python bench/run_all.py --model DIR [--quick] [--out bench/results] [--dataset ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from wavlink_edge.bench import latency, plots, recall, report
+
+
+def _p50(rows, **match) -> float | None:
+    found = [r["p50_ms"] for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return found[0] if found else None
+
+
+def headlines(lat: dict, rec: dict | None) -> list[str]:
+    """The closing-note figures: ORT fp32 / int8 vs PyTorch, int8 vs CTranslate2 int8, trim vs pad at 5 s."""
+    rows = [r for r in lat["rows"] if r["tower"] == "audio" and r["device"] == "cpu"]
+    lines = []
+    policy = lat["model"]["clip_policy"]
+    for seconds in sorted({r["clip_seconds"] for r in rows}):
+        for batch in sorted({r["batch"] for r in rows}):
+            at = dict(clip_seconds=seconds, batch=batch, policy=policy)
+            ref = _p50(rows, engine="pytorch", **at)
+            fp32 = _p50(rows, engine="onnxruntime", precision="fp32", **at)
+            ct2 = _p50(rows, engine="ctranslate2", variant="int8", **at)
+            parts = []
+            if ref and fp32:
+                parts.append(f"ORT fp32 {ref / fp32:.2f}x PyTorch")
+            for variant in ("dynamic", "static"):
+                q = _p50(rows, engine="onnxruntime", precision="int8", variant=variant, **at)
+                if q and ref:
+                    parts.append(f"int8-{variant} {ref / q:.2f}x PyTorch" + (f", {ct2 / q:.2f}x CT2 int8" if ct2 else ""))
+            if parts:
+                lines.append(f"- audio {seconds:g} s, {policy}, batch {batch}: " + "; ".join(parts))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        pad, trim = (_p50(rows, backend=backend, clip_seconds=5, batch=1, policy=p) for p in ("pad", "trim"))
+        if pad and trim:
+            lines.append(f"- trim vs pad, 5 s clip, batch 1, {backend}: {pad / trim:.2f}x faster ({pad:.0f} → {trim:.0f} ms)")
+    if rec:
+        for r in rec["rows"]:
+            if r["delta"] and r["task"] == "retrieval":
+                d = r["delta"]
+                lines.append(f"- recall Δ vs PyTorch, {r['dataset']} {r['label']} {r['policy']} dim {r['dim']}: "
+                             f"T2A R@1 {100 * d['t2a_r1']:+.2f}, R@10 {100 * d['t2a_r10']:+.2f}; "
+                             f"A2T R@1 {100 * d['a2t_r1']:+.2f}, R@10 {100 * d['a2t_r10']:+.2f} points")
+    return lines
+
+
+def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path, command: str, wall_s: float) -> Path:
+    m = lat["model"]
+    lines = ["# WavLink Edge benchmark results", "",
+             f"Model `{m['name']}` — **{m['heads']} heads**, trained clip policy `{m['clip_policy']}`. "
+             f"Machine: {lat['machine']['cpu_model']}, {lat['machine']['threads_used']} threads.", ""]
+    if m["untrained_heads"]:
+        lines += [f"> {report.UNTRAINED_NOTE}", ""]
+    lines += [f"Produced by `{command}` in {wall_s:.0f} s.", "",
+              "- [latency table](latency.md) ([JSON](latency.json))"]
+    if rec:
+        lines.append("- [recall and fidelity table](recall.md) ([JSON](recall.json))")
+    lines += [f"- ![{p.stem}]({p.name})" for p in figures]
+    lines += ["", "## Headlines", ""] + headlines(lat, rec) + [""]
+    path = Path(out_dir) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--dataset", action="append")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--skip-recall", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    command = report.command_line("run_all", argv)
+    out, model = Path(args.out), Path(args.model)
+    checkpoint = args.checkpoint and Path(args.checkpoint)
+    start = time.time()
+    try:
+        lat = latency.run(model, out, args.quick, args.threads, checkpoint, command=command, progress=not args.no_progress)
+        rec = None if args.skip_recall else recall.run(model, out, args.quick, args.dataset, None, args.threads, checkpoint,
+                                                        command=command, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    figures = plots.make_all(lat, rec, out)
+    readme = write_readme(lat, rec, figures, out, command, time.time() - start)
+    print(f"report: {readme} ({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
