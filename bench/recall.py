@@ -47,9 +47,11 @@ class Embedder:
         self.seconds: dict[str, float] = {}
 
     def runner(self, spec: B.Spec) -> B.Runner:
-        if spec.key not in self.runners:
-            self.runners[spec.key] = B.Runner(spec, self.export_dir, self.threads, self.checkpoint)
-        return self.runners[spec.key]
+        """One loaded backend serves both towers (the PyTorch model and the runtime hold both anyway)."""
+        shared = (spec.engine, spec.precision, spec.variant, spec.device)
+        if shared not in self.runners:
+            self.runners[shared] = B.Runner(spec, self.export_dir, self.threads, self.checkpoint)
+        return self.runners[shared]
 
     def _cached(self, name: str, compute) -> np.ndarray:
         path = self.cache_dir / f"{name}.npy"

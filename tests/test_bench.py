@@ -195,3 +195,34 @@ def test_quick_report_schema(quick_report):
         assert (quick_report / name).stat().st_size > 0
     if lat["model"]["heads"] != "trained":
         assert "untrained heads" in (quick_report / "README.md").read_text()
+
+
+def test_recall_rows_deltas_and_markdown_for_both_tasks():
+    from wavlink_edge.bench import backends as B
+    from wavlink_edge.bench import recall
+
+    rng = np.random.default_rng(0)
+    ref_spec = B.Spec("pytorch-audio-fp32", "PyTorch", "audio", "pytorch", "fp32", reference=True)
+    q_spec = B.Spec("ort-cpu-audio-int8-dynamic", "ORT int8", "audio", "onnxruntime", "int8", "dynamic")
+    audio, text = _unit(rng.standard_normal((6, 8))), _unit(rng.standard_normal((6, 8)))
+    noisy = _unit(audio + 0.05 * rng.standard_normal(audio.shape))
+    retrieval = D.Dataset("toy", "retrieval", [f"{i}.wav" for i in range(6)], captions=[[f"c{i}"] for i in range(6)])
+    esc = D.Dataset("toy_esc", "classification", [f"{i}.wav" for i in range(6)], labels=[0, 1, 2, 0, 1, 2],
+                    classes=["dog", "rain", "siren"])
+    rows = []
+    for ds, t in ((retrieval, text), (esc, text[:3])):
+        owner = ds.texts()[1]
+        rows += recall.evaluate(ds, ref_spec, "trim", [8, 4], audio, t, owner, None)
+        rows += recall.evaluate(ds, ref_spec, "pad", [8, 4], noisy, t, owner, None)
+        rows += recall.evaluate(ds, q_spec, "trim", [8, 4], noisy, t, owner, (audio, t))
+    recall.add_deltas(rows, "trim")
+    assert all(r["delta"] is None for r in rows if r["reference"] and r["policy"] == "trim")
+    assert all(r["delta"] is not None for r in rows if not (r["reference"] and r["policy"] == "trim"))
+    q = [r for r in rows if not r["reference"]]
+    assert all(0.9 < r["fidelity"]["audio_cosine_mean"] <= 1.0001 and r["fidelity"]["text_cosine_min"] > 0.9999 for r in q)
+    doc = {"schema": report.SCHEMA, "kind": "recall", "command": "x", "created": "now",
+           "model": {"name": "m", "heads": "untrained", "clip_policy": "trim", "artifacts_digest": "0", "untrained_heads": True},
+           "machine": machine.describe(), "settings": {"notes": "n"}, "rows": rows,
+           "datasets": [retrieval.summary(), esc.summary()]}
+    md = report.recall_markdown(report.validate(doc))
+    assert "untrained heads" in md and "top-1 acc" in md and "T2A R@1" in md
