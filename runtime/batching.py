@@ -7,7 +7,7 @@ about two batches of features whatever the inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -30,11 +30,6 @@ class ItemProgress:
         return self.decoded and (self.error is not None or self.windows_pending == 0)
 
 
-@dataclass
-class _Group:
-    entries: list = field(default_factory=list)  # (arrival, index, features)
-
-
 class OrderedWindowBatcher:
     """Feed windows with ``add``; finished items come out of ``pop_finished`` in input order."""
 
@@ -45,7 +40,7 @@ class OrderedWindowBatcher:
         self.batch_size = batch_size
         self.max_pending = 2 * batch_size
         self.items: dict[int, ItemProgress] = {}
-        self.groups: dict[int, _Group] = {}
+        self.groups: dict[int, list] = {}  # frames -> [(arrival, index, features)], oldest first
         self.pending = 0
         self.arrivals = 0
         self.next_index = 0
@@ -57,13 +52,13 @@ class OrderedWindowBatcher:
     def add(self, index: int, features: np.ndarray) -> None:
         self.items[index].windows_pending += 1
         frames = features.shape[-1]
-        self.groups.setdefault(frames, _Group()).entries.append((self.arrivals, index, features))
+        self.groups.setdefault(frames, []).append((self.arrivals, index, features))
         self.arrivals += 1
         self.pending += 1
-        if len(self.groups[frames].entries) >= self.batch_size:
+        if len(self.groups[frames]) >= self.batch_size:
             self._run(frames)
         elif self.pending > self.max_pending:
-            oldest = min(self.groups, key=lambda f: self.groups[f].entries[0][0])
+            oldest = min(self.groups, key=lambda f: self.groups[f][0][0])
             self._run(oldest)
 
     def fail(self, index: int, message: str) -> None:
@@ -71,11 +66,11 @@ class OrderedWindowBatcher:
         item = self.items[index]
         item.error, item.decoded = message, True
         for frames in list(self.groups):
-            group = self.groups[frames]
-            kept = [e for e in group.entries if e[1] != index]
-            self.pending -= len(group.entries) - len(kept)
+            entries = self.groups[frames]
+            kept = [entry for entry in entries if entry[1] != index]
+            self.pending -= len(entries) - len(kept)
             if kept:
-                group.entries = kept
+                self.groups[frames] = kept
             else:
                 del self.groups[frames]
         item.windows_pending = 0
@@ -84,7 +79,7 @@ class OrderedWindowBatcher:
         self.items[index].decoded = True
 
     def flush(self) -> None:
-        for frames in sorted(self.groups, key=lambda f: self.groups[f].entries[0][0]):
+        for frames in sorted(self.groups, key=lambda f: self.groups[f][0][0]):
             self._run(frames)
 
     def pop_finished(self) -> Iterator[ItemProgress]:
@@ -93,10 +88,10 @@ class OrderedWindowBatcher:
             self.next_index += 1
 
     def _run(self, frames: int) -> None:
-        group = self.groups.pop(frames)
-        self.pending -= len(group.entries)
-        for start in range(0, len(group.entries), self.batch_size):
-            chunk = group.entries[start:start + self.batch_size]
+        entries = self.groups.pop(frames)
+        self.pending -= len(entries)
+        for start in range(0, len(entries), self.batch_size):
+            chunk = entries[start:start + self.batch_size]
             embeddings = self.encode(np.stack([features for _, _, features in chunk]))
             for (_, index, _), embedding in zip(chunk, embeddings):
                 item = self.items[index]

@@ -71,6 +71,7 @@ class WavLink:
         # The Rust tokenizer is immutable once configured, but its Python binding gives no documented
         # thread-safety promise; a lock costs microseconds next to an encoder run.
         self._tokenizer_lock = threading.Lock()
+        self.dim = self.spec.embed_dim  # _check_dim falls back to self.dim, so set the full width first
         self.dim = self._check_dim(dim)
         self.clip_policy = clip_policy or self.spec.clip_policy
         if self.clip_policy not in CLIP_POLICIES:
@@ -207,7 +208,7 @@ class WavLink:
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
-            return getattr(self, "dim", None) or self.spec.embed_dim
+            return self.dim
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) not in self.spec.matryoshka_dims:
             raise ValueError(f"dim {dim!r} is not one of this model's Matryoshka dims "
                              f"{', '.join(map(str, self.spec.matryoshka_dims))}")

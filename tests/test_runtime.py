@@ -271,3 +271,37 @@ def test_long_file_is_decoded_in_bounded_memory(tmp_path):
         tracemalloc.stop()
     assert windows == 20 and abs(total - seconds * SAMPLE_RATE) < 100
     assert peak < decoded_bytes / 4, f"peak {peak / 1e6:.1f} MB for {decoded_bytes / 1e6:.0f} MB of audio"
+
+
+def test_batcher_groups_by_frames_bounds_pending_and_keeps_order():
+    from wavlink_edge.runtime.batching import OrderedWindowBatcher
+
+    batches = []
+
+    def encode(batch):
+        batches.append(batch.shape)
+        return np.ones((batch.shape[0], 4), np.float32) * batch[:, 0, :1]  # row value = its item's marker
+
+    batcher = OrderedWindowBatcher(encode, batch_size=3)
+    frames_per_item = [100, 200, 100, 300, 200, 100, 400, 100, 100]
+    finished, max_pending = [], 0
+    for index, frames in enumerate(frames_per_item):
+        batcher.start(index, f"item{index}")
+        for _ in range(2):  # two windows per item
+            batcher.add(index, np.full((2, frames), float(index), np.float32))
+            max_pending = max(max_pending, batcher.pending)
+        if index == 4:
+            batcher.fail(index, "item4: broken")
+        else:
+            batcher.finish_item(index)
+        finished += list(batcher.pop_finished())
+    batcher.flush()
+    finished += list(batcher.pop_finished())
+    assert [item.index for item in finished] == list(range(len(frames_per_item)))
+    assert max_pending <= 2 * 3
+    assert all(shape[0] <= 3 for shape in batches)  # np.stack would fail on mixed frame counts
+    for item in finished:
+        if item.index == 4:
+            assert item.error == "item4: broken"
+        else:
+            assert item.windows_done == 2 and np.allclose(item.embedding_sum, 2 * item.index)
