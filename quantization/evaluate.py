@@ -85,6 +85,15 @@ def text_feeds(sentences: list[str], tokenizer_json: Path) -> list[tuple[str, di
     return feeds
 
 
+def text_batch(sentences: list[str], tokenizer_json: Path) -> dict:
+    """All sentences as one batch padded to the longest (the exported tokenizer pads)."""
+    from tokenizers import Tokenizer
+
+    enc = Tokenizer.from_file(str(tokenizer_json)).encode_batch(sentences)
+    return {"input_ids": np.array([e.ids for e in enc], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+
+
 def heldout_audio_paths(eval_dir: Path | None = None, eval_limit: int = 8) -> list[Path]:
     """runtime/samples + quantization/heldout (+ up to eval_limit clips of the benchmark eval split)."""
     paths = audio_files(SAMPLES_DIR) + audio_files(HELDOUT_DIR)

@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 LAYER_RE = {"audio": re.compile(r"/layers\.(\d+)/"), "text": re.compile(r"/layer\.(\d+)/")}
+FC1_RE = {"audio": re.compile(r"/fc1/MatMul$"), "text": re.compile(r"/intermediate/dense/MatMul$")}
 FC2_RE = {"audio": re.compile(r"/fc2/MatMul$"), "text": re.compile(r"/layer\.\d+/output/dense/MatMul$")}
 
 
@@ -39,6 +40,13 @@ def fc2_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
     if not names:
         raise ValueError(f"no second-MLP matmuls found in the {tower} graph")
     return names
+
+
+def mlp_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
+    fc1 = [n.name for n in model.graph.node if FC1_RE[tower].search(n.name)]
+    if not fc1:
+        raise ValueError(f"no first-MLP matmuls found in the {tower} graph")
+    return fc1 + fc2_nodes(model, tower)
 
 
 def edge_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
@@ -70,14 +78,20 @@ def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[lis
         return ["MatMul", "Gemm", "Conv"], w, edge_layer_nodes(model, tower)
     if name == "weight_matmuls_fc2_edges_fp32":
         return ["MatMul", "Gemm", "Conv"], w, sorted(set(fc2_nodes(model, tower)) | set(edge_layer_nodes(model, tower)))
+    if name == "weight_matmuls_mlp_fp32":
+        return ["MatMul", "Gemm", "Conv"], w, mlp_nodes(model, tower)
+    if name == "weight_matmuls_mlp_edges_fp32":
+        return ["MatMul", "Gemm", "Conv"], w, sorted(set(mlp_nodes(model, tower)) | set(edge_layer_nodes(model, tower)))
     raise ValueError(f"unknown static exclusion set {name!r}; choose one of {', '.join(STATIC_SETS)}")
 
 
 STATIC_SETS = ("everything", "no_add", "no_add_layernorm", "weight_matmuls", "weight_matmuls_fc2_fp32",
-               "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32")
+               "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32", "weight_matmuls_mlp_fp32",
+               "weight_matmuls_mlp_edges_fp32")
 # Candidates for the shipped static artifact: only weight-MatMul sets (Q/DQ on MatMul inputs is also the
 # placement TensorRT fuses best); the broader sets are in the sweep for the record.
-STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32")
+STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32",
+                 "weight_matmuls_mlp_fp32", "weight_matmuls_mlp_edges_fp32")
 
 
 def per_row_scan(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,381 @@
+"""Write fp16, dynamic-INT8 and static-INT8 artifacts into an export directory, each gated on fidelity.
+
+    python quantization/quantize.py EXPORT_DIR --precision fp16,int8 [--calibration-dir DIR]
+        [--calibration-method minmax|entropy|percentile] [--static-set NAME] [--force]
+
+For each tower (audio, text) and precision this writes `<tower>_fp16.onnx`, `<tower>_int8_dynamic.onnx`
+and `<tower>_int8_static.onnx`, measures cosine vs the fp32 ONNX at every Matryoshka dim on held-out
+clips and sentences (evaluate.py), and adds the file to manifest.json `artifacts` with its sha256,
+size, fidelity and recipe. An artifact whose mean cosine is under the gate at any dim (fp16 0.999,
+int8 0.99) is not written unless --force, and then it is marked `"forced": true`.
+Recipes and why: docs/quantization.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from wavlink_edge.quantization import evaluate as ev
+from wavlink_edge.quantization import recipes
+
+TOWERS = ("audio", "text")
+GATES = {"fp16": 0.999, "int8": 0.99}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# fp16: ops kept fp32. LayerNorm (Whisper's pre-norm residual stream reaches |x| > 1e3 and the variance
+# overflows fp16), Softmax (exp/sum precision), and the L2-normalisation tail (ReduceL2 of a 512-d
+# vector). The final global-token LayerNorm is a LayerNormalization op and is covered by the op list.
+FP16_OP_BLOCK_LIST = ["LayerNormalization", "Softmax", "ReduceL2"]
+# dynamic INT8: weights int8 per output channel (per-tensor loses ~0.035 mean cosine on the text
+# tower), activations uint8 with 7-bit range so u8 x s8 pairs cannot saturate the 16-bit intermediate
+# of AVX2 without VNNI (vpmaddubsw); on VNNI / ARM dot-product CPUs it costs < 0.001 cosine (measured,
+# docs/quantization.md), so one artifact serves every CPU.
+DYNAMIC_PER_CHANNEL, DYNAMIC_REDUCE_RANGE = True, True
+CALIBRATION_CLIPS_DEFAULT = 16  # clips (x2 input policies) for the fast path; --calibration-limit 0 = all
+
+
+class QuantizationError(RuntimeError):
+    pass
+
+
+def _quiet_ort_logging() -> None:
+    # onnxruntime.quantization logs one INFO line per tensor; keep the CLI readable
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("onnxruntime", "onnxruntime.quantization", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------- artifacts (one function each)
+
+def make_fp16(src: Path, dst: Path) -> dict:
+    """fp16 weights and compute, fp32 inputs/outputs; blocked ops stay fp32 (GPU / TensorRT artifact)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
+    onnx.save(model, str(dst))
+    return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+            "kept_fp32_ops": FP16_OP_BLOCK_LIST}
+
+
+def make_int8_dynamic(src: Path, dst: Path) -> dict:
+    """CPU dynamic INT8 of the weight MatMuls/Gemm, wrapped per batch row so rows never share scales."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = Path(tmp) / "dyn.onnx"
+        quantize_dynamic(str(src), str(flat), op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=DYNAMIC_PER_CHANNEL, reduce_range=DYNAMIC_REDUCE_RANGE,
+                         weight_type=QuantType.QInt8)
+        model = recipes.per_row_scan(onnx.load(str(flat)))
+    onnx.save(model, str(dst))
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul", "Gemm"],
+            "weights": "int8 symmetric, per output channel" if DYNAMIC_PER_CHANNEL else "int8 per tensor",
+            "activations": "uint8 dynamic (per row), reduce_range" if DYNAMIC_REDUCE_RANGE else "uint8 dynamic (per row)",
+            "not_quantized": "attention act x act MatMuls, Conv front end, LayerNorm, Softmax, Add",
+            "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales"}
+
+
+def make_int8_static(src: Path, dst: Path, tower: str, exclusion_set: str, calibration_cache: Path,
+                     method: str = "minmax") -> dict:
+    """Static Q/DQ INT8 (symmetric int8 activations and per-channel weights, as TensorRT wants them).
+
+    Ranges come from `calibration_cache` (calibrate() wrote it), so trying several exclusion sets
+    costs one calibration pass.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src))
+    ops, include, exclude = recipes.static_selection(exclusion_set, model, tower)
+    quantize_static(str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=ops, nodes_to_quantize=include, nodes_to_exclude=exclude,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                    calibrate_method=_ort_method(method), calibration_cache_path=str(calibration_cache))
+    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "exclusion_set": exclusion_set, "op_types": ops or "all",
+            "nodes_quantized_listed": len(include) if include is not None else "all",
+            "nodes_kept_fp32": len(exclude), "weights": "int8 symmetric per channel",
+            "activations": "int8 symmetric per tensor (static)"}
+
+
+# ---------------------------------------------------------------- calibration
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds):
+        self._it = iter([f for _, f in feeds])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def calibration_feeds(export_dir: Path, tower: str, calibration_dir: Path | None, limit: int | None,
+                      method: str = "minmax") -> tuple[list, dict]:
+    """Calibration inputs. minmax takes any shapes; ORT's histogram calibrators (entropy, percentile)
+    stack each tensor across inputs, so for them every input must have the same shape: audio uses the
+    padded 30 s policy only, text goes in as one padded batch."""
+    histogram = method != "minmax"
+    manifest = ev.load_manifest(export_dir)
+    folder = Path(calibration_dir) if calibration_dir else ev.CALIBRATION_DIR
+    if tower == "audio":
+        paths = ev.audio_files(folder, limit=limit or None)
+        if not paths:
+            raise QuantizationError(f"no audio ({', '.join(ev.AUDIO_SUFFIXES)}) in calibration dir {folder}")
+        held = {p.resolve() for p in ev.heldout_audio_paths()}
+        if any(p.resolve() in held for p in paths):
+            raise QuantizationError(f"calibration dir {folder} overlaps the held-out evaluation clips")
+        # both input policies: the runtime serves padded 30 s clips and trimmed clips
+        policies = ("pad",) if histogram else ("pad", "trim")
+        feeds = ev.audio_feeds(paths, manifest["model"]["n_mels"], policies)
+        return feeds, {"audio_dir": _rel(folder), "clips": len(paths), "inputs": len(feeds), "policies": list(policies)}
+    sentences_file = folder / "sentences.txt"
+    if not sentences_file.is_file():
+        sentences_file = ev.CALIBRATION_DIR / "sentences.txt"  # user audio dir without text: bundled sentences
+    sentences = ev.read_sentences(sentences_file)
+    overlap = set(sentences) & set(ev.heldout_sentences())
+    if overlap:
+        raise QuantizationError(f"calibration sentences overlap the held-out ones: {sorted(overlap)[:3]}")
+    info = {"sentences": _rel(sentences_file), "inputs": len(sentences)}
+    if histogram:
+        return [("all", ev.text_batch(sentences, Path(export_dir) / "tokenizer.json"))], {**info, "batched": True}
+    return ev.text_feeds(sentences, Path(export_dir) / "tokenizer.json"), info
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def calibrate(src: Path, feeds: list, method: str, cache: Path) -> None:
+    """One calibration pass over every tensor; the ranges land in `cache` (ORT's calibration cache)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    # Flush collected activations every k inputs to bound memory (a padded 30 s clip has ~1 GB of
+    # intermediate tensors). ORT raises "No data is collected" when the last flush leaves nothing, i.e.
+    # when k divides the number of inputs, so k is chosen not to.
+    k = next((k for k in (3, 4, 5, 2) if len(feeds) % k), 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        # quantize_static with no op-type filter calibrates all tensors and writes the cache; the model
+        # it writes is thrown away.
+        # Histogram methods calibrate only MatMul/Gemm/Conv inputs: ORT's histogram fails on the
+        # constant-valued tensors elsewhere in the graph ("Too many bins for data range").
+        ops = None if method == "minmax" else ["MatMul", "Gemm", "Conv"]
+        quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibMaxIntermediateOutputs": k},
+                        calibration_cache_path=str(cache))
+
+
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ev.REPO)) if path.is_relative_to(ev.REPO) else str(path)
+
+
+# ---------------------------------------------------------------- gate and manifest
+
+def gate(fidelity: dict, precision: str) -> tuple[float, bool]:
+    threshold = GATES[precision]
+    return threshold, ev.min_mean(fidelity) >= threshold
+
+
+def artifact_name(tower: str, precision: str, variant: str | None = None) -> str:
+    return f"{tower}_{precision}{'_' + variant if variant else ''}.onnx"
+
+
+def _update_manifest(export_dir: Path, name: str, entry: dict | None) -> None:
+    path = Path(export_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if entry is None:
+        manifest["artifacts"].pop(name, None)
+    else:
+        manifest["artifacts"][name] = entry
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class _Run:
+    """State of one quantize_export call: held-out sets (fp32 references computed once) and results."""
+
+    def __init__(self, export_dir: Path, force: bool, eval_dir, eval_limit: int, log):
+        self.export_dir, self.force, self.log = Path(export_dir), force, log
+        self.eval_dir, self.eval_limit = eval_dir, eval_limit
+        self._held: dict[str, ev.HeldOut] = {}
+        self.results: dict[str, dict] = {}
+        self.refused: list[str] = []
+
+    def held(self, tower: str) -> ev.HeldOut:
+        if tower not in self._held:
+            self._held[tower] = ev.HeldOut(self.export_dir, tower, self.eval_dir, self.eval_limit)
+        return self._held[tower]
+
+    def measure(self, tmp_path: Path, tower: str, precision: str) -> tuple[dict, bool]:
+        held = self.held(tower)
+        fig = held.fidelity(tmp_path)
+        threshold, passed = gate(fig, precision)
+        return {**fig, "gate": threshold, "gate_on": "cosine_mean at every dim", "passed": passed,
+                "heldout": held.describe()}, passed
+
+    def commit(self, tmp_path: Path, tower: str, precision: str, variant: str | None, fidelity: dict,
+               recipe: dict, extra: dict | None = None) -> bool:
+        name = artifact_name(tower, precision, variant)
+        dst = self.export_dir / name
+        src = self.export_dir / f"{tower}.onnx"
+        if not fidelity["passed"] and not self.force:
+            tmp_path.unlink(missing_ok=True)
+            if dst.exists():  # an older file would no longer match what this run measured
+                dst.unlink()
+            _update_manifest(self.export_dir, name, None)
+            self.refused.append(name)
+            self.log(f"  REFUSED {name}: cosine mean {ev.min_mean(fidelity):.5f} < gate {fidelity['gate']} "
+                     "(use --force to write it anyway, marked)")
+            return False
+        fidelity["forced"] = not fidelity["passed"]
+        os.replace(tmp_path, dst)
+        entry = {"tower": tower, "precision": precision, **({"variant": variant} if variant else {}),
+                 "sha256": ev.sha256_file(dst), "bytes": dst.stat().st_size,
+                 "source": {"file": src.name, "sha256": ev.sha256_file(src)},
+                 **(extra or {}), "fidelity": fidelity, "recipe": recipe}
+        _update_manifest(self.export_dir, name, entry)
+        self.results[name] = entry
+        flag = " (FORCED under the gate)" if fidelity["forced"] else ""
+        dims = "  ".join(f"{d}:{fidelity[d]['cosine_mean']:.5f}/{fidelity[d]['cosine_min']:.5f}"
+                         for d in fidelity if d.isdigit())
+        self.log(f"  wrote {name} ({dst.stat().st_size / 1e6:.1f} MB){flag}  mean/min per dim {dims}")
+        return True
+
+    def tmp(self, name: str) -> Path:
+        return self.export_dir / f".tmp-{os.getpid()}-{name}"
+
+
+# ---------------------------------------------------------------- driver
+
+def quantize_export(export_dir, precisions, calibration_dir=None, calibration_method: str = "minmax",
+                    force: bool = False, towers=TOWERS, static_set: str | None = None,
+                    calibration_limit: int | None = CALIBRATION_CLIPS_DEFAULT, eval_dir=None, eval_limit: int = 8,
+                    log=print) -> dict:
+    """Write the requested precisions (fp16, int8 = dynamic + static) for each tower; return the new entries.
+
+    Raises QuantizationError listing the refused artifacts if any was under its gate (without force);
+    the ones that passed are written and in the manifest either way.
+    """
+    _quiet_ort_logging()
+    export_dir = Path(export_dir)
+    if not (export_dir / "manifest.json").is_file():
+        raise QuantizationError(f"{export_dir} is not an export directory (no manifest.json)")
+    precisions = [p for p in precisions if p != "fp32"]
+    bad = [p for p in precisions if p not in GATES]
+    if bad:
+        raise QuantizationError(f"unknown precision(s) {bad}: use fp16, int8")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"unknown calibration method {calibration_method!r}: use {', '.join(CALIBRATION_METHODS)}")
+    if static_set is not None and static_set not in recipes.STATIC_SETS:
+        raise QuantizationError(f"unknown static set {static_set!r}: use {', '.join(recipes.STATIC_SETS)}")
+    manifest = ev.load_manifest(export_dir)
+    for tower in towers:
+        entry = manifest["artifacts"].get(f"{tower}.onnx")
+        if entry is None or ev.sha256_file(export_dir / f"{tower}.onnx") != entry["sha256"]:
+            raise QuantizationError(f"{tower}.onnx is missing or does not match its manifest sha256")
+
+    run = _Run(export_dir, force, eval_dir, eval_limit, log)
+    for tower in towers:
+        src = export_dir / f"{tower}.onnx"
+        if "fp16" in precisions:
+            _artifact_fp16(run, src, tower)
+        if "int8" in precisions:
+            _artifact_int8_dynamic(run, src, tower)
+            _artifact_int8_static(run, src, tower, calibration_dir, calibration_method, static_set, calibration_limit)
+    if run.refused:
+        raise QuantizationError(f"under the fidelity gate, not written: {', '.join(run.refused)}")
+    return run.results
+
+
+def _artifact_fp16(run: _Run, src: Path, tower: str) -> None:
+    t = time.perf_counter()
+    tmp = run.tmp(artifact_name(tower, "fp16"))
+    recipe = make_fp16(src, tmp)
+    fid, _ = run.measure(tmp, tower, "fp16")
+    recipe["seconds"] = round(time.perf_counter() - t, 1)
+    run.commit(tmp, tower, "fp16", None, fid, recipe, {"batch_independent": True})
+
+
+def _artifact_int8_dynamic(run: _Run, src: Path, tower: str) -> None:
+    t = time.perf_counter()
+    tmp = run.tmp(artifact_name(tower, "int8", "dynamic"))
+    recipe = make_int8_dynamic(src, tmp)
+    fid, _ = run.measure(tmp, tower, "int8")
+    recipe["seconds"] = round(time.perf_counter() - t, 1)
+    # batch_independent: the Scan wrapper makes rows exact (tests/test_quantization.py checks it)
+    run.commit(tmp, tower, "int8", "dynamic", fid, recipe, {"batch_independent": True, "execution": "cpu"})
+
+
+def _artifact_int8_static(run: _Run, src: Path, tower: str, calibration_dir, method: str, static_set: str | None,
+                          limit: int | None) -> None:
+    t = time.perf_counter()
+    feeds, calib_info = calibration_feeds(run.export_dir, tower, calibration_dir, limit, method)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        cache = Path(tmpdir) / "calibration.json"
+        calibrate(src, feeds, method, cache)
+        calib_seconds = round(time.perf_counter() - t, 1)
+        # Walk from most to least quantized and keep the first set that passes the gate; the measured
+        # figures of the ones that failed go into the recipe so the choice is visible.
+        ladder = [static_set] if static_set else list(recipes.STATIC_LADDER)
+        tried = []
+        tmp = run.tmp(artifact_name(tower, "int8", "static"))
+        for name in ladder:
+            recipe = make_int8_static(src, tmp, tower, name, cache, method)
+            fid, passed = run.measure(tmp, tower, "int8")
+            tried.append({"exclusion_set": name, "cosine_mean": ev.min_mean(fid), "cosine_min": ev.min_min(fid)})
+            run.log(f"  {tower} static {name}: cosine mean {ev.min_mean(fid):.5f} min {ev.min_min(fid):.5f}")
+            if passed:
+                break
+        recipe.update({"calibration": {**calib_info, "method": method, "seconds": calib_seconds},
+                       "ladder_tried": tried, "seconds": round(time.perf_counter() - t, 1)})
+        run.commit(tmp, tower, "int8", "static", fid, recipe, {"batch_independent": True, "format": "QDQ"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--precision", default="fp16,int8", help="comma list of fp16, int8 (int8 = dynamic + static)")
+    parser.add_argument("--tower", default="audio,text", help="comma list of audio, text")
+    parser.add_argument("--calibration-dir", type=Path, help="your own audio (+ optional sentences.txt) for static INT8")
+    parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
+    parser.add_argument("--calibration-limit", type=int, default=CALIBRATION_CLIPS_DEFAULT,
+                        help=f"calibration clips used (default {CALIBRATION_CLIPS_DEFAULT}; 0 = all)")
+    parser.add_argument("--static-set", choices=recipes.STATIC_SETS,
+                        help="pin the static exclusion set instead of walking the ladder")
+    parser.add_argument("--eval-dir", type=Path, help="extra held-out clips (default bench/data/wavlink_eval if present)")
+    parser.add_argument("--eval-limit", type=int, default=8, help="clips taken from the eval dir (default 8)")
+    parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
+    args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    towers = [t.strip() for t in args.tower.split(",") if t.strip()]
+    if any(t not in TOWERS for t in towers):
+        parser.error(f"--tower takes {', '.join(TOWERS)}")
+    start = time.perf_counter()
+    try:
+        quantize_export(args.export_dir, precisions, args.calibration_dir, args.calibration_method, args.force,
+                        towers, args.static_set, args.calibration_limit or None, args.eval_dir, args.eval_limit)
+    except QuantizationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
