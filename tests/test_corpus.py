@@ -12,7 +12,7 @@ from wavlink_edge.bench.corpus import plan as corpus_plan
 from wavlink_edge.bench.corpus.generate import CAPTION_COLUMNS, available
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"
-TINY = dict(n_train=20, n_test=10, seed=3, workers=2)
+TINY = dict(n_train=12, n_test=6, seed=3, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,12 @@ def _rows(path: Path) -> list[dict]:
 
 def test_same_seed_gives_identical_files(tiny):
     a, b = _files(tiny[0]), _files(tiny[1])
-    assert a.keys() == b.keys() and len([k for k in a if k.endswith(".flac")]) == 30
+    assert a.keys() == b.keys() and len([k for k in a if k.endswith(".flac")]) == 18
     assert [k for k in a if a[k] != b[k]] == []
 
 
 def test_captions_are_clotho_with_five_distinct_captions(tiny):
-    for split, n in (("train", 20), ("test", 10)):
+    for split, n in (("train", 12), ("test", 6)):
         with open(tiny[0] / f"captions_{split}.csv", newline="") as f:
             assert next(csv.reader(f)) == CAPTION_COLUMNS
         rows = _rows(tiny[0] / f"captions_{split}.csv")

@@ -4,8 +4,9 @@ from __future__ import annotations
 from . import events, music, plan
 
 SOURCES = [  # (what, Debian package, licence)
-    ("speech synthesis, 6 languages, male/female/whisper variants", "espeak-ng", "GPL-3+ (program and voice data)"),
-    ("speech synthesis, English male diphone voice kal_diphone", "festival + festvox-kallpc16k", "festival: X11-style free licence; kal voice: free (see debian/copyright)"),
+    ("speech synthesis, 6 languages, male/female/whisper variants", "espeak-ng", "GPL-3+"),
+    ("speech synthesis, English male diphone voice kal_diphone", "festival, festvox-kallpc16k",
+     "permissive Edinburgh/CMU licence (use, modify, redistribute with notice)"),
     ("MIDI rendering", "fluidsynth", "LGPL-2.1+"),
     *[(f"General MIDI soundfont {p.rsplit('/', 1)[1]}", pkg, lic) for p, (pkg, lic) in music.SOUNDFONTS.items()],
     *[(f"recorded sounds in {d}", pkg, lic) for d, (pkg, lic) in events.PACKAGES.items()],
@@ -44,9 +45,8 @@ def render(stats: dict, audio_format: str, eval_export: bool = False) -> str:
     ]
     for split, s in stats["splits"].items():
         p = s["length_percentiles_s"]
-        lines.append(f"| {split} | {s['clips']} | {s['hours']} | {s['length_mean_s']} | {p[5] if 5 in p else p['5']} | "
-                     f"{p[50] if 50 in p else p['50']} | {p[95] if 95 in p else p['95']} | {p[100] if 100 in p else p['100']} | "
-                     + ", ".join(f"{k} {v}" for k, v in s["scenes"].items()) + " |")
+        lines.append(f"| {split} | {s['clips']} | {s['hours']} | {s['length_mean_s']} | {p['5']} | {p['50']} | {p['95']} | "
+                     f"{p['100']} | " + ", ".join(f"{k} {v}" for k, v in s["scenes"].items()) + " |")
     if "eval_audio_bytes" in stats:
         lines.append(f"\nCompressed audio in this folder: {stats['eval_audio_bytes'] / 1e6:.2f} MB.")
     lines += ["", "## Split by composition", "",

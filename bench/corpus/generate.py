@@ -112,7 +112,7 @@ def split_stats(results: list[dict]) -> dict:
         scenes[r["clip"]["scene"]] = scenes.get(r["clip"]["scene"], 0) + 1
     return {"clips": len(results), "hours": round(float(lengths.sum()) / 3600, 3),
             "length_mean_s": round(float(lengths.mean()), 2),
-            "length_percentiles_s": {p: round(float(np.percentile(lengths, p)), 2) for p in (5, 25, 50, 75, 95, 100)},
+            "length_percentiles_s": {str(p): round(float(np.percentile(lengths, p)), 2) for p in (5, 25, 50, 75, 95, 100)},
             "scenes": dict(sorted(scenes.items())),
             "compositions": sorted({"|".join(map(str, composition(r["clip"]))) for r in results})}
 

@@ -11,8 +11,11 @@ from . import events, music, speech, synth
 from .audio import SR, fade, fit_length, rms_db, set_rms_db
 
 
-def speech_keys(sp: dict) -> list[tuple]:
-    return [("speech", sp["engine"], sp["language"], sp["gender"], sp["style"], i) for i in range(speech.N_SENTENCES)]
+def speech_keys(sp: dict, length_s: float) -> list[tuple]:
+    """The sentences a clip can use: enough to fill its length (utterances last >= ~1.5 s), no more,
+    so short clips do not make the pool render sentences they never play."""
+    k = min(len(sp["sentences"]), int(length_s / 1.2) + 1)
+    return [("speech", sp["engine"], sp["language"], sp["gender"], sp["style"], i) for i in sp["sentences"][:k]]
 
 
 def music_key(m: dict) -> tuple:
@@ -20,7 +23,7 @@ def music_key(m: dict) -> tuple:
 
 
 def source_keys(clip: dict) -> list[tuple]:
-    keys = speech_keys(clip["speech"]) if "speech" in clip else []
+    keys = speech_keys(clip["speech"], clip["length_s"]) if "speech" in clip else []
     return keys + ([music_key(clip["music"])] if "music" in clip else [])
 
 
@@ -33,10 +36,10 @@ def _speech_track(sp: dict, pool: dict, n: int, start: int, rng) -> np.ndarray:
     """Consecutive sentences by one speaker with short pauses, cut (with a fade) at the clip end."""
     out = np.zeros(n, dtype=np.float32)
     t = start
-    for i in sp["sentences"] * 4:
+    for key in speech_keys(sp, n / SR) * 8:
         if t >= n - SR // 4:
             break
-        u = pool[speech_keys(sp)[i]]
+        u = pool[key]
         seg = u[: n - t]
         out[t: t + len(seg)] = set_rms_db(seg, -20) if len(seg) == len(u) else fade(set_rms_db(u, -20)[: len(seg)], 80)
         t += len(u) + int(rng.uniform(0.25, 0.7) * SR)
@@ -93,7 +96,7 @@ def render_clip(clip: dict, pool: dict) -> tuple[np.ndarray, dict]:
             x = _scale_to(x, -28, 0)
         loud = clip["loudness"] == "loud"
         rel = rng.uniform(6, 12) if loud else rng.uniform(-6, 0)
-        ref = -28 if bg != "silence" else -14 if loud else -40
+        ref = -28 if bg != "silence" else -14 if loud else -30
         where = []
         for idx, pos in zip(clip["events"], clip["positions"]):
             ev = events.load(idx)[: n]
