@@ -139,11 +139,13 @@ def cosine_by_dim(reference: np.ndarray, candidate: np.ndarray, dims) -> dict:
 class HeldOut:
     """Held-out inputs of one tower and their fp32 reference embeddings (computed once)."""
 
-    def __init__(self, export_dir: Path, tower: str, eval_dir: Path | None = None, eval_limit: int = 8):
+    def __init__(self, export_dir: Path, tower: str, eval_dir: Path | None = None, eval_limit: int = 8,
+                 fast: bool = False):
         manifest = load_manifest(export_dir)
         self.dims = manifest["model"]["matryoshka_dims"]
         if tower == "audio":
-            paths = heldout_audio_paths(eval_dir, eval_limit)
+            # fast (CI): the bundled runtime samples only
+            paths = audio_files(SAMPLES_DIR) if fast else heldout_audio_paths(eval_dir, eval_limit)
             self.feeds = audio_feeds(paths, manifest["model"]["n_mels"])
             self.source = sorted({str(p.parent.relative_to(REPO)) if p.is_relative_to(REPO) else str(p.parent) for p in paths})
         else:

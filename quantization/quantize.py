@@ -39,7 +39,8 @@ FP16_OP_BLOCK_LIST = ["LayerNormalization", "Softmax", "ReduceL2"]
 # of AVX2 without VNNI (vpmaddubsw); on VNNI / ARM dot-product CPUs it costs < 0.001 cosine (measured,
 # docs/quantization.md), so one artifact serves every CPU.
 DYNAMIC_PER_CHANNEL, DYNAMIC_REDUCE_RANGE = True, True
-CALIBRATION_CLIPS_DEFAULT = 16  # clips (x2 input policies) for the fast path; --calibration-limit 0 = all
+CALIBRATION_CLIPS_DEFAULT = 16  # clips (x2 input policies); --calibration-limit 0 = all
+FAST_CALIBRATION_CLIPS = 6  # --fast (CI)
 
 
 class QuantizationError(RuntimeError):
@@ -65,7 +66,7 @@ def make_fp16(src: Path, dst: Path) -> dict:
             "kept_fp32_ops": FP16_OP_BLOCK_LIST}
 
 
-def make_int8_dynamic(src: Path, dst: Path) -> dict:
+def make_int8_dynamic(src: Path, dst: Path, tower: str) -> dict:
     """CPU dynamic INT8 of the weight MatMuls/Gemm, wrapped per batch row so rows never share scales."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -74,13 +75,16 @@ def make_int8_dynamic(src: Path, dst: Path) -> dict:
         quantize_dynamic(str(src), str(flat), op_types_to_quantize=["MatMul", "Gemm"],
                          per_channel=DYNAMIC_PER_CHANNEL, reduce_range=DYNAMIC_REDUCE_RANGE,
                          weight_type=QuantType.QInt8)
-        model = recipes.per_row_scan(onnx.load(str(flat)))
+        # text: each row is also cut to its own length, so a sentence's pad tokens (which depend on its
+        # batch-mates' lengths) never enter its activation scales
+        model = recipes.per_row_scan(onnx.load(str(flat)), "attention_mask" if tower == "text" else None)
     onnx.save(model, str(dst))
     return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul", "Gemm"],
             "weights": "int8 symmetric, per output channel" if DYNAMIC_PER_CHANNEL else "int8 per tensor",
             "activations": "uint8 dynamic (per row), reduce_range" if DYNAMIC_REDUCE_RANGE else "uint8 dynamic (per row)",
             "not_quantized": "attention act x act MatMuls, Conv front end, LayerNorm, Softmax, Add",
-            "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales"}
+            "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales"
+                           + ("; text rows cut to their own length (right padding removed)" if tower == "text" else "")}
 
 
 def make_int8_static(src: Path, dst: Path, tower: str, exclusion_set: str, calibration_cache: Path,
@@ -210,8 +214,8 @@ def _update_manifest(export_dir: Path, name: str, entry: dict | None) -> None:
 class _Run:
     """State of one quantize_export call: held-out sets (fp32 references computed once) and results."""
 
-    def __init__(self, export_dir: Path, force: bool, eval_dir, eval_limit: int, log):
-        self.export_dir, self.force, self.log = Path(export_dir), force, log
+    def __init__(self, export_dir: Path, force: bool, eval_dir, eval_limit: int, log, fast: bool = False):
+        self.export_dir, self.force, self.log, self.fast = Path(export_dir), force, log, fast
         self.eval_dir, self.eval_limit = eval_dir, eval_limit
         self._held: dict[str, ev.HeldOut] = {}
         self.results: dict[str, dict] = {}
@@ -219,7 +223,7 @@ class _Run:
 
     def held(self, tower: str) -> ev.HeldOut:
         if tower not in self._held:
-            self._held[tower] = ev.HeldOut(self.export_dir, tower, self.eval_dir, self.eval_limit)
+            self._held[tower] = ev.HeldOut(self.export_dir, tower, self.eval_dir, self.eval_limit, self.fast)
         return self._held[tower]
 
     def measure(self, tmp_path: Path, tower: str, precision: str) -> tuple[dict, bool]:
@@ -266,8 +270,11 @@ class _Run:
 def quantize_export(export_dir, precisions, calibration_dir=None, calibration_method: str = "minmax",
                     force: bool = False, towers=TOWERS, static_set: str | None = None,
                     calibration_limit: int | None = CALIBRATION_CLIPS_DEFAULT, eval_dir=None, eval_limit: int = 8,
-                    log=print) -> dict:
+                    log=print, fast: bool = False) -> dict:
     """Write the requested precisions (fp16, int8 = dynamic + static) for each tower; return the new entries.
+
+    fast (CI): calibrate on FAST_CALIBRATION_CLIPS clips and measure on runtime/samples only; the
+    manifest records which held-out inputs were used.
 
     Raises QuantizationError listing the refused artifacts if any was under its gate (without force);
     the ones that passed are written and in the manifest either way.
@@ -290,7 +297,9 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
         if entry is None or ev.sha256_file(export_dir / f"{tower}.onnx") != entry["sha256"]:
             raise QuantizationError(f"{tower}.onnx is missing or does not match its manifest sha256")
 
-    run = _Run(export_dir, force, eval_dir, eval_limit, log)
+    if fast:
+        calibration_limit = min(calibration_limit or FAST_CALIBRATION_CLIPS, FAST_CALIBRATION_CLIPS)
+    run = _Run(export_dir, force, eval_dir, eval_limit, log, fast)
     for tower in towers:
         src = export_dir / f"{tower}.onnx"
         if "fp16" in precisions:
@@ -315,7 +324,7 @@ def _artifact_fp16(run: _Run, src: Path, tower: str) -> None:
 def _artifact_int8_dynamic(run: _Run, src: Path, tower: str) -> None:
     t = time.perf_counter()
     tmp = run.tmp(artifact_name(tower, "int8", "dynamic"))
-    recipe = make_int8_dynamic(src, tmp)
+    recipe = make_int8_dynamic(src, tmp, tower)
     fid, _ = run.measure(tmp, tower, "int8")
     recipe["seconds"] = round(time.perf_counter() - t, 1)
     # batch_independent: the Scan wrapper makes rows exact (tests/test_quantization.py checks it)
@@ -361,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dir", type=Path, help="extra held-out clips (default bench/data/wavlink_eval if present)")
     parser.add_argument("--eval-limit", type=int, default=8, help="clips taken from the eval dir (default 8)")
     parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
+    parser.add_argument("--fast", action="store_true",
+                        help=f"CI path: {FAST_CALIBRATION_CLIPS} calibration clips, held-out = runtime/samples only")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     towers = [t.strip() for t in args.tower.split(",") if t.strip()]
@@ -369,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         quantize_export(args.export_dir, precisions, args.calibration_dir, args.calibration_method, args.force,
-                        towers, args.static_set, args.calibration_limit or None, args.eval_dir, args.eval_limit)
+                        towers, args.static_set, args.calibration_limit or None, args.eval_dir, args.eval_limit,
+                        fast=args.fast)
     except QuantizationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -59,16 +59,16 @@ def edge_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
 # Static Q/DQ exclusion sets, from most to least quantized. Each returns (op_types, nodes_to_quantize,
 # nodes_to_exclude) for onnxruntime.quantization.quantize_static. exclusion_sweep.py measures all of
 # them; quantize.py walks STATIC_LADDER and keeps the first that passes the gate.
+FLOAT_COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Pow", "Erf", "Softmax",
+                     "LayerNormalization", "ReduceL2")
+
+
 def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[list[str] | None, list[str] | None, list[str]]:
-    all_ops = None  # everything ORT can quantize
-    if name == "everything":
-        return all_ops, None, []
-    if name == "no_add":
-        ops = sorted({n.op_type for n in model.graph.node} - {"Add"})
-        return ops, None, []
-    if name == "no_add_layernorm":
-        ops = sorted({n.op_type for n in model.graph.node} - {"Add", "LayerNormalization"})
-        return ops, None, []
+    if name in ("everything", "no_add", "no_add_layernorm"):
+        # "everything" = every float compute op type of this graph (ModelOpt's "quantize everything")
+        present = {n.op_type for n in model.graph.node} & set(FLOAT_COMPUTE_OPS)
+        drop = {"everything": set(), "no_add": {"Add"}, "no_add_layernorm": {"Add", "LayerNormalization"}}[name]
+        return sorted(present - drop), None, []
     w = weight_matmuls(model)
     if name == "weight_matmuls":
         return ["MatMul", "Gemm", "Conv"], w, []
@@ -94,20 +94,37 @@ STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_ed
                  "weight_matmuls_mlp_fp32", "weight_matmuls_mlp_edges_fp32")
 
 
-def per_row_scan(model: onnx.ModelProto) -> onnx.ModelProto:
+def per_row_scan(model: onnx.ModelProto, right_padding_mask: str | None = None) -> onnx.ModelProto:
     """Wrap the whole graph in a Scan over the batch axis: each row runs alone, exactly as at batch 1.
 
     Why: ORT's DynamicQuantizeLinear computes one activation scale per tensor, i.e. per *batch*, so an
     embedding would depend on its batch-mates. Inside the Scan each row gets its own scales, so a clip
     gives bit-identical output alone or in any batch. Weights stay outer-scope initializers (no copy).
+
+    right_padding_mask: name of an attention-mask input (text tower). Each row is then cut to its own
+    length (sum of its mask) before it runs, so the pad tokens a batch adds to a short sentence take no
+    part in its activation scales either (the exported tokenizer pads on the right). It also skips the
+    pad positions' compute.
     """
     g = model.graph
     axes = "__per_row_axes0"
     rename = {v.name: v.name + "__row_local" for v in list(g.input) + list(g.output)}
     body_in = [helper.make_tensor_value_info(i.name + "__row", i.type.tensor_type.elem_type, None) for i in g.input]
     body_out = [helper.make_tensor_value_info(o.name + "__row", o.type.tensor_type.elem_type, None) for o in g.output]
-    nodes = [helper.make_node("Unsqueeze", [i.name + "__row", axes], [rename[i.name]], name=f"per_row/unsqueeze_{i.name}")
-             for i in g.input]
+    nodes = []
+    row = {i.name: i.name + "__row" for i in g.input}
+    if right_padding_mask is not None:
+        if right_padding_mask not in row:
+            raise ValueError(f"no input {right_padding_mask!r} to trim padding by")
+        length = "per_row/length"
+        nodes.append(helper.make_node("ReduceSum", [row[right_padding_mask], axes], [length], keepdims=1,
+                                      name="per_row/length"))
+        for name in list(row):
+            cut = f"per_row/{name}_unpadded"
+            nodes.append(helper.make_node("Slice", [row[name], "__per_row_zero", length, axes], [cut], name=cut))
+            row[name] = cut
+    nodes += [helper.make_node("Unsqueeze", [row[i.name], axes], [rename[i.name]], name=f"per_row/unsqueeze_{i.name}")
+              for i in g.input]
     for node in g.node:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         for k, v in enumerate(node.input):
@@ -121,6 +138,8 @@ def per_row_scan(model: onnx.ModelProto) -> onnx.ModelProto:
     scan = helper.make_node("Scan", [i.name for i in g.input], [o.name for o in g.output], name="per_row_scan",
                             body=body, num_scan_inputs=len(g.input))
     initializers = list(g.initializer) + [helper.make_tensor(axes, TensorProto.INT64, [1], [0])]
+    if right_padding_mask is not None:
+        initializers.append(helper.make_tensor("__per_row_zero", TensorProto.INT64, [1], [0]))
     outer = helper.make_graph([scan], g.name, list(g.input), list(g.output), initializer=initializers)
     out = helper.make_model(outer, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                             producer_name="wavlink_edge.quantization")
