@@ -32,6 +32,12 @@ EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "CAF", "A
 AudioInput = Union[str, os.PathLike, tuple]
 
 
+def is_array_pair(item: object) -> bool:
+    """True for one (ndarray, sample_rate) item, as opposed to a tuple of several items."""
+    return (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], np.ndarray)
+            and isinstance(item[1], (int, float, np.integer, np.floating)) and not isinstance(item[1], bool))
+
+
 def describe_source(item: object, index: int) -> str:
     """A short, stable name for an input item, used in results and error messages."""
     if isinstance(item, (str, os.PathLike)):

@@ -7,6 +7,7 @@ re-normalised, then truncated, so every ``dim`` of an item is a prefix of the sa
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,13 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_blocks
+from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import ItemProgress, OrderedWindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
 from wavlink_edge.runtime.features import CHUNK_SECONDS, CLIP_POLICIES, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.registry import PRECISION_CHOICES, ArtifactSpec, ExportManifest
 from wavlink_edge.runtime.session import (
-    BACKENDS, TENSORRT_EP, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
+    BACKENDS, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
 )
 
 log = logging.getLogger("wavlink_edge.runtime")
@@ -97,7 +98,7 @@ class WavLink:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         manifest = ExportManifest.load(export_dir)
-        chosen = choose_providers(providers, precision == "fp16", trt_cache_dir(manifest.export_dir))
+        chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
         sessions = {}
         for tower in ("audio", "text"):
@@ -127,7 +128,7 @@ class WavLink:
         """
         dim = self._check_dim(dim)
         batcher = OrderedWindowBatcher(self._encode_features, batch_size)
-        for index, item in enumerate(inputs):
+        for index, item in enumerate(_as_items(inputs)):
             source = describe_source(item, index)
             batcher.start(index, source)
             error = self._queue_windows(batcher, index, item, source)
@@ -233,6 +234,13 @@ def _pick_artifact(manifest: ExportManifest, tower: str, precision: str, acceler
         artifact = manifest.find_artifact(tower, "int8", other)
         log.warning("%s tower: no int8 %s artifact, using the %s one", tower, preferred, other)
         return artifact
+
+
+def _as_items(inputs):
+    """A lone path or (array, sample_rate) pair is one item, not a sequence of characters or parts."""
+    if isinstance(inputs, (str, os.PathLike)) or is_array_pair(inputs):
+        return [inputs]
+    return inputs
 
 
 def _as_text(text: object, index: int) -> str:

@@ -30,16 +30,20 @@ BACKENDS = ("onnxruntime", "tensorrt")
 ProviderSpec = Union[str, tuple]  # "NameExecutionProvider" or (name, options) as ORT takes them
 
 
-def tensorrt_provider_options(cache_dir: Path, fp16: bool) -> dict:
+def tensorrt_provider_options(cache_dir: Path, precision: str) -> dict:
     """Engine and timing caches on: building a TRT engine takes minutes, reusing one takes a second."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    options = {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir),
-        "trt_fp16_enable": bool(fp16),
+        "trt_fp16_enable": precision == "fp16",
     }
+    if precision.startswith("int8"):
+        # Q/DQ graphs carry their own scales (no calibration table); older TRT still wants the INT8 flag.
+        options["trt_int8_enable"] = True
+    return options
 
 
 def trt_cache_dir(export_dir: Path) -> Path:
@@ -54,7 +58,7 @@ def trt_cache_dir(export_dir: Path) -> Path:
     return fallback
 
 
-def choose_providers(requested: Sequence[ProviderSpec] | None, fp16: bool, cache_dir: Path) -> list[ProviderSpec]:
+def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, cache_dir: Path) -> list[ProviderSpec]:
     """The provider list for ORT: ``requested`` if given, else TensorRT -> CUDA -> CPU as this build has them.
 
     TensorRT entries without options get the engine/timing cache options, so an explicit
@@ -75,7 +79,7 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, fp16: bool, cache
             log.info("execution providers: %s (not in this onnxruntime build: %s)", chosen, skipped)
         else:
             log.info("execution providers: %s", chosen)
-    return [(TENSORRT_EP, tensorrt_provider_options(cache_dir, fp16)) if p == TENSORRT_EP else p for p in chosen]
+    return [(TENSORRT_EP, tensorrt_provider_options(cache_dir, precision)) if p == TENSORRT_EP else p for p in chosen]
 
 
 def _provider_name(provider: ProviderSpec) -> str:

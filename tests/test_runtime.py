@@ -8,7 +8,6 @@ import sys
 import textwrap
 import threading
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,13 +196,15 @@ def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, base_
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: [TENSORRT_EP, "CUDAExecutionProvider", "CPUExecutionProvider"])
-    chosen = choose_providers(None, fp16=True, cache_dir=tmp_path / "trt")
+    chosen = choose_providers(None, "fp16", cache_dir=tmp_path / "trt")
     assert [p[0] if isinstance(p, tuple) else p for p in chosen] == [TENSORRT_EP, "CUDAExecutionProvider",
                                                                     "CPUExecutionProvider"]
     options = chosen[0][1]
     assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"] and options["trt_fp16_enable"]
     assert options["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
-    assert choose_providers([TENSORRT_EP], fp16=False, cache_dir=tmp_path / "trt")[0][1]["trt_fp16_enable"] is False
+    int8_options = choose_providers([TENSORRT_EP], "int8", cache_dir=tmp_path / "trt")[0][1]
+    assert int8_options["trt_fp16_enable"] is False and int8_options["trt_int8_enable"] is True
+    assert "trt_int8_enable" not in options
     monkeypatch.undo()
     with pytest.raises(WavLinkError, match="not in this onnxruntime build"):
         WavLink.from_pretrained(base_export, providers=["NoSuchExecutionProvider"])
@@ -305,3 +306,13 @@ def test_batcher_groups_by_frames_bounds_pending_and_keeps_order():
             assert item.error == "item4: broken"
         else:
             assert item.windows_done == 2 and np.allclose(item.embedding_sum, 2 * item.index)
+
+
+def test_a_lone_path_or_array_pair_is_one_item(runtime_trim, sample_clips):
+    audio, rate = sf.read(sample_clips[0], dtype="float32")
+    from_path = runtime_trim.embed_audio(str(sample_clips[0]), dim=64)
+    from_pair = runtime_trim.embed_audio((audio, rate), dim=64)
+    assert from_path.shape == from_pair.shape == (1, 64)
+    np.testing.assert_allclose(from_path, from_pair, atol=1e-6)
+    two_paths = runtime_trim.embed_audio((sample_clips[0], sample_clips[1]), dim=64)
+    assert two_paths.shape == (2, 64)
