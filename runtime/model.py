@@ -90,13 +90,16 @@ class WavLink:
 
         precision: fp32 | fp16 | int8 (dynamic variant on CPU, static on CUDA/TensorRT) | int8_dynamic |
         int8_static. providers: ORT execution providers (default TensorRT -> CUDA -> CPU as available).
-        backend: "onnxruntime" or "tensorrt" (direct TensorRT engines). clip_policy: "pad" | "trim"
+        backend: "onnxruntime" or "tensorrt" (engines built by export/to_tensorrt.py into
+        <export>/trt_cache, matched to the manifest's ONNX by sha256). clip_policy: "pad" | "trim"
         (default: the policy the model was trained for, from the manifest).
         """
         if precision not in PRECISION_CHOICES:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "tensorrt" and precision == "int8_dynamic":
+            raise ValueError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
         manifest = ExportManifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)

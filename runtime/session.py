@@ -7,6 +7,7 @@ and the wrapper keeps no per-call state, so one instance serves many threads.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -117,17 +118,47 @@ class OnnxSession:
 
 
 def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec]):
-    """A session for one tower: ORT from hash-checked bytes, or the TensorRT backend from a checked path."""
+    """A session for one tower: ORT from hash-checked bytes, or a TensorRT engine built from that ONNX."""
     if backend == "onnxruntime":
         return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file)
     if backend == "tensorrt":
-        try:
-            from wavlink_edge.runtime.trt_engine import TensorRTSession
-
-            return TensorRTSession(manifest.verified_path(artifact.file))
-        except ImportError as exc:  # at import or at construction: tensorrt / CUDA bindings may load lazily
-            raise BackendUnavailableError(
-                f"backend='tensorrt' needs the TensorRT Python bindings ({exc}); install 'wavlink-edge[trt]' "
-                "(or JetPack's tensorrt on Jetson), or use backend='onnxruntime' with the "
-                "TensorrtExecutionProvider of onnxruntime-gpu") from None
+        return open_tensorrt_engine(manifest, artifact)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def open_tensorrt_engine(manifest: ExportManifest, artifact: ArtifactSpec):
+    """The engine export/to_tensorrt.py built from ``artifact`` for this TensorRT version and GPU.
+
+    Engines are not in the manifest; an engine qualifies when its sidecar key names the sha256 the
+    manifest gives the ONNX, and TensorRTSession itself refuses engines whose file does not match the
+    sidecar or that were built for another TensorRT version / GPU.
+    """
+    try:
+        from wavlink_edge.runtime import trt_engine
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend='tensorrt' is not available in this build: {exc}") from None
+    cache_dirs = dict.fromkeys([manifest.export_dir / "trt_cache", trt_cache_dir(manifest.export_dir)])
+    candidates = []
+    for cache_dir in cache_dirs:
+        for engine in sorted(cache_dir.glob(f"{artifact.tower}_{artifact.precision}_*.engine")):
+            try:
+                key = json.loads(trt_engine.sidecar_path(engine).read_text())["key"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if key.get("onnx_sha256") == artifact.sha256:
+                candidates.append(engine)
+    how = f"build one with `python export/to_tensorrt.py {manifest.export_dir}` on this machine"
+    if not candidates:
+        raise WavLinkError(f"no TensorRT engine for {artifact.file} in {' or '.join(map(str, cache_dirs))}: {how}")
+    refusals = []
+    for engine in candidates:
+        try:
+            return trt_engine.TensorRTSession(engine)
+        except ImportError as exc:  # tensorrt / cuda-python load lazily, at construction
+            raise BackendUnavailableError(
+                f"backend='tensorrt' needs the TensorRT Python bindings and cuda-python ({exc}); install "
+                "'wavlink-edge[trt]' (JetPack's tensorrt on Jetson), or use backend='onnxruntime' with the "
+                "TensorrtExecutionProvider of onnxruntime-gpu") from None
+        except trt_engine.StaleEngineError as exc:
+            refusals.append(str(exc))
+    raise WavLinkError(f"no usable TensorRT engine for {artifact.file} ({'; '.join(refusals)}): {how}")

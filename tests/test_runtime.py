@@ -3,6 +3,7 @@ thread safety, torch-free import and bounded-memory decoding."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -212,16 +213,31 @@ def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, base_
     assert model.audio_session.providers == ["CPUExecutionProvider"]
 
 
-def test_tensorrt_backend_without_tensorrt_is_a_clear_error(base_export):
+def test_tensorrt_backend_finds_engines_by_onnx_hash_and_explains_failures(base_export, tmp_path):
+    # backend="tensorrt" opens only the manifest, the tokenizer and engines in <export>/trt_cache.
+    export = tmp_path / "export"
+    (export / "trt_cache").mkdir(parents=True)
+    for name in ("manifest.json", "tokenizer.json"):
+        (export / name).symlink_to(base_export / name)
+    with pytest.raises(WavLinkError, match=r"no TensorRT engine for audio\.onnx.*export/to_tensorrt\.py"):
+        WavLink.from_pretrained(export, backend="tensorrt")
+    manifest = ExportManifest.load(export)
+    engine = export / "trt_cache" / "audio_fp32_trt10.3.0_sm87_0123456789abcdef.engine"
+    engine.write_bytes(b"not really an engine")
+    sidecar = Path(str(engine) + ".json")
+    sidecar.write_text(json.dumps({"key": {"onnx_sha256": "f" * 64}}))  # built from another ONNX: ignored
+    with pytest.raises(WavLinkError, match="no TensorRT engine for audio.onnx"):
+        WavLink.from_pretrained(export, backend="tensorrt")
+    sidecar.write_text(json.dumps({"key": {"onnx_sha256": manifest.files["audio.onnx"]["sha256"]}}))
     try:
         import tensorrt  # noqa: F401
-        pytest.skip("tensorrt is installed here")
     except ImportError:
-        pass
-    with pytest.raises(BackendUnavailableError, match="TensorRT"):
-        WavLink.from_pretrained(base_export, backend="tensorrt")
+        with pytest.raises(BackendUnavailableError, match="TensorRT Python bindings"):
+            WavLink.from_pretrained(export, backend="tensorrt")
+    with pytest.raises(ValueError, match="Q/DQ"):
+        WavLink.from_pretrained(export, backend="tensorrt", precision="int8_dynamic")
     with pytest.raises(ValueError, match="unknown backend"):
-        WavLink.from_pretrained(base_export, backend="tvm")
+        WavLink.from_pretrained(export, backend="tvm")
 
 
 # -- torch-free, bounded memory ----------------------------------------------------------------------
