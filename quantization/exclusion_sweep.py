@@ -31,6 +31,7 @@ def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibratio
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cal.json"
+        src = q.prepare_for_static(src, Path(tmp) / "prepared.onnx")
         q.calibrate(src, feeds, method, cache)
         model = onnx.load(str(src))
         n_weight = len(recipes.weight_matmuls(model))

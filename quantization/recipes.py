@@ -148,6 +148,26 @@ def per_row_scan(model: onnx.ModelProto, right_padding_mask: str | None = None) 
     return out
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn Constant nodes into initializers. Static quantization needs a range for every input of a
+    quantized op; a Constant node's output is neither calibrated (not an activation) nor treated as a
+    weight, which makes ORT fail with "Quantization parameters are not specified"."""
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    keep = []
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None:
+            t = numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0])
+            model.graph.initializer.append(t)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
 def count_ops(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
 
