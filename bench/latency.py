@@ -211,7 +211,7 @@ def worker_main(job_path: str) -> int:
     t_first = time.time()
     cold = {"total_s": t_first - job["spawn_time"], "interpreter_s": t_start - job["spawn_time"],
             "import_s": t_import - t_start, "load_s": t_load - t_import, "first_embedding_s": t_first - t_load,
-            "first_input": first["id"].replace("-b16", "-b1").replace("-b4", "-b1")}
+            "first_input": f"{first['id']} at batch 1"}
     cells = measure(runner, job["cells"], job["settings"])
     counted = {}
     if spec.reference and spec.device == "cpu":  # cross-check the analytic FLOPs with torch's own count

@@ -79,8 +79,12 @@ class Embedder:
         batch = 1 if spec.variant == "dynamic" else TEXT_BATCH
 
         def compute():
+            from tqdm import tqdm
+
             run = self.runner(spec)
-            return np.concatenate([run.text(texts[i:i + batch]) for i in range(0, len(texts), batch)]).astype(np.float32)
+            starts = tqdm(range(0, len(texts), batch), desc=f"{spec.key} text", unit="batch", leave=False,
+                          disable=not self.progress)
+            return np.concatenate([run.text(texts[i:i + batch]) for i in starts]).astype(np.float32)
 
         return self._cached(f"{tag}-{spec.key}-text", compute)
 

@@ -98,7 +98,9 @@ def latency_markdown(doc: dict) -> str:
               "Speedup = PyTorch reference p50 / row p50 for the same input, measured in the same run (>1 is faster). "
               "Peak RSS is the backend process's high-water mark after that cell (one process per backend, cells run "
               "smallest first). GFLOP/s = analytic encoder FLOPs / p50; % peak against the int8 peak for int8 rows, "
-              "fp32 otherwise. Pad rows of every length are one 3000-frame computation (measured once: `shared`).", ""]
+              "fp32 otherwise. Pad rows of every length are one 3000-frame computation (measured once: `shared`). "
+              "ORT rows go through the runtime (`WavLink.from_pretrained`), which loads both towers of a precision, "
+              "so their RSS holds both.", ""]
     load = doc.get("load_average") or {}
     if load.get("start") and max(load["start"][0], (load.get("end") or [0])[0]) > load["threads"]:
         lines += [f"> **busy machine**: 1-min load average {load['start'][0]} at start, {load['end'][0]} at end, above "

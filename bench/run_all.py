@@ -58,7 +58,8 @@ def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path
              f"Machine: {lat['machine']['cpu_model']}, {lat['machine']['threads_used']} threads.", ""]
     if m["untrained_heads"]:
         lines += [f"> {report.UNTRAINED_NOTE}", ""]
-    lines += [f"Produced by `{command}` in {wall_s:.0f} s.", "",
+    lines += [f"Produced by `{command}` in {wall_s:.0f} s" + (f" (latency taken from `{lat['command']}`, {lat['created']})"
+              if lat["command"] != command else "") + ".", "",
               "- [latency table](latency.md) ([JSON](latency.json))"]
     if rec:
         lines.append("- [recall and fidelity table](recall.md) ([JSON](recall.json))")
@@ -67,6 +68,18 @@ def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _reused_latency(out: Path, model: Path) -> dict | None:
+    """An earlier latency.json for the same export (artifact digest), or None to measure afresh."""
+    import json
+
+    path = out / "latency.json"
+    if not path.is_file():
+        return None
+    doc = report.validate(json.loads(path.read_text()))
+    digest = report.header("latency", latency.B.load_manifest(model), model, None, {})["model"]["artifacts_digest"]
+    return doc if doc["model"]["artifacts_digest"] == digest else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--checkpoint")
     parser.add_argument("--skip-recall", action="store_true")
+    parser.add_argument("--limit", type=int, help="recall on the first N clips of each dataset")
+    parser.add_argument("--reuse-latency", action="store_true",
+                        help="take latency.json from --out (same export) instead of measuring again")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     command = report.command_line("run_all", argv)
@@ -86,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint and Path(args.checkpoint)
     start = time.time()
     try:
-        lat = latency.run(model, out, args.quick, args.threads, checkpoint, command=command, progress=not args.no_progress)
-        rec = None if args.skip_recall else recall.run(model, out, args.quick, args.dataset, None, args.threads, checkpoint,
+        lat = _reused_latency(out, model) if args.reuse_latency else None
+        lat = lat or latency.run(model, out, args.quick, args.threads, checkpoint, command=command,
+                                 progress=not args.no_progress)
+        rec = None if args.skip_recall else recall.run(model, out, args.quick, args.dataset, args.limit, args.threads, checkpoint,
                                                         command=command, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
