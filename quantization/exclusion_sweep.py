@@ -41,7 +41,7 @@ def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibratio
             try:
                 q.make_int8_static(src, out, tower, name, cache, method)
             except Exception as exc:  # noqa: BLE001  (a set ORT cannot quantize is a row, not a crash)
-                rows.append({"tower": tower, "set": name, "error": str(exc).splitlines()[0][:80]})
+                rows.append({"tower": tower, "set": name, "error": str(exc).splitlines()[0][:200]})
                 log(f"{tower:5s} {name:34s} failed: {rows[-1]['error']}")
                 continue
             fig = held.fidelity(out)

@@ -63,12 +63,26 @@ FLOAT_COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Pow"
                      "LayerNormalization", "ReduceL2")
 
 
+def float_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of nodes whose inputs are all float32 (types from ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return [n.name for n in model.graph.node
+            if n.input and all(types.get(i) == TensorProto.FLOAT for i in n.input if i)]
+
+
+def model_op(model: onnx.ModelProto, name: str) -> str:
+    return next(n.op_type for n in model.graph.node if n.name == name)
+
+
 def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[list[str] | None, list[str] | None, list[str]]:
     if name in ("everything", "no_add", "no_add_layernorm"):
         # "everything" = every float compute op type of this graph (ModelOpt's "quantize everything")
-        present = {n.op_type for n in model.graph.node} & set(FLOAT_COMPUTE_OPS)
         drop = {"everything": set(), "no_add": {"Add"}, "no_add_layernorm": {"Add", "LayerNormalization"}}[name]
-        return sorted(present - drop), None, []
+        ops = sorted(set(FLOAT_COMPUTE_OPS) - drop)
+        # only nodes on float tensors: Mul/Div also compute integer shapes, which have no ranges
+        return ops, [n for n in float_nodes(model) if model_op(model, n) in ops], []
     w = weight_matmuls(model)
     if name == "weight_matmuls":
         return ["MatMul", "Gemm", "Conv"], w, []
