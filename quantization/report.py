@@ -21,7 +21,10 @@ def fidelity_table(manifest: dict) -> str:
         fp32 = arts[f"{e['tower']}.onnx"]["bytes"]
         f = e["fidelity"]
         cells = " | ".join(f"{f[d]['cosine_mean']:.5f} / {f[d]['cosine_min']:.5f}" for d in dims)
-        recipe = e["recipe"].get("exclusion_set", "fp16, " + "+".join(e["recipe"].get("kept_fp32_ops", [])) + " fp32")
+        if e["precision"] == "fp16":
+            recipe = "fp16; " + ", ".join(e["recipe"].get("kept_fp32_ops", [])) + " fp32"
+        else:
+            recipe = f"{e.get('variant')}: {e['recipe'].get('exclusion_set', '?')}"
         flag = "FORCED" if f.get("forced") else str(f["passed"])
         lines.append(f"| {name} | {e['bytes'] / 1e6:.1f} | {e['bytes'] / fp32:.2f} | {recipe} | {cells} | {f['gate']} | {flag} |")
     held = {e["tower"]: e["fidelity"]["heldout"] for e in arts.values() if "heldout" in e.get("fidelity", {})}
