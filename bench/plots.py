@@ -66,12 +66,14 @@ def tradeoff(lat: dict, rec: dict, path: Path) -> Path:
     metric = "t2a_r10" if rec["datasets"][0]["task"] == "retrieval" else "top1"
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     dims = sorted({r["dim"] for r in rec["rows"]}, reverse=True)
+    colours = {k: f"C{i}" for i, k in enumerate(latency)}  # one colour per backend x precision, one marker per dim
     for r in rec["rows"]:
         key = (r["engine"], r["precision"], r["variant"], r["device"])
         if r["dataset"] != dataset or r["policy"] != policy or key not in latency:
             continue
         ms = latency[key][0]
-        ax.scatter(ms, 100 * r["metrics"][metric], marker=MARKERS[dims.index(r["dim"]) % len(MARKERS)], s=40)
+        ax.scatter(ms, 100 * r["metrics"][metric], marker=MARKERS[dims.index(r["dim"]) % len(MARKERS)], s=40,
+                   color=colours[key])
         ax.annotate(f"{r['label'].split(' (')[0]} d{r['dim']}", (ms, 100 * r["metrics"][metric]), fontsize=6)
     any_lat = next(iter(latency.values()), (0, "?", policy))
     ax.set_xlabel(f"audio p50 ms per clip (batch 1, {any_lat[1]} s, {any_lat[2]})")

@@ -18,36 +18,44 @@ def _p50(rows, **match) -> float | None:
 
 
 def headlines(lat: dict, rec: dict | None) -> list[str]:
-    """The closing-note figures: ORT fp32 / int8 vs PyTorch, int8 vs CTranslate2 int8, trim vs pad at 5 s."""
-    rows = [r for r in lat["rows"] if r["tower"] == "audio" and r["device"] == "cpu"]
+    """The closing-note figures: ORT fp32 / int8 vs PyTorch, int8 vs CTranslate2 int8, trim vs pad at 5 s,
+    and recall deltas per precision x dim."""
+    rows = [r for r in lat["rows"] if r["tower"] == "audio" and r["device"] == "cpu" and not r.get("shared_with")]
     lines = []
-    policy = lat["model"]["clip_policy"]
-    for seconds in sorted({r["clip_seconds"] for r in rows}):
-        for batch in sorted({r["batch"] for r in rows}):
-            at = dict(clip_seconds=seconds, batch=batch, policy=policy)
-            ref = _p50(rows, engine="pytorch", **at)
-            fp32 = _p50(rows, engine="onnxruntime", precision="fp32", **at)
-            ct2 = _p50(rows, engine="ctranslate2", variant="int8", **at)
-            parts = []
-            if ref and fp32:
-                parts.append(f"ORT fp32 {ref / fp32:.2f}x PyTorch")
-            for variant in ("dynamic", "static"):
-                q = _p50(rows, engine="onnxruntime", precision="int8", variant=variant, **at)
-                if q and ref:
-                    parts.append(f"int8-{variant} {ref / q:.2f}x PyTorch" + (f", {ct2 / q:.2f}x CT2 int8" if ct2 else ""))
-            if parts:
-                lines.append(f"- audio {seconds:g} s, {policy}, batch {batch}: " + "; ".join(parts))
+    for seconds, policy, batch in dict.fromkeys((r["clip_seconds"], r["policy"], r["batch"]) for r in rows):
+        at = dict(clip_seconds=seconds, batch=batch, policy=policy)
+        ref = _p50(rows, engine="pytorch", **at)
+        fp32 = _p50(rows, engine="onnxruntime", precision="fp32", **at)
+        ct2 = _p50(rows, engine="ctranslate2", variant="int8", **at)
+        parts = [f"ORT fp32 {ref / fp32:.2f}x PyTorch"] if ref and fp32 else []
+        for variant in ("dynamic", "static"):
+            q = _p50(rows, engine="onnxruntime", precision="int8", variant=variant, **at)
+            if q and ref:
+                parts.append(f"int8-{variant} {ref / q:.2f}x PyTorch" + (f", {ct2 / q:.2f}x CT2 int8" if ct2 else ""))
+        if parts:
+            frames = next(r["frames"] for r in rows if r["clip_seconds"] == seconds and r["policy"] == policy)
+            lines.append(f"- audio {seconds:g} s {policy} ({frames} frames), batch {batch}: " + "; ".join(parts))
     for backend in dict.fromkeys(r["backend"] for r in rows):
-        pad, trim = (_p50(rows, backend=backend, clip_seconds=5, batch=1, policy=p) for p in ("pad", "trim"))
+        pad, trim = (_p50(lat["rows"], backend=backend, clip_seconds=5, batch=1, policy=p) for p in ("pad", "trim"))
         if pad and trim:
             lines.append(f"- trim vs pad, 5 s clip, batch 1, {backend}: {pad / trim:.2f}x faster ({pad:.0f} → {trim:.0f} ms)")
-    if rec:
-        for r in rec["rows"]:
-            if r["delta"] and r["task"] == "retrieval":
-                d = r["delta"]
-                lines.append(f"- recall Δ vs PyTorch, {r['dataset']} {r['label']} {r['policy']} dim {r['dim']}: "
-                             f"T2A R@1 {100 * d['t2a_r1']:+.2f}, R@10 {100 * d['t2a_r10']:+.2f}; "
-                             f"A2T R@1 {100 * d['a2t_r1']:+.2f}, R@10 {100 * d['a2t_r10']:+.2f} points")
+    return lines + (recall_delta_table(rec) if rec else [])
+
+
+def recall_delta_table(rec: dict) -> list[str]:
+    """Δ T2A R@10 / Δ A2T R@10 (points) against the PyTorch reference, per backend and policy x dim."""
+    dims = rec["settings"]["dims"]
+    lines = []
+    for ds in (d for d in rec["datasets"] if d["task"] == "retrieval"):
+        rows = [r for r in rec["rows"] if r["dataset"] == ds["name"] and r["delta"]]
+        keys = list(dict.fromkeys((r["label"], r["policy"]) for r in rows))
+        cells = {(r["label"], r["policy"], r["dim"]): r["delta"] for r in rows}
+        lines += ["", f"Recall Δ vs PyTorch on {ds['name']} ({ds['items']} clips): T2A R@10 / A2T R@10, points (the reference's own other-policy row is against the reference at the trained policy)", "",
+                  "| backend | policy | " + " | ".join(f"dim {d}" for d in dims) + " |", "|---|---|" + "---|" * len(dims)]
+        for label, policy in keys:
+            vals = [cells.get((label, policy, d)) for d in dims]
+            lines.append(f"| {label} | {policy} | " + " | ".join(
+                f"{100 * v['t2a_r10']:+.1f} / {100 * v['a2t_r10']:+.1f}" if v else "–" for v in vals) + " |")
     return lines
 
 
