@@ -9,6 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 STAGES = ["export", "runtime", "quantization", "bench"]
+DATA_EXTENSIONS = ["json", "md", "safetensors", "flac", "ogg", "wav", "csv", "txt", "png"]
 ROOT = Path(__file__).parent
 
 RUNTIME_DEPS = [
@@ -50,7 +51,9 @@ for stage in STAGES:
         name = "wavlink_edge." + ".".join(rel.parts)
         packages.append(name)
         package_dir[name] = str(rel)
-        package_data[name] = ["*.json", "*.md", "*.safetensors", "*.flac", "*.ogg", "*.wav", "*.csv", "*.txt"]
+        # Data folders (samples, weights, calibration, the eval split) sit up to 4 levels below a package.
+        package_data[name] = [depth + "*." + ext for depth in ("", "*/", "*/*/", "*/*/*/", "*/*/*/*/")
+                              for ext in DATA_EXTENSIONS]
 
 setup(
     name="wavlink-edge",
@@ -69,7 +72,7 @@ setup(
         "export": EXPORT_DEPS,
         # Needs WAVLINK_EDGE_ORT=gpu so the CPU wheel is not installed beside it (see README).
         "gpu": ["onnxruntime-gpu>=1.17"] if ORT_CHOICE != "cpu" else [],
-        "trt": ["tensorrt>=10", "cuda-python>=12"],
+        "trt": ["tensorrt>=10", "cuda-python>=12"],  # on Jetson, tensorrt comes with JetPack
         "bench": BENCH_DEPS,
         "test": TEST_DEPS,
     },

@@ -274,9 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {tower}: ORT vs PyTorch cosine min {v[tower]['cosine_min']:.8f}, max-abs {v[tower]['max_abs']:.2e}")
     extra = [p for p in precisions if p != "fp32"]
     if extra:
-        from wavlink_edge.quantization.quantize import quantize_export
+        from wavlink_edge.quantization.quantize import QuantizationError, quantize_export
 
-        quantize_export(out, extra)
+        try:
+            quantize_export(out, extra)
+        except QuantizationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
