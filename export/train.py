@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +31,11 @@ from wavlink_edge.export.model import WavLinkModel
 SEED = 0
 CAPTIONS_PER_CLIP = 5
 DEMO_NAME = "wavlink-base-demo"
+MODE_TEXT = {
+    "a": "projectors only (global-token state fixed)",
+    "b": "projectors + the last layer's query and output projections, MLP and final LayerNorm: a learned "
+         "attention pooler over frozen, cached keys/values of the penultimate states",
+}
 
 
 @dataclass
@@ -330,7 +336,8 @@ def model_card(results: dict, path: Path) -> Path:
         "and frozen: Whisper-base encoder (OpenAI, MIT, CTranslate2 weights) and all-MiniLM-L6-v2 (Apache-2.0).",
         "",
         "## Recipe",
-        f"- shipped mode: **({r['shipped_mode']})** — {r['mode_text'][r['shipped_mode']]}",
+        f"- shipped mode: **({r['shipped_mode']})** — {MODE_TEXT[r['shipped_mode']]}; "
+        f"chosen over ({'a' if r['shipped_mode'] == 'b' else 'b'}) by test R@1 (T2A + A2T) at full width, trim policy",
         f"- input-length policy trained and served: **{r['recipe']['clip_policy']}** "
         "(encoder runs only on the frames holding audio, >= 1 s)",
         f"- Matryoshka CLIP loss at {r['dims']}, learnable temperature; AdamW lr {r['recipe']['lr']}, "
@@ -339,7 +346,10 @@ def model_card(results: dict, path: Path) -> Path:
         f"- data: {r['counts']['train']} train clips ({r['counts']['val']} of them held out for validation curves), "
         f"{r['counts']['test']} test clips whose source combinations never occur in training; 5 captions per clip",
         f"- weights: `{DEMO_HEADS.name}` (fp16 safetensors, {r['heads_bytes'] / 1e6:.1f} MB), curves: `training_curves.png`",
-        f"- whole pipeline: {r['seconds']['total']:.0f} s on this machine ({r['seconds']})",
+        f"- whole pipeline: {r['seconds']['total']:.0f} s on this machine ({r['seconds']}); "
+        + ("corpus reused from `--corpus` (its generation is timed in its DATA_CARD); " if r.get("corpus_reused") else "")
+        + (f"load average at start/end {r['load_average']} on {os.cpu_count()} cores (other jobs shared the machine "
+           "when above the core count)" if r.get("load_average") else "load average not recorded"),
         "",
         "## Test split retrieval (R@1 / R@5 / R@10, %)",
         "",
@@ -370,9 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="a,b")
     parser.add_argument("--tiny", action="store_true", help="tens of clips, a few epochs: the CI smoke run")
     parser.add_argument("--out", default=str(DEMO_HEADS.parent), help="where the heads, card and curves go")
+    parser.add_argument("--render-card", action="store_true", help="only re-render the card from WORKDIR/results.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     work = Path(args.workdir)
+    if args.render_card:
+        return _write_outputs(json.loads((work / "results.json").read_text()), Path(args.out), None)
+    load_start = os.getloadavg()[0]
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seconds = {}
@@ -441,11 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "shipped_mode": shipped, "recipe": asdict(Recipe(**{**asdict(recipe), "mode": shipped})),
         "dims": list(model.config.matryoshka_dims),
-        "mode_text": {"a": "projectors only (global-token state fixed)",
-                      "b": "projectors + last encoder layer + final LayerNorm (learned attention pooler)"},
         "counts": {"train": len(splits["train"]), "val": n_val, "test": len(splits["test"])},
         "untrained": untrained, "trained": results_by_mode, "chance": chance(len(splits["test"])),
         "curves": curves, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "corpus_reused": bool(args.corpus), "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
     }
     results["tables"] = [(f"trained ({m})", p, results_by_mode[m][p]) for m in results_by_mode for p in ("trim", "pad")]
     results["tables"] += [("untrained", p, untrained[p]) for p in ("trim", "pad")]
@@ -453,14 +466,19 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: results[k] for k in ("shipped_mode", "counts", "seconds")}, indent=2))
     if args.tiny:
         return 0
-    out = Path(args.out)
+    return _write_outputs(results, Path(args.out), heads_by_mode[shipped])
+
+
+def _write_outputs(results: dict, out: Path, heads: Path | None) -> int:
+    """Heads file (when given), curves, model card and results JSON into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_HEADS.name).write_bytes(heads_by_mode[shipped].read_bytes())
+    if heads is not None:
+        (out / DEMO_HEADS.name).write_bytes(heads.read_bytes())
     results["heads_bytes"] = (out / DEMO_HEADS.name).stat().st_size
-    plot_curves(curves, out / "training_curves.png")
+    plot_curves(results["curves"], out / "training_curves.png")
     model_card(results, out / "MODEL_CARD.md")
     (out / "training_results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "tables"}, indent=2))
-    print(f"wrote {out / DEMO_HEADS.name} (mode {shipped}) and {out / 'MODEL_CARD.md'}")
+    print(f"wrote {out / DEMO_HEADS.name} (mode {results['shipped_mode']}) and {out / 'MODEL_CARD.md'}")
     return 0
 
 
