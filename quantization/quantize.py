@@ -41,7 +41,9 @@ DYNAMIC_PER_CHANNEL, DYNAMIC_REDUCE_RANGE = True, True
 # Gather: the text tower's token-embedding table (47 MB of its 91 MB) stored int8, dequantized after the
 # lookup: no activation scales involved, -0.0002 cosine, 2.5x smaller file.
 DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
-DYNAMIC_LADDER = ("weight_matmuls", "fc2_fp32")  # first that passes the gate is written
+# first that passes the gate is written; "edges" = first and last layer + projector kept fp32 (the demo
+# model's trained last layer is the pooler whose single-token MLP input has no batch of rows to average)
+DYNAMIC_LADDER = ("weight_matmuls", "fc2_fp32", "fc2_edges_fp32", "mlp_edges_fp32")
 CALIBRATION_CLIPS_DEFAULT = 16  # clips (x2 input policies); --calibration-limit 0 = all
 FAST_CALIBRATION_CLIPS = 6  # --fast (CI)
 
@@ -76,7 +78,10 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src), load_external_data=False)
-    exclude = {"weight_matmuls": [], "fc2_fp32": recipes.fc2_nodes(model, tower)}[exclusion_set]
+    edges = recipes.edge_layer_nodes(model, tower) if exclusion_set.endswith("_edges_fp32") else []
+    exclude = {"weight_matmuls": [], "fc2_fp32": recipes.fc2_nodes(model, tower),
+               "fc2_edges_fp32": sorted(set(recipes.fc2_nodes(model, tower)) | set(edges)),
+               "mlp_edges_fp32": sorted(set(recipes.mlp_nodes(model, tower)) | set(edges))}[exclusion_set]
     with tempfile.TemporaryDirectory() as tmp:
         flat = Path(tmp) / "dyn.onnx"
         quantize_dynamic(str(src), str(flat), op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=exclude,

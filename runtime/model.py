@@ -107,6 +107,9 @@ class WavLink:
         for tower in ("audio", "text"):
             artifact = _pick_artifact(manifest, tower, precision, accelerated)
             log.info("%s tower: %s (%s, %s backend)", tower, artifact.file, artifact.precision_key, backend)
+            if artifact.below_fidelity_gate:
+                log.warning("%s was written below its fidelity gate (--force): see its manifest fidelity",
+                            artifact.file)
             sessions[tower] = open_session(backend, manifest, artifact, chosen)
         tokenizer = Tokenizer.from_str(manifest.read_verified("tokenizer.json").decode("utf-8"))
         if manifest.model.heads != "trained":

@@ -42,6 +42,8 @@ class ArtifactSpec:
     precision: str  # fp32 | fp16 | int8
     variant: str | None  # dynamic | static for int8
     sha256: str
+    # quantization/ wrote it under its fidelity gate only because --force was given
+    below_fidelity_gate: bool = False
 
     @property
     def precision_key(self) -> str:
@@ -75,7 +77,8 @@ class ExportManifest:
             self.files = {name: dict(entry) for name, entry in data["artifacts"].items()}
             self.artifacts = [
                 ArtifactSpec(file=name, tower=entry["tower"], precision=entry["precision"],
-                             variant=entry.get("variant"), sha256=entry["sha256"])
+                             variant=entry.get("variant"), sha256=entry["sha256"],
+                             below_fidelity_gate=bool((entry.get("fidelity") or {}).get("forced", False)))
                 for name, entry in self.files.items() if "tower" in entry
             ]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -332,3 +332,22 @@ def test_a_lone_path_or_array_pair_is_one_item(runtime_trim, sample_clips):
     np.testing.assert_allclose(from_path, from_pair, atol=1e-6)
     two_paths = runtime_trim.embed_audio((sample_clips[0], sample_clips[1]), dim=64)
     assert two_paths.shape == (2, 64)
+
+
+def test_artifact_written_below_the_gate_is_flagged(tmp_path):
+    """A manifest entry marked forced by quantization/ surfaces as below_fidelity_gate."""
+    import json
+
+    from wavlink_edge.runtime.registry import ExportManifest, sha256_file
+
+    (tmp_path / "audio_x.onnx").write_bytes(b"onnx")
+    entry = {"tower": "audio", "precision": "int8", "variant": "static", "sha256": sha256_file(tmp_path / "audio_x.onnx"),
+             "fidelity": {"forced": True, "passed": False}}
+    manifest = {"format": "wavlink-edge-export", "format_version": 1,
+                "model": {"name": "m", "size": "base", "heads": "trained", "embed_dim": 8, "matryoshka_dims": [8, 4],
+                          "n_mels": 80, "sample_rate": 16000, "max_frames": 3000, "text_max_length": 8,
+                          "pad_token_id": 0, "clip_policy": "trim"},
+                "artifacts": {"audio_x.onnx": entry}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = ExportManifest.load(tmp_path)
+    assert [a.below_fidelity_gate for a in loaded.artifacts] == [True]
