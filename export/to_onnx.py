@@ -9,7 +9,6 @@ below cosine 0.99999 / max-abs 1e-4. The directory layout is specified in export
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from wavlink_edge.export.model import SIZES, WavLinkModel
+from wavlink_edge.runtime.registry import sha256_file
 
 FORMAT_VERSION = 1
 # TorchScript exporter, chosen by measurement (REFERENCE.md §9): both exporters give ORT == PyTorch to
@@ -56,14 +56,6 @@ class _TextGraph(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return self.text(input_ids, attention_mask)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names, dynamic_axes, opset: int) -> None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from wavlink_edge.runtime import trt_engine as te
+from wavlink_edge.runtime.registry import sha256_file
 
 TOWERS = ("audio", "text")
 WORKSPACE_MIB = 4096
@@ -44,7 +45,7 @@ def plan_tower(export_dir: Path, tower: str, precision: str, trt_version: str, c
     if entry is None or not onnx_path.is_file():
         hint = "" if precision == "fp32" else f" (make it with: python quantization/quantize.py {export_dir} --precision {precision})"
         raise FileNotFoundError(f"{plan.onnx_file} is not in {export_dir}{hint}")
-    if te._sha256(onnx_path) != entry["sha256"]:
+    if sha256_file(onnx_path) != entry["sha256"]:
         raise ValueError(f"{plan.onnx_file} does not match its manifest sha256")
     if entry.get("fidelity", {}).get("forced"):
         print(f"warning: {plan.onnx_file} was written under its fidelity gate (--force)", file=sys.stderr)
@@ -97,7 +98,7 @@ def build_engine(job: dict) -> Path:
     tmp = engine_path.with_suffix(".engine.tmp")
     tmp.write_bytes(bytes(serialized))
     tmp.replace(engine_path)
-    te.write_sidecar(engine_path, job["key"], te._sha256(engine_path))
+    te.write_sidecar(engine_path, job["key"], sha256_file(engine_path))
     timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     print(f"  {job['tower']}: built {engine_path.name} in {time.perf_counter() - start:.0f} s")
     return engine_path

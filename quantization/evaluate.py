@@ -7,11 +7,12 @@ at a time so the figures are not affected by batch-mates.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from wavlink_edge.runtime.registry import sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -21,14 +22,6 @@ SAMPLES_DIR = REPO / "runtime" / "samples"
 EVAL_SPLIT_DIR = REPO / "bench" / "data" / "wavlink_eval"  # benchmark eval split, used when present
 AUDIO_SUFFIXES = (".ogg", ".oga", ".flac", ".wav")
 SR = 16000
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(export_dir: Path) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.registry import sha256_file
+
 PRECISIONS = ("fp32", "fp16", "int8")
 # Which ONNX each precision is built from (files of the export directory, export/FORMAT.md).
 ONNX_FOR_PRECISION = {"fp32": "{tower}.onnx", "fp16": "{tower}_fp16.onnx", "int8": "{tower}_int8_static.onnx"}
@@ -174,7 +176,7 @@ def stale_reason(engine_path: Path, expected: dict | None = None, running_trt: s
         return f"unreadable sidecar {side.name}"
     if key.get("schema") != KEY_SCHEMA:
         return f"key schema {key.get('schema')} != {KEY_SCHEMA}"
-    if _sha256(engine_path) != meta.get("engine_sha256"):
+    if sha256_file(engine_path) != meta.get("engine_sha256"):
         return "engine file does not match its sidecar sha256 (truncated or replaced)"
     if running_trt is not None and key["tensorrt"] != running_trt:
         return f"built with TensorRT {key['tensorrt']}, running {running_trt}"
@@ -205,14 +207,6 @@ def trtexec_command(onnx_path: Path, engine_path: Path, plan: BuildPlan, profile
     if timing_cache is not None:
         cmd.append(f"--timingCacheFile={timing_cache}")
     return cmd
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- hardware side

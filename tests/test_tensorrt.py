@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from wavlink_edge.runtime import trt_engine as te
+from wavlink_edge.runtime.registry import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = {"model": {"n_mels": 80, "max_frames": 3000, "text_max_length": 256, "matryoshka_dims": [512, 256]}}
@@ -102,7 +103,7 @@ def test_engine_filename_names_what_it_is():
 def _engine(tmp_path, key, payload=b"serialized-engine"):
     path = tmp_path / te.engine_filename("audio", key)
     path.write_bytes(payload)
-    te.write_sidecar(path, key, te._sha256(path))
+    te.write_sidecar(path, key, sha256_file(path))
     return path
 
 
