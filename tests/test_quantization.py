@@ -86,8 +86,8 @@ def test_quantized_artifacts_are_smaller(quantized):
     for tower in ("audio", "text"):
         fp32 = (out / f"{tower}.onnx").stat().st_size
         assert (out / f"{tower}_fp16.onnx").stat().st_size < 0.6 * fp32
-        # int8 weights; the ladder may keep fc2 fp32 (audio: ~0.54)
-        assert (out / f"{tower}_int8_dynamic.onnx").stat().st_size < 0.6 * fp32
+        # int8 weights; the ladder may keep fc2 and the first/last layer fp32 (trained demo audio: 0.69)
+        assert (out / f"{tower}_int8_dynamic.onnx").stat().st_size < 0.75 * fp32
 
 
 def test_fp16_keeps_io_fp32_and_layernorm_fp32(quantized):
