@@ -208,8 +208,3 @@ def _check_backbones_loaded(model: WavLinkModel, loaded: set, whisper_dir: Path,
     if missing:
         raise ValueError(f"weights not found in {whisper_dir} / {text_dir} for: {missing[:5]} ({len(missing)} in all)")
 
-
-def copy_tokenizer(src: Path, dst_dir: Path) -> Path:
-    dst = Path(dst_dir) / "tokenizer.json"
-    shutil.copyfile(src, dst)
-    return dst

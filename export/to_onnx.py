@@ -164,8 +164,6 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported: use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
                           "(LayerNormalization needs 17)")
-    from wavlink_edge import __name__ as _  # noqa: F401  (namespace sanity: installed package)
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
