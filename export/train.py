@@ -258,19 +258,13 @@ def validation(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray,
 
 
 def retrieval(audio: np.ndarray, text: np.ndarray, dim: int | None = None, ks=(1, 5, 10)) -> dict:
-    """T2A and A2T recall@k; text rows are CAPTIONS_PER_CLIP per clip, in clip order (Clotho protocol)."""
+    """T2A and A2T recall@k (bench.metrics, the Clotho protocol); text rows are CAPTIONS_PER_CLIP per clip."""
+    from wavlink_edge.bench.metrics import retrieval as retrieval_metrics, truncate
+
     if dim is not None:
-        audio = audio[:, :dim] / np.linalg.norm(audio[:, :dim], axis=1, keepdims=True)
-        text = text[:, :dim] / np.linalg.norm(text[:, :dim], axis=1, keepdims=True)
-    sim = text @ audio.T  # [captions, clips]
-    owner = np.arange(text.shape[0]) // CAPTIONS_PER_CLIP
-    t2a_rank = (sim > sim[np.arange(len(owner)), owner][:, None]).sum(1)
-    # A2T: rank of the best-ranked own caption among all captions
-    sim_a = sim.T
-    own_best = np.stack([sim_a[i, owner == i].max() for i in range(audio.shape[0])])
-    a2t_rank = (sim_a > own_best[:, None]).sum(1)
-    return {"t2a": {f"R@{k}": float((t2a_rank < k).mean()) for k in ks},
-            "a2t": {f"R@{k}": float((a2t_rank < k).mean()) for k in ks}}
+        audio, text = truncate(audio, dim), truncate(text, dim)
+    metrics = retrieval_metrics(audio, text, np.arange(text.shape[0]) // CAPTIONS_PER_CLIP)
+    return {d: {f"R@{k}": metrics[f"{d}_r{k}"] for k in ks} for d in ("t2a", "a2t")}
 
 
 def chance(n_clips: int, ks=(1, 5, 10)) -> dict:
