@@ -109,17 +109,9 @@ def discover(export_dir: Path, towers=("audio", "text"), peers: bool = True, gpu
 
 # --- shared inputs --------------------------------------------------------------------------------
 
-def clip_features(wave: np.ndarray, n_mels: int, policy: str) -> np.ndarray:
-    """The runtime's front end: log-mel of the clip padded to 30 s; `trim` keeps the frames holding audio."""
-    from wavlink_edge.runtime import features
-
-    if hasattr(features, "clip_features"):
-        return features.clip_features(wave, n_mels, policy)
-    mel = features.log_mel_spectrogram(wave, n_mels)
-    return np.ascontiguousarray(mel[:, : features.trim_frames(wave.size)]) if policy == "trim" else mel
-
-
 def mel_batch(waves: list[np.ndarray], n_mels: int, policy: str) -> np.ndarray:
+    from wavlink_edge.runtime.features import clip_features
+
     mels = [clip_features(w, n_mels, policy) for w in waves]
     if len({m.shape[-1] for m in mels}) != 1:
         raise ValueError("a batch must share one frame count (embed trim-policy clips of other lengths one by one)")

@@ -58,7 +58,7 @@ class _TextGraph(torch.nn.Module):
         return self.text(input_ids, attention_mask)
 
 
-def _torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names, dynamic_axes, opset: int) -> None:
+def torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names, dynamic_axes, opset: int) -> None:
     # Example batch of 2: an example dim of 1 gets specialised by some exporters.
     torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["embedding"],
                       dynamic_axes={**dynamic_axes, "embedding": {0: "batch"}}, opset_version=opset,
@@ -67,7 +67,7 @@ def _torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names,
 
 def export_audio(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
     mel = torch.randn(2, model.config.audio.n_mels, min(200, 2 * model.config.audio.n_ctx))
-    _torch_export(_AudioGraph(model).eval(), (mel,), path, ["input_features"],
+    torch_export(_AudioGraph(model).eval(), (mel,), path, ["input_features"],
                   {"input_features": {0: "batch", 2: "frames"}}, opset)
     return path
 
@@ -75,20 +75,24 @@ def export_audio(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
 def export_text(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
     ids = torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]])
     mask = (ids != 0).long()
-    _torch_export(_TextGraph(model).eval(), (ids, mask), path, ["input_ids", "attention_mask"],
+    torch_export(_TextGraph(model).eval(), (ids, mask), path, ["input_ids", "attention_mask"],
                   {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}, opset)
     return path
 
 
-def prepare_tokenizer(src: Path, dst: Path, max_length: int, pad_token_id: int) -> Path:
-    """Copy the tokenizer with truncation at the model's limit and padding to the longest in a batch."""
+def configured_tokenizer(src: Path, max_length: int, pad_token_id: int):
+    """The tokenizer with truncation at the model's limit and padding to the longest in a batch."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(src))
-    pad_token = tok.id_to_token(pad_token_id) or "[PAD]"
     tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=pad_token_id, pad_token=pad_token)
-    tok.save(str(dst))
+    tok.enable_padding(pad_id=pad_token_id, pad_token=tok.id_to_token(pad_token_id) or "[PAD]")
+    return tok
+
+
+def prepare_tokenizer(src: Path, dst: Path, max_length: int, pad_token_id: int) -> Path:
+    """Copy the tokenizer, configured as `configured_tokenizer` (what the runtime loads as is)."""
+    configured_tokenizer(src, max_length, pad_token_id).save(str(dst))
     return dst
 
 
@@ -251,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad:
             raise ExportError(f"unknown precision(s) {bad}: use fp32, fp16, int8")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         model, tokenizer = load_model(args.size, args.checkpoint, args.install_weights)
         manifest = export_model(model, tokenizer, out, args.opset)
     except (ExportError, FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -55,7 +55,7 @@ class Recipe:
 
 def _penultimate_onnx(model: WavLinkModel, path: Path) -> Path:
     """ORT runs the frozen layers 0..n-2 about 2-3x faster than PyTorch eager on this CPU."""
-    from wavlink_edge.export.to_onnx import _torch_export
+    from wavlink_edge.export.to_onnx import torch_export
 
     class Penultimate(torch.nn.Module):
         def __init__(self):
@@ -66,7 +66,7 @@ def _penultimate_onnx(model: WavLinkModel, path: Path) -> Path:
             return self.audio.penultimate_states(input_features)
 
     if not path.is_file():
-        _torch_export(Penultimate().eval(), (torch.randn(2, 80, 200),), path, ["input_features"],
+        torch_export(Penultimate().eval(), (torch.randn(2, model.config.audio.n_mels, 200),), path, ["input_features"],
                       {"input_features": {0: "batch", 2: "frames"}}, 17)
     return path
 
@@ -80,7 +80,7 @@ def cache_audio(model: WavLinkModel, paths: list[str], policy: str, cache: Path,
     import soundfile as sf
     from tqdm import tqdm
 
-    from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
+    from wavlink_edge.runtime.features import clip_features
 
     sess = ort.InferenceSession(str(_penultimate_onnx(model, onnx_path)), providers=["CPUExecutionProvider"])
     chunks, offsets = [], [0]
@@ -88,9 +88,7 @@ def cache_audio(model: WavLinkModel, paths: list[str], policy: str, cache: Path,
         audio, sr = sf.read(path, dtype="float32")
         if sr != 16000 or audio.ndim != 1:
             raise ValueError(f"{path}: corpus audio must be 16 kHz mono")
-        mel = log_mel_spectrogram(audio)
-        if policy == "trim":
-            mel = mel[:, : trim_frames(audio.size)]
+        mel = clip_features(audio, model.config.audio.n_mels, policy)
         states = sess.run(None, {"input_features": mel[None]})[0][0]
         chunks.append(states.astype(np.float16))
         offsets.append(offsets[-1] + states.shape[0])
@@ -103,11 +101,9 @@ def cache_text(model: WavLinkModel, tokenizer_json: Path, texts: list[str], cach
     """Frozen sentence vectors (before the projector) of every caption."""
     if cache.with_suffix(".npy").is_file():
         return np.load(cache.with_suffix(".npy"))
-    from tokenizers import Tokenizer
+    from wavlink_edge.export.to_onnx import configured_tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.enable_truncation(model.config.text.max_length)
-    tok.enable_padding(pad_id=model.config.text.pad_token_id)
+    tok = configured_tokenizer(tokenizer_json, model.config.text.max_length, model.config.text.pad_token_id)
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), 64):
