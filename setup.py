@@ -8,7 +8,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-STAGES = ["export", "runtime", "quantization", "bench"]
+STAGES = ["runtime", "export", "quantization", "train", "bench"]
 DATA_EXTENSIONS = ["json", "md", "safetensors", "flac", "ogg", "wav", "csv", "txt", "png"]
 ROOT = Path(__file__).parent
 

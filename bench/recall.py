@@ -25,7 +25,8 @@ import numpy as np
 
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import datasets as D
-from wavlink_edge.bench import machine, metrics, report
+from wavlink_edge.bench import machine, report
+from wavlink_edge.train import metrics
 
 QUICK_ITEMS = 12
 TEXT_BATCH = 32

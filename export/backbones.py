@@ -159,7 +159,7 @@ def build_default_base(install_weights: bool = False, heads: str | Path | None =
     heads_file = DEMO_HEADS if heads == "auto" else (Path(heads) if heads else None)
     if heads_file is not None and heads_file.is_file():
         load_heads(model, heads_file)
-        config.sources.append({"what": "WavLink demo heads trained in this repo on generated audio (bench/corpus)",
+        config.sources.append({"what": "WavLink demo heads trained in this repo on generated audio (train/corpus)",
                                "package": "wavlink-edge", "licence": "MIT"})
     return model.eval(), text_dir / "tokenizer.json"
 

@@ -256,7 +256,7 @@ def main() -> None:
         (cal, build_calibration, CAL_TEXTS, "Calibration set for static INT8",
          "Sentences for the text tower: `sentences.txt`. Disjoint from `quantization/heldout/` and runtime/samples "
          "(source recordings of those are excluded here; see RESERVED_FOR_EVAL in make_sets.py). The benchmark "
-         "corpus (bench/corpus) also draws from the freedesktop and sound-icons packages: clips are distinct "
+         "corpus (train/corpus) also draws from the freedesktop and sound-icons packages: clips are distinct "
          "mixtures, but individual source recordings may be shared."),
         (held, build_heldout, HELDOUT_TEXTS, "Held-out fidelity set",
          "Used with runtime/samples/*.flac to measure every quantized artifact against fp32. Never used for calibration."),

@@ -92,35 +92,41 @@ def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
 
 
 class OnnxSession:
-    """One ONNX model in an ORT InferenceSession; ``run`` returns the first output."""
+    """One ONNX model in an ORT InferenceSession; ``run`` returns the first output.
 
-    def __init__(self, model: bytes | str | Path, providers: Sequence[ProviderSpec], name: str,
-                 intra_op_threads: int | None = None):
+    The one place a session is built: the runtime, export validation, quantization gates, training
+    caches and the benchmarks all open models here. ``threads`` caps intra-op threads (benchmarks pin
+    it; the default lets ORT use every core).
+    """
+
+    def __init__(self, model: bytes | str | Path, providers: Sequence[ProviderSpec] = (CPU_EP,),
+                 name: str | None = None, threads: int | None = None):
         options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        if threads:
+            options.intra_op_num_threads = threads
         options.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
-        self.name = name
+        self.name = name or (Path(model).name if not isinstance(model, bytes) else "model")
         try:
             self._session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                                  providers=list(providers))
         except Exception as exc:  # ORT raises several Fail/InvalidGraph types; the message is what matters
-            raise WavLinkError(f"{name}: onnxruntime could not load the model: {exc}") from None
+            raise WavLinkError(f"{self.name}: onnxruntime could not load the model: {exc}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         wanted = [_provider_name(p) for p in providers]
         self.providers = self._session.get_providers()
         if wanted and self.providers[0] != wanted[0]:
             # ORT silently skips a provider whose libraries fail to load (no CUDA driver, TRT missing).
-            log.warning("%s: %s could not be initialised, running on %s", name, wanted[0], self.providers)
+            log.warning("%s: %s could not be initialised, running on %s", self.name, wanted[0], self.providers)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, feeds)[0]
 
 
-def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec]):
+def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec],
+                 threads: int | None = None):
     """A session for one tower: ORT from hash-checked bytes, or a TensorRT engine built from that ONNX."""
     if backend == "onnxruntime":
-        return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file)
+        return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file, threads)
     if backend == "tensorrt":
         return open_tensorrt_engine(manifest, artifact)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

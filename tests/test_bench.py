@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from wavlink_edge.bench import datasets as D
-from wavlink_edge.bench import flops, latency, machine, metrics, report
+from wavlink_edge.bench import flops, latency, machine, report
+from wavlink_edge.train import metrics
 
 
 # --- FLOPs -----------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavlink_edge.bench.corpus import generate, load_split
-from wavlink_edge.bench.corpus import plan as corpus_plan
-from wavlink_edge.bench.corpus.generate import CAPTION_COLUMNS, available
+from wavlink_edge.train.corpus import generate, load_split
+from wavlink_edge.train.corpus import plan as corpus_plan
+from wavlink_edge.train.corpus.generate import CAPTION_COLUMNS, available
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"
 TINY = dict(n_train=12, n_test=6, seed=3, workers=2)
@@ -82,14 +82,14 @@ def test_data_card_states_generated_data_and_licences(tiny):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian package espeak-ng) not installed")
 def test_espeak_renders_every_language():
-    from wavlink_edge.bench.corpus import speech
+    from wavlink_edge.train.corpus import speech
     for lang in speech.LANGUAGES:
         assert len(speech.render("espeak-ng", lang, "female", "normal", 0)) > 16000 // 2, lang
 
 
 @pytest.mark.skipif(not available()["music"], reason="fluidsynth or GM soundfonts (fluid-soundfont-gm) not installed")
 def test_fluidsynth_renders_music():
-    from wavlink_edge.bench.corpus import music
+    from wavlink_edge.train.corpus import music
     x = music.render("piano", "fast", "minor", True, 0)
     assert len(x) > 16000 * 20 and np.abs(x).max() > 0.01
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wavlink_edge.export import train
+from wavlink_edge.train import train
 
 
 def test_matryoshka_loss_prefers_aligned_pairs():

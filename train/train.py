@@ -1,7 +1,7 @@
 """Train the WavLink-base demo heads on the generated corpus, from scratch, in one command.
 
-    python export/train.py --workdir work_cache/train            # corpus -> features -> train -> card
-    python export/train.py --workdir /tmp/t --tiny               # tens of clips, seconds (CI)
+    python train/train.py --workdir work_cache/train            # corpus -> features -> train -> card
+    python train/train.py --workdir /tmp/t --tiny               # tens of clips, seconds (CI)
 
 Whisper-base and MiniLM stay frozen; their outputs are cached once. Two modes are trained and compared:
   (a) projectors only: the global token's final state is fixed, only the two projectors learn;
@@ -76,20 +76,17 @@ def cache_audio(model: WavLinkModel, paths: list[str], policy: str, cache: Path,
     if cache.with_suffix(".npz").is_file():
         data = np.load(cache.with_suffix(".npz"))
         return data["states"], data["offsets"]
-    import onnxruntime as ort
-    import soundfile as sf
     from tqdm import tqdm
 
+    from wavlink_edge.runtime.audio import decode_audio
     from wavlink_edge.runtime.features import clip_features
+    from wavlink_edge.runtime.session import OnnxSession
 
-    sess = ort.InferenceSession(str(_penultimate_onnx(model, onnx_path)), providers=["CPUExecutionProvider"])
+    sess = OnnxSession(_penultimate_onnx(model, onnx_path), name="penultimate.onnx")
     chunks, offsets = [], [0]
     for path in tqdm(paths, desc=f"penultimate states ({policy})", unit="clip"):
-        audio, sr = sf.read(path, dtype="float32")
-        if sr != 16000 or audio.ndim != 1:
-            raise ValueError(f"{path}: corpus audio must be 16 kHz mono")
-        mel = clip_features(audio, model.config.audio.n_mels, policy)
-        states = sess.run(None, {"input_features": mel[None]})[0][0]
+        mel = clip_features(decode_audio(path), model.config.audio.n_mels, policy)
+        states = sess.run({"input_features": mel[None]})[0]
         chunks.append(states.astype(np.float16))
         offsets.append(offsets[-1] + states.shape[0])
     states, offsets = np.concatenate(chunks), np.asarray(offsets, dtype=np.int64)
@@ -101,16 +98,14 @@ def cache_text(model: WavLinkModel, tokenizer_json: Path, texts: list[str], cach
     """Frozen sentence vectors (before the projector) of every caption."""
     if cache.with_suffix(".npy").is_file():
         return np.load(cache.with_suffix(".npy"))
-    from wavlink_edge.export.to_onnx import configured_tokenizer
+    from wavlink_edge.runtime.text import TextTokenizer
 
-    tok = configured_tokenizer(tokenizer_json, model.config.text.max_length, model.config.text.pad_token_id)
+    tokenizer = TextTokenizer.configured(tokenizer_json, model.config.text.max_length, model.config.text.pad_token_id)
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), 64):
-            enc = tok.encode_batch(texts[i : i + 64])
-            ids = torch.tensor([e.ids for e in enc])
-            mask = torch.tensor([e.attention_mask for e in enc])
-            out.append(model.text.pooled(ids, mask).numpy())
+            feeds = tokenizer.feeds(texts[i : i + 64])
+            out.append(model.text.pooled(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy())
     vectors = np.concatenate(out).astype(np.float32)
     np.save(cache.with_suffix(".npy"), vectors)
     return vectors
@@ -254,8 +249,9 @@ def validation(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray,
 
 
 def retrieval(audio: np.ndarray, text: np.ndarray, dim: int | None = None, ks=(1, 5, 10)) -> dict:
-    """T2A and A2T recall@k (bench.metrics, the Clotho protocol); text rows are CAPTIONS_PER_CLIP per clip."""
-    from wavlink_edge.bench.metrics import retrieval as retrieval_metrics, truncate
+    """T2A and A2T recall@k (train.metrics, the Clotho protocol); text rows are CAPTIONS_PER_CLIP per clip."""
+    from wavlink_edge.runtime.vectors import truncate
+    from wavlink_edge.train.metrics import retrieval as retrieval_metrics
 
     if dim is not None:
         audio, text = truncate(audio, dim), truncate(text, dim)
@@ -320,7 +316,7 @@ def model_card(results: dict, path: Path) -> Path:
     lines = [
         f"# {DEMO_NAME}: WavLink-base demo heads trained in this repo",
         "",
-        "**This is a demo model trained on generated data (bench/corpus: synthetic speech, MIDI music, "
+        "**This is a demo model trained on generated data (train/corpus: synthetic speech, MIDI music, "
         "recorded notification and game sounds, noise), not the paper's model and not trained on real-world "
         "audio captions.** It exists so retrieval figures in this repo measure something. Backbones are real "
         "and frozen: Whisper-base encoder (OpenAI, MIT, CTranslate2 weights) and all-MiniLM-L6-v2 (Apache-2.0).",
@@ -352,7 +348,7 @@ def model_card(results: dict, path: Path) -> Path:
             lines.append(f"| {label} | {policy} | {dim} | " + " | ".join(cells) + " |")
     ch = r["chance"]
     lines.append("| chance | - | any | " + " | ".join(f"{100 * ch[d][f'R@{k}']:.1f}" for d in ("t2a", "a2t") for k in (1, 5, 10)) + " |")
-    lines += ["", "Produced by `python export/train.py` (numbers above are from its last run; `results.json` in the workdir).", ""]
+    lines += ["", "Produced by `python train/train.py` (numbers above are from its last run; `results.json` in the workdir).", ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -381,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     seconds = {}
 
-    from wavlink_edge.bench.corpus import generate, load_split
+    from wavlink_edge.train.corpus import generate, load_split
 
     corpus = Path(args.corpus) if args.corpus else work / "corpus"
     if not (corpus / "captions_test.csv").is_file():

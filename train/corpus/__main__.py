@@ -1,4 +1,4 @@
-"""CLI: python -m wavlink_edge.bench.corpus {generate,export-eval} ..."""
+"""CLI: python -m wavlink_edge.train.corpus {generate,export-eval} ..."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ TINY = {"n_train": 24, "n_test": 12}
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m wavlink_edge.bench.corpus")
+    ap = argparse.ArgumentParser(prog="python -m wavlink_edge.train.corpus")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write the corpus (FLAC + Clotho CSVs + metadata + data card)")
     g.add_argument("--out", required=True)

@@ -18,14 +18,14 @@ def render(stats: dict, audio_format: str, eval_export: bool = False) -> str:
     lines = [
         "# WavLink generated audio–caption corpus" + (" — committed evaluation split" if eval_export else ""),
         "",
-        "**This is generated data.** Every clip is synthesised or mixed by `wavlink_edge.bench.corpus` from",
+        "**This is generated data.** Every clip is synthesised or mixed by `wavlink_edge.train.corpus` from",
         "speech synthesisers, MIDI rendered with soundfonts, short recorded sound files shipped in Debian",
         "packages and synthetic signals; every caption is written from the generating parameters by templates.",
         "It is not a natural recording corpus and recall on it says nothing about AudioCaps or Clotho.",
         "",
         f"- Seed: {stats['seed']}; audio: {audio_format}; captions: Clotho layout, 5 paraphrases per clip.",
-        f"- Regenerate: `python -m wavlink_edge.bench.corpus generate --out DIR --seed {stats['seed']}`"
-        + (" then `python -m wavlink_edge.bench.corpus export-eval --from DIR --out bench/data/wavlink_eval`" if eval_export else ""),
+        f"- Regenerate: `python -m wavlink_edge.train.corpus generate --out DIR --seed {stats['seed']}`"
+        + (" then `python -m wavlink_edge.train.corpus export-eval --from DIR --out bench/data/wavlink_eval`" if eval_export else ""),
         f"- Tools available at generation time: {stats['available']}",
         "",
         "## Sources and licences",

@@ -1,6 +1,6 @@
 """Retrieval / zero-shot metrics and fidelity to the reference, on L2-normalised embeddings (numpy only).
 
-Conventions (REFERENCE.md §8): T2A has one relevant clip per caption; A2T counts a hit if any of the
+Conventions (Clotho / AudioCaps protocol): T2A has one relevant clip per caption; A2T counts a hit if any of the
 clip's captions is in the top k. mAP@10 = mean over queries of AP@10 = sum_{k<=10} P@k * rel_k /
 min(#relevant, 10). Ties rank against the target (a tie with the target counts as above it).
 """
@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from wavlink_edge.runtime.vectors import truncate  # noqa: F401  (bench truncates through here)
+
 KS = (1, 5, 10)
-
-
-def truncate(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka: first `dim` columns, re-normalised (what the runtime does for `dim=`)."""
-    x = np.asarray(embeddings, dtype=np.float32)[:, :dim]
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _ranked_hits(sim: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarray:
