@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wavlink_edge.export.model import SIZES, WavLinkModel
-from wavlink_edge.runtime.registry import sha256_file
+from wavlink_edge.runtime.manifest import sha256_file
 
 FORMAT_VERSION = 1
 # TorchScript exporter, chosen by measurement (REFERENCE.md §9): both exporters give ORT == PyTorch to

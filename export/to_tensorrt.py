@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from wavlink_edge.runtime import trt_engine as te
-from wavlink_edge.runtime.registry import sha256_file
+from wavlink_edge.runtime.manifest import sha256_file
 
 TOWERS = ("audio", "text")
 WORKSPACE_MIB = 4096

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.registry import sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
+from wavlink_edge.runtime.manifest import sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.model import WavLink
-from wavlink_edge.runtime.registry import PRECISION_CHOICES
+from wavlink_edge.runtime.manifest import PRECISION_CHOICES
 
 DEFAULT_MODEL_DIR = Path("exports/wavlink-base")
 OUTPUT_SUFFIXES = (".npy", ".npz", ".jsonl")

@@ -20,7 +20,7 @@ from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pai
 from wavlink_edge.runtime.batching import ItemProgress, OrderedWindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
 from wavlink_edge.runtime.features import CHUNK_SECONDS, CLIP_POLICIES, SAMPLE_RATE, clip_features, iter_windows
-from wavlink_edge.runtime.registry import PRECISION_CHOICES, ArtifactSpec, ExportManifest
+from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest
 from wavlink_edge.runtime.session import (
     BACKENDS, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
 )
@@ -60,7 +60,7 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class WavLink:
     """Torch-free WavLink: two ONNX towers, the tokenizer and the Whisper front end in numpy."""
 
-    def __init__(self, manifest: ExportManifest, audio_session, text_session, tokenizer: Tokenizer,
+    def __init__(self, manifest: Manifest, audio_session, text_session, tokenizer: Tokenizer,
                  precision: str, dim: int | None = None, clip_policy: str | None = None,
                  window_hop_seconds: float = CHUNK_SECONDS):
         self.manifest = manifest
@@ -100,7 +100,7 @@ class WavLink:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "tensorrt" and precision == "int8_dynamic":
             raise ValueError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
-        manifest = ExportManifest.load(export_dir)
+        manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
         sessions = {}
@@ -226,7 +226,7 @@ class WavLink:
                 f"clip_policy={self.clip_policy!r}, providers={getattr(self.audio_session, 'providers', '?')})")
 
 
-def _pick_artifact(manifest: ExportManifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:
+def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:
     if precision.startswith("int8_"):
         return manifest.find_artifact(tower, "int8", precision.split("_", 1)[1])
     if precision != "int8":

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
-from wavlink_edge.runtime.registry import ArtifactSpec, ExportManifest
+from wavlink_edge.runtime.manifest import ArtifactSpec, Manifest
 
 log = logging.getLogger("wavlink_edge.runtime")
 
@@ -122,7 +122,7 @@ class OnnxSession:
         return self._session.run(None, feeds)[0]
 
 
-def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec],
+def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec],
                  threads: int | None = None):
     """A session for one tower: ORT from hash-checked bytes, or a TensorRT engine built from that ONNX."""
     if backend == "onnxruntime":
@@ -132,7 +132,7 @@ def open_session(backend: str, manifest: ExportManifest, artifact: ArtifactSpec,
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def open_tensorrt_engine(manifest: ExportManifest, artifact: ArtifactSpec):
+def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):
     """The engine export/to_tensorrt.py built from ``artifact`` for this TensorRT version and GPU.
 
     Engines are not in the manifest; an engine qualifies when its sidecar key names the sha256 the

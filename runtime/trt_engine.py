@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.registry import sha256_file
+from wavlink_edge.runtime.manifest import sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Which ONNX each precision is built from (files of the export directory, export/FORMAT.md).

@@ -19,7 +19,7 @@ from wavlink_edge.runtime.audio import iter_audio_blocks
 from wavlink_edge.runtime.errors import BackendUnavailableError
 from wavlink_edge.runtime.features import SAMPLE_RATE, iter_windows, trim_frames
 from wavlink_edge.runtime.model import _pick_artifact, normalize
-from wavlink_edge.runtime.registry import ExportManifest
+from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import TENSORRT_EP, choose_providers
 
 MIN_COSINE = 0.99999
@@ -182,13 +182,13 @@ def test_int8_picks_dynamic_on_cpu_and_static_on_accelerators(base_export):
         for variant in ("dynamic", "static"):
             data["artifacts"][f"{tower}_int8_{variant}.onnx"] = {"tower": tower, "precision": "int8",
                                                                 "variant": variant, "sha256": "0" * 64}
-    manifest = ExportManifest(base_export, data)
+    manifest = Manifest(base_export, data)
     assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_dynamic.onnx"
     assert _pick_artifact(manifest, "audio", "int8", accelerated=True).file == "audio_int8_static.onnx"
     assert _pick_artifact(manifest, "text", "int8_static", accelerated=False).file == "text_int8_static.onnx"
     assert _pick_artifact(manifest, "text", "fp32", accelerated=True).file == "text.onnx"
     del data["artifacts"]["audio_int8_dynamic.onnx"]
-    manifest = ExportManifest(base_export, data)
+    manifest = Manifest(base_export, data)
     assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_static.onnx"
 
 
@@ -221,7 +221,7 @@ def test_tensorrt_backend_finds_engines_by_onnx_hash_and_explains_failures(base_
         (export / name).symlink_to(base_export / name)
     with pytest.raises(WavLinkError, match=r"no TensorRT engine for audio\.onnx.*export/to_tensorrt\.py"):
         WavLink.from_pretrained(export, backend="tensorrt")
-    manifest = ExportManifest.load(export)
+    manifest = Manifest.load(export)
     engine = export / "trt_cache" / "audio_fp32_trt10.3.0_sm87_0123456789abcdef.engine"
     engine.write_bytes(b"not really an engine")
     sidecar = Path(str(engine) + ".json")
@@ -338,7 +338,7 @@ def test_artifact_written_below_the_gate_is_flagged(tmp_path):
     """A manifest entry marked forced by quantization/ surfaces as below_fidelity_gate."""
     import json
 
-    from wavlink_edge.runtime.registry import ExportManifest, sha256_file
+    from wavlink_edge.runtime.manifest import Manifest, sha256_file
 
     (tmp_path / "audio_x.onnx").write_bytes(b"onnx")
     entry = {"tower": "audio", "precision": "int8", "variant": "static", "sha256": sha256_file(tmp_path / "audio_x.onnx"),
@@ -349,5 +349,5 @@ def test_artifact_written_below_the_gate_is_flagged(tmp_path):
                           "pad_token_id": 0, "clip_policy": "trim"},
                 "artifacts": {"audio_x.onnx": entry}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    loaded = ExportManifest.load(tmp_path)
+    loaded = Manifest.load(tmp_path)
     assert [a.below_fidelity_gate for a in loaded.artifacts] == [True]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wavlink_edge.runtime import trt_engine as te
-from wavlink_edge.runtime.registry import sha256_file
+from wavlink_edge.runtime.manifest import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = {"model": {"n_mels": 80, "max_frames": 3000, "text_max_length": 256, "matryoshka_dims": [512, 256]}}
