@@ -10,7 +10,7 @@ the engine cache under a name keyed by TensorRT version + GPU compute capability
 key is reused; a stale or foreign one is rebuilt, never loaded. TensorRT 10.x uses the FP16/INT8 builder
 flags (INT8 only with Q/DQ ONNX, never an implicit calibrator); TensorRT 11 builds strongly typed.
 The equivalent `trtexec` command line is printed. `--dry-run` prints the plan and trtexec line
-without TensorRT (works anywhere). Key logic: runtime/trt_engine.py.
+without TensorRT (works anywhere). Build logic: export/trt_build.py; loading and key checks: runtime/trt_engine.py.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from wavlink_edge.export import trt_build as tb
 from wavlink_edge.runtime import trt_engine as te
 from wavlink_edge.runtime.manifest import sha256_file
 
@@ -39,7 +40,7 @@ def plan_tower(export_dir: Path, tower: str, precision: str, trt_version: str, c
                batch, frames, seq, strongly_typed: bool | None) -> dict:
     """Everything about one engine build that does not need TensorRT: ONNX, plan, profile, key, paths."""
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    plan = te.build_plan(trt_version, precision, tower, strongly_typed)
+    plan = tb.build_plan(trt_version, precision, tower, strongly_typed)
     onnx_path = export_dir / plan.onnx_file
     entry = manifest["artifacts"].get(plan.onnx_file)
     if entry is None or not onnx_path.is_file():
@@ -49,13 +50,13 @@ def plan_tower(export_dir: Path, tower: str, precision: str, trt_version: str, c
         raise ValueError(f"{plan.onnx_file} does not match its manifest sha256")
     if entry.get("fidelity", {}).get("forced"):
         print(f"warning: {plan.onnx_file} was written under its fidelity gate (--force)", file=sys.stderr)
-    profile = te.derive_profile(manifest, tower, batch, frames, seq)
-    key = te.engine_key(trt_version, cc, precision, profile, entry["sha256"], plan.strongly_typed)
-    engine = cache_dir / te.engine_filename(tower, key)
-    timing = cache_dir / te.timing_cache_filename(trt_version, cc)
+    profile = tb.derive_profile(manifest, tower, batch, frames, seq)
+    key = tb.engine_key(trt_version, cc, precision, profile, entry["sha256"], plan.strongly_typed)
+    engine = cache_dir / tb.engine_filename(tower, key)
+    timing = cache_dir / tb.timing_cache_filename(trt_version, cc)
     return {"tower": tower, "plan": plan, "onnx": onnx_path, "profile": profile, "key": key,
             "engine": engine, "timing_cache": timing,
-            "trtexec": te.trtexec_command(onnx_path, engine, plan, profile, timing, WORKSPACE_MIB)}
+            "trtexec": tb.trtexec_command(onnx_path, engine, plan, profile, timing, WORKSPACE_MIB)}
 
 
 def build_engine(job: dict) -> Path:
@@ -67,7 +68,7 @@ def build_engine(job: dict) -> Path:
         print(f"  {job['tower']}: cached engine {engine_path.name} matches, reused")
         return engine_path
     print(f"  {job['tower']}: building ({reason})")
-    plan: te.BuildPlan = job["plan"]
+    plan: tb.BuildPlan = job["plan"]
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -98,7 +99,7 @@ def build_engine(job: dict) -> Path:
     tmp = engine_path.with_suffix(".engine.tmp")
     tmp.write_bytes(bytes(serialized))
     tmp.replace(engine_path)
-    te.write_sidecar(engine_path, job["key"], sha256_file(engine_path))
+    tb.write_sidecar(engine_path, job["key"], sha256_file(engine_path))
     timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     print(f"  {job['tower']}: built {engine_path.name} in {time.perf_counter() - start:.0f} s")
     return engine_path
@@ -107,11 +108,12 @@ def build_engine(job: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("export_dir", type=Path)
-    p.add_argument("--precision", required=True, choices=te.PRECISIONS)
+    p.add_argument("--precision", required=True, choices=tb.PRECISIONS)
     p.add_argument("--cache-dir", type=Path, help="engine + timing cache (default EXPORT_DIR/trt_cache)")
     p.add_argument("--tower", default="audio,text")
-    p.add_argument("--batch", type=lambda s: _ints(s, "batch"), default=te.DEFAULT_BATCH)
-    p.add_argument("--frames", type=lambda s: _ints(s, "frames"), default=te.DEFAULT_AUDIO_FRAMES)
+    p.add_argument("--batch", type=lambda s: _ints(s, "batch"), default=None,
+                   help=f"min,opt,max batch (default {tb.DEFAULT_BATCH})")
+    p.add_argument("--frames", type=lambda s: _ints(s, "frames"), default=tb.DEFAULT_AUDIO_FRAMES)
     p.add_argument("--seq", type=lambda s: _ints(s, "seq"), default=None,
                    help="text sequence min,opt,max (default 1,32,text_max_length)")
     p.add_argument("--strongly-typed", action="store_true", default=None,
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compute-capability", help="with --dry-run: plan for this GPU, e.g. 8.7 (Orin)")
     a = p.parse_args(argv)
     cache_dir = a.cache_dir or a.export_dir / "trt_cache"
-    seq = a.seq or te.DEFAULT_TEXT_SEQ
+    seq = a.seq or tb.DEFAULT_TEXT_SEQ
     try:
         if a.dry_run:
             trt_version, cc = a.trt_version or "10.3.0", a.compute_capability or "8.7"

@@ -1,18 +1,18 @@
-"""TensorRT backend: engine cache keys, optimisation profiles, and a session that runs a built engine.
+"""TensorRT backend, load side: engine-key verification and a session that runs a built engine.
 
-Torch-free and self-contained (imports nothing from other wavlink_edge folders); `tensorrt` and the
-CUDA binding (cuda-python: `cuda.bindings.runtime`, or the older `cuda.cudart`) are imported lazily
-so the pure logic here works, and is unit-tested, where TensorRT is not installed.
+Building engines (plans, profiles, trtexec lines) is export's job (export/trt_build.py). `tensorrt`
+and the CUDA binding (cuda-python: `cuda.bindings.runtime`, or the older `cuda.cudart`) are imported
+lazily so the pure logic here works, and is unit-tested, where TensorRT is not installed.
 
-Engines are not portable across TensorRT versions or GPU architectures (REFERENCE.md §7): an engine
-file is accompanied by `<engine>.json` holding its key (TensorRT version, compute capability,
-precision, optimisation profile, sha256 of the source ONNX). A session refuses an engine whose
-sidecar is missing or does not match the running TensorRT / GPU; export/to_tensorrt.py rebuilds it.
+Engines are not portable across TensorRT versions or GPU architectures: an engine file is accompanied
+by `<engine>.json` holding its key (TensorRT version, compute capability, precision, optimisation
+profile, sha256 of the source ONNX) and the engine's own sha256. A session refuses an engine whose
+sidecar is missing, whose bytes do not match it, or that was built for another TensorRT / GPU.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +20,6 @@ import numpy as np
 
 from wavlink_edge.runtime.manifest import sha256_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
-# Which ONNX each precision is built from (files of the export directory, export/FORMAT.md).
-ONNX_FOR_PRECISION = {"fp32": "{tower}.onnx", "fp16": "{tower}_fp16.onnx", "int8": "{tower}_int8_static.onnx"}
-DEFAULT_BATCH = (1, 4, 16)  # min / opt / max
-DEFAULT_AUDIO_FRAMES = (100, 3000, 3000)  # trim policy's 1 s minimum .. padded 30 s (the default policy)
-DEFAULT_TEXT_SEQ = (1, 32, None)  # None: the manifest's text_max_length
 KEY_SCHEMA = 1
 
 
@@ -47,43 +41,6 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class BuildPlan:
-    """How to build for a TensorRT version and precision (REFERENCE.md §7)."""
-    trt_version: str
-    precision: str
-    onnx_file: str
-    strongly_typed: bool
-    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
-    note: str
-
-
-def build_plan(trt_version: str, precision: str, tower: str, strongly_typed: bool | None = None) -> BuildPlan:
-    """TRT 11+: strongly typed, no precision flags, precision from the ONNX. TRT 10.x: the precision-specific
-    ONNX with the FP16 / INT8 builder flags (INT8 only for the Q/DQ ONNX: explicit quantization, never an
-    implicit calibrator), or strongly typed when asked. TRT < 10 is refused."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    major = parse_version(trt_version)[0]
-    if major < 10:
-        raise ValueError(f"TensorRT {trt_version} is not supported: need 10.x (JetPack 6 ships 10.3) or 11.x")
-    onnx_file = ONNX_FOR_PRECISION[precision].format(tower=tower)
-    if major >= 11:
-        if strongly_typed is False:
-            raise ValueError("TensorRT 11 removed the FP16/INT8 builder flags: networks are strongly typed")
-        return BuildPlan(trt_version, precision, onnx_file, True, (),
-                         "TensorRT >= 11: strongly typed network; precision comes from the ONNX")
-    if strongly_typed:
-        return BuildPlan(trt_version, precision, onnx_file, True, (),
-                         "TensorRT 10.x, strongly typed on request: precision comes from the ONNX")
-    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
-    note = {"fp32": "TensorRT 10.x: fp32 ONNX, no precision flags (TF32 disabled for fidelity)",
-            "fp16": "TensorRT 10.x: fp16 ONNX (LayerNorm/Softmax kept fp32 by Casts) with the FP16 builder flag",
-            "int8": "TensorRT 10.x: explicit Q/DQ ONNX with the INT8 flag (no implicit calibrator); "
-                    "non-quantized layers stay fp32"}[precision]
-    return BuildPlan(trt_version, precision, onnx_file, False, flags, note)
-
-
-@dataclass(frozen=True)
 class Profile:
     """One optimisation profile: input name -> (min, opt, max) shapes."""
     shapes: dict = field(default_factory=dict)
@@ -99,65 +56,8 @@ class Profile:
         return True
 
 
-def _triple(values, what: str) -> tuple[int, int, int]:
-    lo, opt, hi = (int(v) for v in values)
-    if not (1 <= lo <= opt <= hi):
-        raise ValueError(f"{what}: need 1 <= min <= opt <= max, got {lo}/{opt}/{hi}")
-    return lo, opt, hi
-
-
-def derive_profile(manifest: dict, tower: str, batch=DEFAULT_BATCH, frames=DEFAULT_AUDIO_FRAMES,
-                   seq=DEFAULT_TEXT_SEQ) -> Profile:
-    """Profile shapes from the export manifest: audio [batch, n_mels, frames] (frames even, <= max_frames);
-    text [batch, seq] for input_ids and attention_mask (seq <= text_max_length)."""
-    model = manifest["model"]
-    b = _triple(batch, "batch")
-    if tower == "audio":
-        max_frames = int(model["max_frames"])
-        f = _triple([max_frames if v is None else v for v in frames], "frames")
-        if f[2] > max_frames:
-            raise ValueError(f"frames max {f[2]} exceeds the model's max_frames {max_frames}")
-        f = tuple(v + v % 2 for v in f)  # the encoder's stride-2 conv wants even frame counts
-        n_mels = int(model["n_mels"])
-        return Profile({"input_features": ((b[0], n_mels, f[0]), (b[1], n_mels, f[1]), (b[2], n_mels, f[2]))})
-    if tower == "text":
-        max_len = int(model["text_max_length"])
-        s = _triple([max_len if v is None else min(v, max_len) for v in seq], "sequence length")
-        shape = ((b[0], s[0]), (b[1], s[1]), (b[2], s[2]))
-        return Profile({"input_ids": shape, "attention_mask": shape})
-    raise ValueError(f"unknown tower {tower!r}")
-
-
-def engine_key(trt_version: str, compute_capability: tuple[int, int] | str, precision: str, profile: Profile,
-               onnx_sha256: str, strongly_typed: bool) -> dict:
-    """Everything an engine depends on. Two engines are interchangeable only if these are equal."""
-    cc = compute_capability if isinstance(compute_capability, str) else f"{compute_capability[0]}.{compute_capability[1]}"
-    return {"schema": KEY_SCHEMA, "tensorrt": str(trt_version), "compute_capability": cc, "precision": precision,
-            "strongly_typed": bool(strongly_typed), "profile": profile.as_dict(), "onnx_sha256": onnx_sha256}
-
-
-def engine_key_digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def engine_filename(tower: str, key: dict) -> str:
-    sm = key["compute_capability"].replace(".", "")
-    return f"{tower}_{key['precision']}_trt{key['tensorrt']}_sm{sm}_{engine_key_digest(key)}.engine"
-
-
-def timing_cache_filename(trt_version: str, compute_capability: str) -> str:
-    # timing caches are only valid for one TRT version and GPU architecture as well
-    return f"timing_trt{trt_version}_sm{compute_capability.replace('.', '')}.cache"
-
-
 def sidecar_path(engine_path: Path) -> Path:
     return Path(str(engine_path) + ".json")
-
-
-def write_sidecar(engine_path: Path, key: dict, engine_sha256: str) -> Path:
-    path = sidecar_path(engine_path)
-    path.write_text(json.dumps({"key": key, "engine_sha256": engine_sha256}, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def stale_reason(engine_path: Path, expected: dict | None = None, running_trt: str | None = None,
@@ -187,26 +87,6 @@ def stale_reason(engine_path: Path, expected: dict | None = None, running_trt: s
         if diff:
             return "key differs in " + ", ".join(diff)
     return None
-
-
-def trtexec_command(onnx_path: Path, engine_path: Path, plan: BuildPlan, profile: Profile,
-                    timing_cache: Path | None = None, workspace_mib: int = 4096) -> list[str]:
-    """The equivalent trtexec invocation (for users building by hand, e.g. on a Jetson)."""
-    def fmt(i):
-        return ",".join(f"{name}:{'x'.join(str(d) for d in shapes[i])}" for name, shapes in sorted(profile.shapes.items()))
-
-    cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-           f"--minShapes={fmt(0)}", f"--optShapes={fmt(1)}", f"--maxShapes={fmt(2)}",
-           f"--memPoolSize=workspace:{workspace_mib}M"]
-    if plan.strongly_typed:
-        cmd.append("--stronglyTyped")
-    else:
-        cmd += [f"--{flag.lower()}" for flag in plan.builder_flags]
-        if plan.precision == "fp32":
-            cmd.append("--noTF32")
-    if timing_cache is not None:
-        cmd.append(f"--timingCacheFile={timing_cache}")
-    return cmd
 
 
 # ----------------------------------------------------------------------------- hardware side
@@ -278,6 +158,9 @@ class TensorRTSession:
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = _check(cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
+        # One context, stream and buffer set: concurrent runs would overwrite each other's inputs.
+        self._lock = threading.Lock()
+        self.max_batch = min(shapes[2][0] for shapes in self.profile.shapes.values())
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -289,6 +172,15 @@ class TensorRTSession:
         return ptr
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Batches beyond the profile's max batch run in chunks, so callers need not know the profile."""
+        rows = len(next(iter(feeds.values())))
+        with self._lock:
+            if rows <= self.max_batch:
+                return self._run_locked(feeds)
+            return np.concatenate([self._run_locked({n: a[i:i + self.max_batch] for n, a in feeds.items()})
+                                   for i in range(0, rows, self.max_batch)])
+
+    def _run_locked(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         cudart = self.cudart
         missing = set(self.inputs) - set(feeds)
         if missing:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from wavlink_edge.export import trt_build as tb
 from wavlink_edge.runtime import trt_engine as te
 from wavlink_edge.runtime.manifest import sha256_file
 
@@ -19,9 +20,9 @@ MANIFEST = {"model": {"n_mels": 80, "max_frames": 3000, "text_max_length": 256, 
 
 def _key(**over):
     args = dict(trt_version="10.3.0", compute_capability=(8, 7), precision="fp16",
-                profile=te.derive_profile(MANIFEST, "audio"), onnx_sha256="ab" * 32, strongly_typed=False)
+                profile=tb.derive_profile(MANIFEST, "audio"), onnx_sha256="ab" * 32, strongly_typed=False)
     args.update(over)
-    return te.engine_key(**args)
+    return tb.engine_key(**args)
 
 
 # ---------------------------------------------------------------- version branching
@@ -36,18 +37,18 @@ def _key(**over):
     ("11.0.0", "fp32", True, (), "audio.onnx"),
 ])
 def test_build_plan_by_version(version, precision, typed, flags, onnx_file):
-    plan = te.build_plan(version, precision, "audio")
+    plan = tb.build_plan(version, precision, "audio")
     assert (plan.strongly_typed, plan.builder_flags, plan.onnx_file) == (typed, flags, onnx_file)
 
 
 def test_build_plan_refusals_and_options():
     with pytest.raises(ValueError, match="not supported"):
-        te.build_plan("8.6.1", "fp16", "audio")
+        tb.build_plan("8.6.1", "fp16", "audio")
     with pytest.raises(ValueError, match="strongly typed"):
-        te.build_plan("11.0.0", "fp16", "audio", strongly_typed=False)
+        tb.build_plan("11.0.0", "fp16", "audio", strongly_typed=False)
     with pytest.raises(ValueError, match="precision"):
-        te.build_plan("10.3.0", "int4", "audio")
-    plan = te.build_plan("10.3.0", "int8", "text", strongly_typed=True)
+        tb.build_plan("10.3.0", "int4", "audio")
+    plan = tb.build_plan("10.3.0", "int8", "text", strongly_typed=True)
     assert plan.strongly_typed and plan.builder_flags == () and plan.onnx_file == "text_int8_static.onnx"
 
 
@@ -60,25 +61,25 @@ def test_parse_version():
 # ---------------------------------------------------------------- profiles
 
 def test_audio_profile_from_manifest():
-    p = te.derive_profile(MANIFEST, "audio", batch=(1, 4, 8), frames=(101, 1000, 3000))
+    p = tb.derive_profile(MANIFEST, "audio", batch=(1, 4, 8), frames=(101, 1000, 3000))
     lo, opt, hi = p.shapes["input_features"]
     assert lo == (1, 80, 102) and opt == (4, 80, 1000) and hi == (8, 80, 3000)  # frames made even
     assert p.covers({"input_features": (2, 80, 3000)})
     assert not p.covers({"input_features": (9, 80, 3000)})
     assert not p.covers({"input_features": (2, 80, 3002)})
     with pytest.raises(ValueError, match="max_frames"):
-        te.derive_profile(MANIFEST, "audio", frames=(100, 3000, 4000))
+        tb.derive_profile(MANIFEST, "audio", frames=(100, 3000, 4000))
     with pytest.raises(ValueError, match="min <= opt <= max"):
-        te.derive_profile(MANIFEST, "audio", batch=(4, 2, 8))
+        tb.derive_profile(MANIFEST, "audio", batch=(4, 2, 8))
 
 
 def test_text_profile_defaults_to_manifest_limit():
-    p = te.derive_profile(MANIFEST, "text")
-    assert p.shapes["input_ids"] == p.shapes["attention_mask"] == ((1, 1), (4, 32), (16, 256))
-    clipped = te.derive_profile(MANIFEST, "text", seq=(1, 64, 1024))
-    assert clipped.shapes["input_ids"][2] == (16, 256)
+    p = tb.derive_profile(MANIFEST, "text")
+    assert p.shapes["input_ids"] == p.shapes["attention_mask"] == ((1, 1), (8, 32), (32, 256))  # text max batch = the runtime default
+    clipped = tb.derive_profile(MANIFEST, "text", seq=(1, 64, 1024))
+    assert clipped.shapes["input_ids"][2] == (32, 256)
     with pytest.raises(ValueError):
-        te.derive_profile(MANIFEST, "vision")
+        tb.derive_profile(MANIFEST, "vision")
 
 
 # ---------------------------------------------------------------- cache keys
@@ -86,24 +87,24 @@ def test_text_profile_defaults_to_manifest_limit():
 def test_engine_key_changes_with_every_dependency():
     base = _key()
     variants = [_key(trt_version="10.3.1"), _key(compute_capability=(8, 6)), _key(precision="int8"),
-                _key(profile=te.derive_profile(MANIFEST, "audio", batch=(1, 2, 8))),
+                _key(profile=tb.derive_profile(MANIFEST, "audio", batch=(1, 2, 8))),
                 _key(onnx_sha256="cd" * 32), _key(strongly_typed=True)]
-    digests = {te.engine_key_digest(k) for k in [base, *variants]}
+    digests = {tb.engine_key_digest(k) for k in [base, *variants]}
     assert len(digests) == len(variants) + 1
-    assert te.engine_key_digest(_key()) == te.engine_key_digest(base)  # deterministic
+    assert tb.engine_key_digest(_key()) == tb.engine_key_digest(base)  # deterministic
     assert _key(compute_capability="8.7") == base
 
 
 def test_engine_filename_names_what_it_is():
-    name = te.engine_filename("audio", _key())
+    name = tb.engine_filename("audio", _key())
     assert name.startswith("audio_fp16_trt10.3.0_sm87_") and name.endswith(".engine")
-    assert te.timing_cache_filename("10.3.0", "8.7") == "timing_trt10.3.0_sm87.cache"
+    assert tb.timing_cache_filename("10.3.0", "8.7") == "timing_trt10.3.0_sm87.cache"
 
 
 def _engine(tmp_path, key, payload=b"serialized-engine"):
-    path = tmp_path / te.engine_filename("audio", key)
+    path = tmp_path / tb.engine_filename("audio", key)
     path.write_bytes(payload)
-    te.write_sidecar(path, key, sha256_file(path))
+    tb.write_sidecar(path, key, sha256_file(path))
     return path
 
 
@@ -128,21 +129,21 @@ def test_stale_engine_detection(tmp_path):
 # ---------------------------------------------------------------- trtexec command lines
 
 def test_trtexec_command_trt10_fp16():
-    plan = te.build_plan("10.3.0", "fp16", "audio")
-    prof = te.derive_profile(MANIFEST, "audio")
-    cmd = te.trtexec_command(Path("e/audio_fp16.onnx"), Path("c/a.engine"), plan, prof, Path("c/t.cache"))
+    plan = tb.build_plan("10.3.0", "fp16", "audio")
+    prof = tb.derive_profile(MANIFEST, "audio")
+    cmd = tb.trtexec_command(Path("e/audio_fp16.onnx"), Path("c/a.engine"), plan, prof, Path("c/t.cache"))
     assert cmd[:3] == ["trtexec", "--onnx=e/audio_fp16.onnx", "--saveEngine=c/a.engine"]
     assert "--minShapes=input_features:1x80x100" in cmd and "--maxShapes=input_features:16x80x3000" in cmd
     assert "--fp16" in cmd and "--stronglyTyped" not in cmd and "--timingCacheFile=c/t.cache" in cmd
 
 
 def test_trtexec_command_trt11_int8_and_text():
-    plan = te.build_plan("11.0.0", "int8", "text")
-    prof = te.derive_profile(MANIFEST, "text")
-    cmd = te.trtexec_command(Path("text_int8_static.onnx"), Path("t.engine"), plan, prof)
+    plan = tb.build_plan("11.0.0", "int8", "text")
+    prof = tb.derive_profile(MANIFEST, "text")
+    cmd = tb.trtexec_command(Path("text_int8_static.onnx"), Path("t.engine"), plan, prof)
     assert "--stronglyTyped" in cmd and "--int8" not in cmd and "--fp16" not in cmd
-    assert "--optShapes=attention_mask:4x32,input_ids:4x32" in cmd
-    fp32 = te.trtexec_command(Path("text.onnx"), Path("t.engine"), te.build_plan("10.3.0", "fp32", "text"), prof)
+    assert "--optShapes=attention_mask:8x32,input_ids:8x32" in cmd
+    fp32 = tb.trtexec_command(Path("text.onnx"), Path("t.engine"), tb.build_plan("10.3.0", "fp32", "text"), prof)
     assert "--noTF32" in fp32
 
 
@@ -234,7 +235,7 @@ def test_engine_matches_onnx(gpu_trt, base_export, tmp_path, precision):
 
     cc = te.compute_capability()
     job = to_tensorrt.plan_tower(export, "audio", precision, gpu_trt.__version__, cc, tmp_path / "cache",
-                                 (1, 2, 4), (100, 3000, 3000), te.DEFAULT_TEXT_SEQ, None)
+                                 (1, 2, 4), (100, 3000, 3000), tb.DEFAULT_TEXT_SEQ, None)
     engine = to_tensorrt.build_engine(job)
     assert te.stale_reason(engine, job["key"], gpu_trt.__version__, cc) is None
     feeds = audio_feeds(audio_files(SAMPLES_DIR)[:2], 80, ("pad",))
