@@ -129,14 +129,30 @@ def _seed_heads(model: WavLinkModel) -> None:
                 proj.bias.zero_()
 
 
-def load_heads(model: WavLinkModel, heads_file: Path) -> list[str]:
-    """Overlay trained parameters (global token, projectors, optionally the last audio layer)."""
+HEADS_REQUIRED = ("audio.global_token", "audio.projector.weight", "text.projector.weight")
+
+
+def load_heads(model: WavLinkModel, heads_file: str | Path) -> list[str]:
+    """Overlay trained parameters (global token, projectors, optionally the last audio layer).
+
+    A file missing the token or a projector is refused: labelling seeded weights "trained" would lie.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(heads_file), "pt") as f:
         meta = f.metadata() or {}
+        names = set(f.keys())
+    own = model.state_dict()
+    required = [n for n in HEADS_REQUIRED + ("audio.projector.bias", "text.projector.bias") if n in own]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ValueError(f"heads file {heads_file} lacks {', '.join(missing)}: not a trained-heads file")
+    token_layer = int(meta.get("global_token_layer", model.config.global_token_layer))
+    if not 0 <= token_layer < model.config.audio.n_layers:
+        raise ValueError(f"heads file {heads_file}: global_token_layer {token_layer} outside this model's layers")
     loaded = model.load_weights(load_file(str(heads_file)))
+    model.config.global_token_layer = model.audio.token_layer = token_layer
     model.config.heads = HEADS_TRAINED
     model.config.clip_policy = meta.get("clip_policy", model.config.clip_policy)
     model.config.name = meta.get("name", model.config.name)
@@ -159,7 +175,8 @@ def build_default_base(install_weights: bool = False, heads: str | Path | None =
     heads_file = DEMO_HEADS if heads == "auto" else (Path(heads) if heads else None)
     if heads_file is not None and heads_file.is_file():
         load_heads(model, heads_file)
-        config.sources.append({"what": "WavLink demo heads trained in this repo on generated audio (train/corpus)",
+        config.sources.append({"what": "WavLink demo heads trained in this repo on generated audio and real "
+                                       "recordings from Debian packages (train/corpus, export/weights/MODEL_CARD.md)",
                                "package": "wavlink-edge", "licence": "MIT"})
     return model.eval(), text_dir / "tokenizer.json"
 

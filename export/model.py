@@ -51,6 +51,9 @@ class WavLinkConfig:
     audio: AudioDims = field(default_factory=AudioDims)
     text: TextSpec = field(default_factory=TextSpec)
     global_token_position: str = "first"  # "first" (the paper's "prepended") or "last"
+    # Index of the encoder layer at whose input the token joins the frames: 0 = the paper's (whole stack);
+    # n_layers - 1 = only the last layer sees it, so trained heads can sit on frozen, cached frame states.
+    global_token_layer: int = 0
     heads: str = HEADS_UNTRAINED  # "untrained" until trained heads are loaded
     clip_policy: str = "pad"  # input-length policy the heads were trained for: "pad" or "trim"
     sources: list = field(default_factory=list)
@@ -64,6 +67,8 @@ class WavLinkConfig:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.global_token_position not in ("first", "last"):
             raise ValueError(f"global_token_position must be 'first' or 'last', not {self.global_token_position!r}")
+        if not 0 <= self.global_token_layer < self.audio.n_layers:
+            raise ValueError(f"global_token_layer must be in [0, {self.audio.n_layers}), not {self.global_token_layer!r}")
         if self.text.kind not in ("bert", "clip"):
             raise ValueError(f"text kind must be 'bert' or 'clip', not {self.text.kind!r}")
         if self.matryoshka_dims[0] != self.embed_dim or any(d > self.embed_dim for d in self.matryoshka_dims):
@@ -78,7 +83,7 @@ class WavLinkConfig:
         return cls(**d)
 
 
-# Backbone shapes per size (REFERENCE.md §1). The text backbone config comes from the checkpoint.
+# Backbone shapes per size (the published Whisper encoders). The text backbone config comes from the checkpoint.
 AUDIO_DIMS = {
     "base": AudioDims(n_mels=80, d_model=512, n_heads=8, n_layers=6, ffn_dim=2048),
     "small": AudioDims(n_mels=80, d_model=768, n_heads=12, n_layers=12, ffn_dim=3072),
@@ -150,9 +155,10 @@ class EncoderLayer(nn.Module):
 
 
 class AudioTower(nn.Module):
-    def __init__(self, dims: AudioDims, embed_dim: int, global_token_position: str = "first"):
+    def __init__(self, dims: AudioDims, embed_dim: int, global_token_position: str = "first", global_token_layer: int = 0):
         super().__init__()
         self.dims = dims
+        self.token_layer = global_token_layer
         self.token_index = 0 if global_token_position == "first" else -1
         self.conv1 = nn.Conv1d(dims.n_mels, dims.d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dims.d_model, dims.d_model, kernel_size=3, stride=2, padding=1)
@@ -180,8 +186,16 @@ class AudioTower(nn.Module):
 
     def penultimate_states(self, mel: torch.Tensor) -> torch.Tensor:
         """Input of the last layer, global token included: what the last-layer pooler is trained on."""
-        x = self.with_global_token(self.embed_frames(mel))
-        for layer in self.layers[:-1]:
+        x = self.frames_before_token(mel)
+        x = self.with_global_token(x)
+        for layer in self.layers[self.token_layer : -1]:
+            x = layer(x)
+        return x
+
+    def frames_before_token(self, mel: torch.Tensor) -> torch.Tensor:
+        """Frame states at the input of layer `token_layer`: they do not depend on the token."""
+        x = self.embed_frames(mel)
+        for layer in self.layers[: self.token_layer]:
             x = layer(x)
         return x
 
@@ -235,7 +249,7 @@ class WavLinkModel(nn.Module):
     def __init__(self, config: WavLinkConfig):
         super().__init__()
         self.config = config
-        self.audio = AudioTower(config.audio, config.embed_dim, config.global_token_position)
+        self.audio = AudioTower(config.audio, config.embed_dim, config.global_token_position, config.global_token_layer)
         self.text = TextTower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 

@@ -9,7 +9,8 @@ import soundfile as sf
 
 from wavlink_edge.train.corpus import generate, load_split
 from wavlink_edge.train.corpus import plan as corpus_plan
-from wavlink_edge.train.corpus.generate import CAPTION_COLUMNS, available
+from wavlink_edge.train.corpus import real
+from wavlink_edge.train.corpus.generate import CAPTION_COLUMNS, available, missing_packages
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"
 TINY = dict(n_train=12, n_test=6, seed=3, workers=2)
@@ -17,6 +18,8 @@ TINY = dict(n_train=12, n_test=6, seed=3, workers=2)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    if missing_packages():
+        pytest.skip(f"Debian packages not installed: {', '.join(missing_packages())}")
     a, b = tmp_path_factory.mktemp("corpus_a"), tmp_path_factory.mktemp("corpus_b")
     generate(a, **TINY)
     generate(b, **{**TINY, "workers": 1})  # worker count must not change the output
@@ -52,12 +55,14 @@ def test_captions_are_clotho_with_five_distinct_captions(tiny):
         assert len(pairs) == n and all(Path(p).exists() and len(c) == 5 for p, c in pairs)
 
 
-def test_test_compositions_never_seen_in_train(tiny):
+def test_tiny_corpus_test_compositions_never_seen_in_train(tiny):
     comps = {s: {r["composition"] for r in _rows(tiny[0] / f"metadata_{s}.csv")} for s in ("train", "test")}
     assert comps["train"] and comps["test"] and not comps["train"] & comps["test"]
-    # at full size too (planning only, no rendering): disjoint, and every single value is still trained on
-    avail = {"speech": True, "music": True, "events": True}
-    full = {s: corpus_plan.plan_split(0, s, n, avail) for s, n in (("train", 3000), ("test", 600))}
+
+
+def test_test_compositions_never_seen_in_train():
+    """Planning only (no packages needed): disjoint at full size, and every single value is still trained on."""
+    full = {s: corpus_plan.plan_split(0, s, n) for s, n in (("train", 3000), ("test", 600))}
     seen = {s: {corpus_plan.composition(c) for c in clips} for s, clips in full.items()}
     assert not seen["train"] & seen["test"]
     for scene, (_, _, va, _, vb) in corpus_plan.SCENES.items():
@@ -107,3 +112,52 @@ def test_committed_eval_split_fits_limits_and_matches_csv():
     for p in audio[:: max(1, len(audio) // 20)]:  # decode a sample: Opus via libsndfile, 16 kHz mono
         x, sr = sf.read(str(p), dtype="float32")
         assert sr == 16000 and x.ndim == 1 and 1.0 <= len(x) / sr <= 30.0 and np.abs(x).max() > 1e-3
+
+
+def test_plan_does_not_depend_on_installed_packages(monkeypatch):
+    """A bare machine plans the same corpus (it used to raise KeyError 'voice' without the event packages)."""
+    from wavlink_edge.train.corpus import events
+
+    full = [corpus_plan.plan_split(0, s, 300) for s in ("train", "test")]
+    monkeypatch.setattr(events, "inventory", lambda: ())
+    assert [corpus_plan.plan_split(0, s, 300) for s in ("train", "test")] == full
+    with pytest.raises(FileNotFoundError, match="Debian packages missing"):
+        corpus_plan.resolve_events(full[0])
+
+
+def test_rendering_names_the_missing_package(monkeypatch, tmp_path):
+    from wavlink_edge.train.corpus import speech
+
+    monkeypatch.setattr(speech, "available_engines", lambda: {"espeak-ng": False, "festival": True})
+    with pytest.raises(FileNotFoundError, match="apt-get install espeak-ng"):
+        generate(tmp_path, n_train=20, n_test=4)
+    monkeypatch.setitem(real.PACKAGES, "asterisk-moh-opsound-wav", ("/nonexistent/moh", "", ""))
+    with pytest.raises(FileNotFoundError, match="asterisk-moh-opsound-wav"):
+        real.render_clip(real.plan(0)["test"][-5], 0)
+
+
+def test_real_split_holds_out_packages_and_classes():
+    plans = real.plan(0)
+    assert plans == real.plan(0)
+    train_pkgs = {c["package"] for c in plans["train"]}
+    train_classes = {c["label"] for c in plans["train"]}
+    test_classes = {c["label"] for c in plans["test"]}
+    assert not train_pkgs & set(real.TEST_PACKAGES) and set(real.TEST_PACKAGES) <= {c["package"] for c in plans["test"]}
+    assert set(real.TEST_CLASSES) <= test_classes and not train_classes & set(real.TEST_CLASSES)
+    assert len(test_classes) >= 10
+    assert all(c["augment"] == "original" for c in plans["test"])
+    counts = {lab: sum(c["label"] == lab for c in plans["test"]) for lab in test_classes}
+    assert max(counts.values()) <= real.PER_CLASS_TEST_CAP
+    assert real.class_prompt("dog") == "the sound of a dog" and real.class_prompt("music") == "the sound of music"
+
+
+def test_real_recordings_render_with_five_captions(tmp_path):
+    if real.missing_packages():
+        pytest.skip(f"Debian packages not installed: {', '.join(real.missing_packages())}")
+    counts = real.generate(tmp_path, limit=4)
+    assert counts["train"]["clips"] == counts["test"]["clips"] == 4
+    for split in ("real_train", "real_test"):
+        for path, caps in load_split(tmp_path, split):
+            x, sr = sf.read(path, dtype="float32")
+            assert sr == 16000 and 1.0 <= len(x) / sr <= 30.0 and np.abs(x).max() > 1e-3
+            assert len(set(caps)) == 5 and all(c.strip() for c in caps)

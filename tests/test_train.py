@@ -1,4 +1,4 @@
-"""Demo-head training: loss, retrieval metrics, and a tiny end-to-end run whose loss must fall."""
+"""Demo-head training: loss, metrics, training == exported computation, heads loading, a tiny end-to-end run."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from wavlink_edge.export.model import AudioDims, TextSpec, WavLinkConfig, WavLinkModel, matryoshka_dims
 from wavlink_edge.train import train
+
+TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=64)
+
+
+def _tiny_model(token_layer: int = 2) -> WavLinkModel:
+    torch.manual_seed(0)
+    cfg = WavLinkConfig(size="base", embed_dim=64, matryoshka_dims=matryoshka_dims(64),
+                        audio=AudioDims(n_mels=80, n_ctx=50, d_model=32, n_heads=2, n_layers=3, ffn_dim=64),
+                        text=TextSpec(kind="bert", backbone=TINY_BERT, max_length=64), global_token_layer=token_layer)
+    return WavLinkModel(cfg).eval()
 
 
 def test_matryoshka_loss_prefers_aligned_pairs():
@@ -32,19 +44,115 @@ def test_retrieval_metrics_on_known_rankings():
     chance = train.chance(600)
     assert chance["t2a"]["R@1"] == pytest.approx(1 / 600)
     assert chance["a2t"]["R@1"] == pytest.approx(5 / 3000)
+    assert train.chance(4)["t2a"]["R@10"] == 1.0
+
+
+def test_zero_shot_counts_clips_and_classes():
+    prompts = np.eye(3, 8)
+    audio = np.eye(3, 8)[[0, 0, 0, 1, 2]]  # three "a" clips right, "b" right, "c" right
+    audio[4] = prompts[1]  # the "c" clip is taken for "b"
+    zs = train.zero_shot(audio, prompts, ["a", "a", "a", "b", "c"], ["a", "b", "c"], 8)
+    assert zs["top1"] == pytest.approx(4 / 5) and zs["balanced_top1"] == pytest.approx(2 / 3)
+    assert zs["per_class"] == {"a": 1.0, "b": 1.0, "c": 0.0}
+
+
+def test_training_forward_equals_exported_forward():
+    """Cached frames + the trained token through the last layer == AudioTower.forward (what ONNX exports)."""
+    model = _tiny_model(token_layer=2)
+    with torch.no_grad():
+        model.audio.global_token.normal_()
+        mels = [torch.randn(1, 80, n) for n in (40, 64)]
+        frames = [model.audio.frames_before_token(m)[0].numpy() for m in mels]
+        clips = train.ClipStates(np.concatenate(frames), np.array([0, len(frames[0]), len(frames[0]) + len(frames[1])]),
+                                 model.audio.layers[-1])
+        ours = torch.nn.functional.normalize(train.audio_vectors(model, clips, np.arange(2)), dim=-1)
+        ref = torch.cat([model.audio(m) for m in mels])
+    assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.999  # fp16 key/value cache
+
+
+def test_token_layer_zero_is_the_original_stack():
+    """The default config (token before layer 0) computes exactly what it did before the field existed."""
+    model = _tiny_model(token_layer=0)
+    mel = torch.randn(1, 80, 30)
+    with torch.no_grad():
+        x = model.audio.with_global_token(model.audio.embed_frames(mel))
+        for layer in model.audio.layers[:-1]:
+            x = layer(x)
+        assert torch.equal(model.audio.penultimate_states(mel), x)
+    with pytest.raises(ValueError, match="global_token_layer"):
+        WavLinkConfig(global_token_layer=6)
+
+
+def _save(tensors: dict, path, **meta):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta or None)
+    return path
+
+
+@pytest.mark.parametrize("content", ["empty", "logit_scale"])
+def test_load_heads_refuses_files_without_the_heads(tmp_path, content):
+    from wavlink_edge.export.backbones import load_heads
+
+    model = _tiny_model()
+    tensors = {} if content == "empty" else {"logit_scale": torch.tensor(2.0)}
+    with pytest.raises(ValueError, match="lacks audio.global_token"):
+        load_heads(model, _save(tensors, tmp_path / "h.safetensors"))
+    assert model.config.heads == "untrained"
+
+
+def test_load_heads_labels_trained_and_sets_the_token_layer(tmp_path):
+    from wavlink_edge.export.backbones import load_heads
+
+    model = _tiny_model(token_layer=0)
+    state = model.state_dict()
+    names = ["audio.global_token", "audio.projector.weight", "audio.projector.bias", "text.projector.weight",
+             "text.projector.bias"]
+    load_heads(model, _save({n: state[n] for n in names}, tmp_path / "h.safetensors", global_token_layer="2"))
+    assert model.config.heads == "trained" and model.config.global_token_layer == model.audio.token_layer == 2
+
+
+def test_assemble_refuses_empty_heads_with_one_line(tmp_path, capsys):
+    from transformers import BertConfig, BertModel, WhisperConfig, WhisperModel
+
+    from wavlink_edge.export.assemble import main
+    from wavlink_edge.export.backbones import minilm_dir
+
+    wcfg = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                         decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=50,
+                         vocab_size=100, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         decoder_start_token_id=1)
+    WhisperModel(wcfg).save_pretrained(tmp_path / "whisper", safe_serialization=True)
+    BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).save_pretrained(tmp_path / "bert", safe_serialization=True)
+    (tmp_path / "bert" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
+    capsys.readouterr()  # drop the writers' progress bars
+    for tensors in ({}, {"logit_scale": torch.tensor(2.0)}):
+        heads = _save(tensors, tmp_path / "heads.safetensors")
+        rc = main(["--size", "base", "--whisper", str(tmp_path / "whisper"), "--text", str(tmp_path / "bert"),
+                   "--heads", str(heads), "--out", str(tmp_path / "ckpt")])
+        out = capsys.readouterr()
+        assert rc == 2 and "trained heads" not in out.out and not (tmp_path / "ckpt").exists()
+        assert out.err.count("\n") == 1 and "lacks audio.global_token" in out.err
 
 
 def test_tiny_pipeline_loss_falls(tmp_path):
-    """Corpus (tens of clips) -> cached features -> both modes trained for a few epochs."""
+    """Corpus (tens of clips, generated + real) -> cached features -> a few epochs -> both splits evaluated."""
+    from wavlink_edge.train.corpus import real
+    from wavlink_edge.train.corpus.generate import missing_packages
+
+    missing = missing_packages() + real.missing_packages()
+    if missing:
+        pytest.skip(f"Debian packages not installed: {', '.join(missing)}")
     assert train.main(["--tiny", "--workdir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    for mode in ("a", "b"):
-        losses = results["curves"][mode]["train_loss"]
-        assert losses[-1] < losses[0], (mode, losses)
-        for policy in ("trim", "pad"):
-            assert set(results["trained"][mode][policy]) == {"512", "256", "128", "64"}
-    heads = tmp_path / f"heads_{results['shipped_mode']}.safetensors"
+    losses = results["curves"]["train_loss"]
+    assert losses[-1] < losses[0], losses
+    for split in ("real", "generated"):
+        for policy in train.POLICIES:
+            assert set(results["eval"]["trained"][split][policy]["retrieval"]) == {"512", "256", "128", "64"}
+    assert set(results["eval"]["trained"]["real"]["trim"]["zero_shot"]["64"]["per_class"]) == set(results["real_classes"])
     from wavlink_edge.export.backbones import build_default_base
 
-    model, _ = build_default_base(heads=heads)
-    assert model.config.heads == "trained" and model.config.clip_policy == "trim"
+    model, _ = build_default_base(heads=tmp_path / "heads.safetensors")
+    assert model.config.heads == "trained" and model.config.global_token_layer == 5
+    assert model.config.clip_policy == results["shipped_policy"]

@@ -16,7 +16,7 @@ from .audio import SR
 from .captions import captions
 from .mixing import render_clip, render_source, source_keys
 from .oggfix import fix_serial
-from .plan import composition, plan_split
+from .plan import composition, plan_split, resolve_events
 
 SPLITS = ("train", "test")
 CAPTION_COLUMNS = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
@@ -27,6 +27,25 @@ _POOL: dict = {}  # rendered sources; set before forking so workers share it cop
 def available() -> dict:
     eng = speech.available_engines()
     return {"speech": eng["espeak-ng"], "music": music.available(), "events": bool(events.inventory())}
+
+
+def missing_packages(plans: dict | None = None) -> list[str]:
+    """Debian packages a plan needs (all of them when no plan is given) that are not installed."""
+    from pathlib import Path as _P
+
+    clips = [c for cs in (plans or {}).values() for c in cs]
+    needs_all = plans is None
+    eng = speech.available_engines()
+    out = []
+    if (needs_all or any(c.get("speech", {}).get("engine") == "espeak-ng" for c in clips)) and not eng["espeak-ng"]:
+        out.append("espeak-ng")
+    if (needs_all or any(c.get("speech", {}).get("engine") == "festival" for c in clips)) and not eng["festival"]:
+        out += ["festival", "festvox-kallpc16k"]
+    if (needs_all or any("music" in c for c in clips)) and not music.available():
+        out += ["fluidsynth"] + [pkg for path, (pkg, _) in music.SOUNDFONTS.items() if not _P(path).is_file()]
+    if needs_all or any("events" in c for c in clips):
+        out += [pkg for d, (pkg, _) in events.PACKAGES.items() if not _P(d).is_dir()]
+    return sorted(set(out))
 
 
 def _render_and_write(args) -> dict:
@@ -48,7 +67,12 @@ def generate(out_dir, n_train: int = 3000, n_test: int = 600, seed: int = 0, wor
     t0 = time.time()
     out = Path(out_dir)
     avail = available()
-    plans = {"train": plan_split(seed, "train", n_train, avail), "test": plan_split(seed, "test", n_test, avail)}
+    plans = {"train": plan_split(seed, "train", n_train), "test": plan_split(seed, "test", n_test)}
+    missing = missing_packages(plans)
+    if missing:
+        raise FileNotFoundError(f"the corpus plan needs Debian packages that are not installed: {', '.join(missing)} "
+                                f"(apt-get install {' '.join(missing)})")
+    plans = {s: resolve_events(clips) for s, clips in plans.items()}
     keys = sorted({k for clips in plans.values() for c in clips for k in source_keys(c)}, key=repr)
     with _fork_pool(workers) as pool:
         _POOL = dict(zip(keys, pool.map(render_source, keys, chunksize=4)))

@@ -16,6 +16,10 @@ TEMPO_MODES = [(t, m) for t in music.TEMPOS for m in music.MODES]
 EVENT_BACKGROUNDS = ("silence", "noise", "music", "speech")
 SNRS = (0, 5, 10, 20)
 SPLIT_IDS = {"train": 0, "test": 1}
+# Labelled event files per category with every package of events.PACKAGES installed. Plans draw positions
+# within a category from these counts, so a plan never depends on what is installed; `resolve_events`
+# maps positions to files and refuses (naming the packages) when the installed inventory differs.
+EVENT_COUNTS = {"alert": 21, "game": 24, "voice": 18, "instrument": 23, "household": 28}
 
 # scene -> (weight, name of pair axis A, values A, name of pair axis B, values B)
 SCENES = {
@@ -76,8 +80,8 @@ def _music(rng, family: str, tempo: str | None = None, mode: str | None = None) 
             "variant": int(rng.integers(music.N_VARIANTS))}
 
 
-def plan_clip(rng: np.random.Generator, split: str, available: dict) -> dict:
-    scenes = [s for s in SCENES if _scene_ok(s, available)]
+def plan_clip(rng: np.random.Generator, split: str) -> dict:
+    scenes = list(SCENES)
     w = np.array([SCENES[s][0] for s in scenes])
     scene = scenes[int(rng.choice(len(scenes), p=w / w.sum()))]
     a, b = _pick(rng, pairs(scene, split))
@@ -96,7 +100,7 @@ def plan_clip(rng: np.random.Generator, split: str, available: dict) -> dict:
         clip |= {"family": a, "tempo_mode": list(b), "music": _music(rng, a, *b)}
     elif scene == "events":
         n = int(rng.choice([1, 1, 2, 3]))
-        idx = rng.choice(events.by_category()[a], size=n, replace=False)
+        idx = rng.choice(EVENT_COUNTS[a], size=n, replace=False)
         clip |= {"category": a, "background": b, "events": [int(i) for i in idx],
                  "positions": sorted(float(p) for p in rng.uniform(0.05, 0.8, size=n)),
                  "loudness": _pick(rng, ("loud", "quiet"))}
@@ -109,26 +113,33 @@ def plan_clip(rng: np.random.Generator, split: str, available: dict) -> dict:
     elif scene == "synth":
         clip |= {"kind": a, "envelope": b}
     elif scene == "event_speech":
-        clip |= {"category": a, "language": b, "events": [int(_pick(rng, events.by_category()[a]))],
+        clip |= {"category": a, "language": b, "events": [int(rng.integers(EVENT_COUNTS[a]))],
                  "speech": _speaker(rng, b, _pick(rng, speech.GENDERS), _pick(rng, ("normal", "normal", "whispering", "shouting")))}
         clip["length_s"] = max(clip["length_s"], 3.5)  # room for the event and then a sentence
     return clip
 
 
-def _scene_ok(scene: str, available: dict) -> bool:
-    """Drop scenes whose tools are missing so generation still works (with fewer kinds) on a bare box."""
-    need = {"speech": ["speech"], "speech_music": ["speech", "music"], "speech_noise": ["speech"],
-            "music": ["music"], "events": ["events", "music", "speech"], "synth": [],
-            "event_speech": ["events", "speech"]}[scene]
-    return all(available[k] for k in need)
+def resolve_events(clips: list[dict]) -> list[dict]:
+    """Positions within a category -> indices into events.inventory(); needs the event packages."""
+    installed = {c: len(v) for c, v in events.by_category().items()}
+    if installed != EVENT_COUNTS:
+        from pathlib import Path
+
+        missing = [pkg for d, (pkg, _) in events.PACKAGES.items() if not Path(d).is_dir()]
+        raise FileNotFoundError("recorded event sounds differ from the plan's inventory "
+                                f"(installed {installed}, expected {EVENT_COUNTS}); Debian packages missing: "
+                                f"{', '.join(missing) or 'none (a different version?)'}")
+    cats = events.by_category()
+    return [{**c, "events": [cats[c["category"]][i] for i in c["events"]]} if "events" in c else c for c in clips]
 
 
-def plan_split(seed: int, split: str, n: int, available: dict) -> list[dict]:
-    """Each split has its own RNG stream, so the test split does not depend on --n-train."""
+def plan_split(seed: int, split: str, n: int) -> list[dict]:
+    """Each split has its own RNG stream, so the test split does not depend on --n-train; nothing depends
+    on which packages are installed (event files are positions until `resolve_events`)."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split]])
     clips = []
     for i in range(n):
-        clip = plan_clip(rng, split, available)
+        clip = plan_clip(rng, split)
         clip["clip_id"] = f"{split}_{i:05d}"
         clip["seed"] = [seed, SPLIT_IDS[split], i]
         clips.append(clip)

@@ -1,0 +1,357 @@
+"""Real recordings from Debian packages: labelled, captioned, augmented (train only), split by source.
+
+The test split holds out whole packages (asterisk-moh-opsound-wav music, asterisk-core-sounds-fr-wav
+speech) and whole classes (TEST_CLASSES: every recording of those classes, whichever file holds it), so
+zero-shot classification on it measures sounds and sources never seen in training. Test audio is the
+recording as shipped (decoded to 16 kHz mono), never augmented.
+
+The plan (which file, which variant, which caption) is a pure function of the seed and of the tables
+below; rendering needs the packages and names the missing one.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+
+SR = 16000
+STAMPS = "/usr/share/tuxpaint/stamps"
+ASTERISK = "/usr/share/asterisk"
+# package -> (directory that proves it is installed, licence per /usr/share/doc/<pkg>/copyright, what is taken)
+PACKAGES = {
+    "tuxpaint-stamps-default": (STAMPS, "GPL-2", "sound files beside the stamps: animals, household, instruments, "
+                                "vehicles, nature (labelled below); spoken descriptions `*_desc_<lang>.ogg`"),
+    "asterisk-core-sounds-en-wav": (f"{ASTERISK}/sounds/en_US_f_Allison", "CC-BY-SA-3.0 (Allison Smith)",
+                                    "English telephone prompts, one female speaker"),
+    "asterisk-core-sounds-en": ("/usr/share/doc/asterisk-core-sounds-en", "CC-BY-SA-3.0", "transcripts of the English prompts"),
+    "asterisk-core-sounds-fr-wav": (f"{ASTERISK}/sounds/fr_CA_f_June", "CC-BY-SA-3.0 (June Wallack)",
+                                    "French telephone prompts, one female speaker (test only)"),
+    "asterisk-core-sounds-fr": ("/usr/share/doc/asterisk-core-sounds-fr", "CC-BY-SA-3.0", "transcripts of the French prompts"),
+    "asterisk-moh-opsound-wav": (f"{ASTERISK}/moh", "CC-BY-SA-3.0 (Macroform, Manolo Camp, Reno Project)",
+                                 "five music-on-hold tracks, cut into 10 s excerpts (test only)"),
+}
+
+# tuxpaint stamp sound (file stem) -> (class, caption phrase). Files whose content was not clear from
+# name and stamp (dreidel letters, road signs, spider, santa hat, bathyscape, iguana, moth) are not used.
+STAMP_SOUNDS = {
+    "frog": ("frog", "a frog croaking"), "blackbird": ("blackbird", "a blackbird singing"),
+    "crow": ("crow", "a crow cawing"), "cuckoo": ("cuckoo", "a cuckoo calling"),
+    "drake": ("duck", "a duck quacking"), "duck": ("duck", "a duck quacking"),
+    "gander": ("goose", "a goose honking"), "hen": ("hen", "a hen clucking"),
+    "heron_greatblue_flying": ("heron", "a heron calling in flight"), "lark": ("lark", "a lark singing"),
+    "nandou": ("rhea", "a rhea calling"), "owl": ("owl", "an owl hooting"), "penguin": ("penguin", "a penguin calling"),
+    "quetzal": ("quetzal", "a tropical bird calling"), "rooster": ("rooster", "a rooster crowing"),
+    "seagull": ("seagull", "seagulls crying"), "tucan": ("toucan", "a toucan croaking"),
+    "turkey": ("turkey", "a turkey gobbling"), "vulture": ("vulture", "a vulture screeching"),
+    "bee": ("bee", "a bee buzzing"), "grasshopper": ("grasshopper", "a grasshopper chirping"),
+    "hornet": ("hornet", "a hornet buzzing"), "mosquito": ("mosquito", "a mosquito whining"),
+    "chimp": ("chimpanzee", "a chimpanzee screaming"), "gorilla": ("gorilla", "a gorilla grunting"),
+    "dolphin": ("dolphin", "a dolphin clicking and whistling"), "orca": ("orca", "an orca whistling"),
+    "sea_lion": ("sea lion", "a sea lion barking"), "whale": ("whale", "a whale singing"),
+    "badger": ("badger", "a badger grunting"), "bear": ("bear", "a bear growling"),
+    "bison": ("bison", "a bison grunting"), "bull": ("bull", "a bull bellowing"),
+    "cow": ("cow", "a cow mooing"), "cow_white": ("cow", "a cow mooing"),
+    "goat": ("goat", "a goat bleating"), "mountaingoat": ("goat", "a goat bleating"),
+    "ram": ("sheep", "a sheep bleating"), "sheep": ("sheep", "a sheep bleating"), "sheep_lamb": ("sheep", "a lamb bleating"),
+    "camel": ("camel", "a camel groaning"), "dromedary": ("camel", "a camel groaning"),
+    "lion": ("lion", "a lion roaring"), "tiger": ("tiger", "a tiger growling"),
+    "caribou": ("deer", "a deer calling"), "deer": ("deer", "a deer calling"), "doe": ("deer", "a deer calling"),
+    "dog": ("dog", "a dog barking"), "fox": ("fox", "a fox yelping"), "elephant": ("elephant", "an elephant trumpeting"),
+    "donkey": ("donkey", "a donkey braying"), "horse": ("horse", "a horse neighing"), "zebra": ("zebra", "a zebra barking"),
+    "ferret": ("ferret", "a ferret chattering"), "giraffe": ("giraffe", "a giraffe snorting"),
+    "hippopotamus": ("hippopotamus", "a hippopotamus grunting"),
+    "pig": ("pig", "a pig oinking"), "pig_golden": ("pig", "a pig grunting"), "pig_golden2": ("pig", "a pig squealing"),
+    "beaver": ("beaver", "a beaver gnawing wood"), "mouse": ("mouse", "a mouse squeaking"),
+    "rabbit": ("rabbit", "a rabbit squeaking"), "squirrel": ("squirrel", "a squirrel chattering"),
+    "koala": ("koala", "a koala bellowing"), "wombat": ("wombat", "a wombat grunting"),
+    "apple_red": ("apple", "someone biting into an apple"), "camera_35mm": ("camera", "a camera shutter clicking"),
+    "cymbal_crash": ("cymbal", "a cymbal crashing"), "drum_tomtom_floor": ("drum", "a drum being hit"),
+    "drumkit": ("drum kit", "a drum kit playing a beat"), "cello": ("cello", "a cello playing"),
+    "violin": ("violin", "a violin playing"), "bassoon": ("bassoon", "a bassoon playing"),
+    "Washing-machine": ("washing machine", "a washing machine running"),
+    "scissors_small_open": ("scissors", "scissors snipping"), "scissors_small_closed": ("scissors", "scissors snipping"),
+    "bottle": ("bottle", "a glass bottle clinking"), "glass": ("glass", "a drinking glass clinking"),
+    "kettle": ("kettle", "a kettle"), "rubberduck": ("rubber duck", "a rubber duck squeaking"),
+    "toilet": ("toilet", "a toilet flushing"), "hammer": ("hammer", "a hammer striking"),
+    "mallet_metal": ("mallet", "a metal mallet striking"), "saw": ("saw", "a saw cutting wood"),
+    "vacuum_cleaner": ("vacuum cleaner", "a vacuum cleaner humming"), "final-roll-call": ("bugle", "a bugle call"),
+    "lightningbolt": ("thunder", "thunder rumbling"), "gift": ("wrapping paper", "paper rustling"),
+    "hard_candy": ("candy wrapper", "a candy wrapper crinkling"), "bat_left": ("bat", "a bat squeaking"),
+    "blackcat": ("cat", "a cat meowing"), "ghost": ("ghost", "a spooky ghostly moan"),
+    "fireworks": ("fireworks", "fireworks exploding"), "apollo_lander": ("radio", "a crackling radio transmission"),
+    "checkeredflag": ("race car", "race cars speeding past"), "firetruck": ("fire truck", "a fire truck siren wailing"),
+}
+# Whole classes never seen in training (their every recording is test-only), plus the held-out packages' classes.
+TEST_CLASSES = ("dog", "cat", "cow", "sheep", "pig", "rooster", "duck", "horse", "frog", "bee", "toilet", "fireworks")
+TEST_PACKAGES = {"asterisk-moh-opsound-wav": "music", "asterisk-core-sounds-fr-wav": "speech"}
+MASS_NOUNS = {"music", "speech", "fireworks", "thunder", "wrapping paper"}
+PER_CLASS_TEST_CAP = 4  # the big held-out packages would otherwise dominate a per-clip accuracy
+LANGS = {"": "English", "fr": "French", "ru": "Russian", "ro": "Romanian", "ca": "Catalan", "bg": "Bulgarian",
+         "es": "Spanish", "be": "Belarusian", "el": "Greek", "da": "Danish", "lt": "Lithuanian", "nl": "Dutch"}
+AUGMENTS = ("original", "gain", "noise", "speed", "mix", "offset")  # every train sound event gets each once
+N_EN_SPEECH, N_DESC_SPEECH = 200, 160
+
+
+def article(label: str) -> str:
+    return label if label in MASS_NOUNS else ("an " if label[0] in "aeiou" else "a ") + label
+
+
+def class_prompt(label: str) -> str:
+    """Zero-shot prompt for a class name (ESC-50 style)."""
+    return f"the sound of {article(label)}"
+
+
+def missing_packages() -> list[str]:
+    return [pkg for pkg, (d, _, _) in PACKAGES.items() if not Path(d).is_dir()]
+
+
+def _need(pkg: str) -> Path:
+    d = Path(PACKAGES[pkg][0])
+    if not d.is_dir():
+        raise FileNotFoundError(f"Debian package {pkg} is not installed ({d} missing): apt-get install {pkg}")
+    return d
+
+
+def _transcripts(pkg: str, lang: str) -> dict[str, str]:
+    with gzip.open(_need(pkg) / f"core-sounds-{lang}.txt.gz", "rt", encoding="utf-8", errors="replace") as f:
+        rows = (line.split(":", 1) for line in f if ":" in line and not line.startswith(";"))
+        return {k.strip(): " ".join(v.split()) for k, v in rows if v.strip() and not v.strip().startswith("[")}
+
+
+# Relative paths under the packages are listed from the file tables, not from the disk, so the plan
+# is the same on a machine without the packages (they are only needed to render).
+def _stamp_files() -> list[str]:
+    return sorted(STAMP_SOUNDS)
+
+
+def plan(seed: int = 0) -> dict[str, list[dict]]:
+    """Clip plans per split: {'train': [...], 'test': [...]}; pure function of the seed and the tables."""
+    rng = np.random.default_rng([seed, 77])
+    train, test = [], []
+    for stem in _stamp_files():
+        label, phrase = STAMP_SOUNDS[stem]
+        item = {"package": "tuxpaint-stamps-default", "source": stem, "label": label, "phrase": phrase}
+        if label in TEST_CLASSES:
+            test.append({**item, "augment": "original"})
+        else:
+            train += [{**item, "augment": a} for a in AUGMENTS]
+    events = [c for c in train if c["augment"] == "mix"]
+    for c in events:  # mix partner: another train class
+        others = sorted({s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES and lab != c["label"]})
+        c["partner"] = others[int(rng.integers(len(others)))]
+    train += [{"package": "asterisk-core-sounds-en-wav", "source": f"en:{i}", "label": "speech", "augment": "original"}
+              for i in range(N_EN_SPEECH)]
+    train += [{"package": "tuxpaint-stamps-default", "source": f"desc:{i}", "label": "speech", "augment": "original"}
+              for i in range(N_DESC_SPEECH)]
+    test += [{"package": "asterisk-moh-opsound-wav", "source": f"moh:{i}", "label": "music", "augment": "original"}
+             for i in range(PER_CLASS_TEST_CAP)]
+    test += [{"package": "asterisk-core-sounds-fr-wav", "source": f"fr:{i}", "label": "speech", "augment": "original"}
+             for i in range(PER_CLASS_TEST_CAP)]
+    out = {}
+    for split, clips in (("train", train), ("test", test)):
+        for i, c in enumerate(clips):
+            c["clip_id"] = f"real{split}_{i:05d}"
+            c["seed"] = [seed, 77, 0 if split == "train" else 1, i]
+        out[split] = clips
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering (needs the packages)
+
+
+def _decode(path) -> np.ndarray:
+    from wavlink_edge.runtime.audio import decode_audio
+
+    return decode_audio(str(path))
+
+
+def _stamp_path(stem: str) -> Path:
+    hits = sorted(_need("tuxpaint-stamps-default").rglob(f"{stem}.ogg"))
+    if not hits:
+        raise FileNotFoundError(f"tuxpaint-stamps-default has no {stem}.ogg")
+    return hits[0]
+
+
+def _pick_sorted(files: list[Path], i: int, seed: int, salt: int) -> Path:
+    order = np.random.default_rng([seed, salt]).permutation(len(files))
+    return files[int(order[i % len(files)])]
+
+
+def _speech_en(i: int, seed: int) -> tuple[np.ndarray, str, str]:
+    text = _transcripts("asterisk-core-sounds-en", "en")
+    d = _need("asterisk-core-sounds-en-wav")
+    files = [p for p in sorted(d.glob("*.wav")) if p.stem in text and len(text[p.stem]) > 12]
+    p = _pick_sorted(files, i, seed, 78)
+    return _decode(p), p.name, text[p.stem]
+
+
+def _speech_fr(i: int, seed: int) -> tuple[np.ndarray, str, str]:
+    text = _transcripts("asterisk-core-sounds-fr", "fr")
+    d = _need("asterisk-core-sounds-fr-wav")
+    files = [p for p in sorted(d.glob("*.wav")) if p.stem in text and len(text[p.stem]) > 20]
+    p = _pick_sorted(files, i, seed, 79)
+    return _decode(p), p.name, text[p.stem]
+
+
+def _desc(i: int, seed: int) -> tuple[np.ndarray, str, str]:
+    train_stems = {s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES}
+    files = [p for p in sorted(_need("tuxpaint-stamps-default").rglob("*_desc*.ogg"))
+             if p.name.split("_desc")[0] in train_stems and _lang(p) in LANGS]
+    p = _pick_sorted(files, i, seed, 80)
+    return _decode(p), p.name, LANGS[_lang(p)]
+
+
+def _lang(p: Path) -> str:
+    m = re.search(r"_desc(?:_([a-z]{2}))?\.ogg$", p.name)
+    return (m.group(1) or "") if m else "?"
+
+
+def _moh(i: int, seed: int) -> tuple[np.ndarray, str]:
+    tracks = sorted(_need("asterisk-moh-opsound-wav").glob("*.wav"))
+    p = tracks[i % len(tracks)]
+    x = _decode(p)
+    start = int(np.random.default_rng([seed, 81, i]).integers(0, max(1, len(x) - 10 * SR)))
+    return x[start : start + 10 * SR], p.name
+
+
+def _peak(x: np.ndarray, level: float = 0.5) -> np.ndarray:
+    return (x * (level / max(1e-6, float(np.abs(x).max())))).astype(np.float32)
+
+
+def _augment(x: np.ndarray, kind: str, rng: np.random.Generator, partner: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """Returns the audio and a caption suffix/qualifier key."""
+    from wavlink_edge.runtime.audio import decode_audio
+
+    from .synth import coloured_noise
+
+    if kind == "gain":
+        return _peak(x, float(rng.uniform(0.05, 0.9))), ""
+    if kind == "noise":
+        colour = ("white noise", "pink noise", "brown noise")[int(rng.integers(3))]
+        n = coloured_noise(colour, len(x), rng)
+        snr = float(rng.uniform(5, 20))
+        n = n * np.sqrt(np.mean(x ** 2) / (np.mean(n ** 2) + 1e-12) / 10 ** (snr / 10))
+        return _peak(x + n), "noise"
+    if kind == "speed":  # claim another rate and resample back: pitch and tempo change together
+        factor = float(rng.choice([0.85, 0.92, 1.08, 1.15]))
+        return _peak(decode_audio((x, int(SR * factor)))), ""
+    if kind == "mix":
+        p = np.zeros_like(x) if partner is None else partner
+        n = max(len(x), len(p))
+        y = np.pad(x, (0, n - len(x))) + 0.5 * np.pad(p, (0, n - len(p)))
+        return _peak(y), "mix"
+    if kind == "offset":  # the event inside a longer, quiet room-tone clip
+        total = int(SR * rng.uniform(3, 6)) + len(x)
+        start = int(rng.integers(0, total - len(x) + 1))
+        y = coloured_noise("pink noise", total, rng) * 0.002
+        y[start : start + len(x)] += x
+        return _peak(y), ""
+    return _peak(x), ""
+
+
+EVENT_TEMPLATES = ["{P}", "{P} can be heard", "the sound of {A}", "a recording of {P}", "you can hear {P}",
+                   "{P}, recorded up close", "there is {P}", "a short clip of {P}"]
+SPEECH_EN = ['a woman says "{T}"', "a woman speaking English on the telephone", "a recorded voice prompt: {T}",
+             "a female voice announces: {T}", "a woman's voice speaking clearly", "the sound of speech"]
+SPEECH_DESC = ["a person speaking {L}", "someone talks in {L}", "a voice saying a few words in {L}", "speech in {L}",
+               "a short spoken description in {L}", "the sound of speech"]
+SPEECH_FR = ['a woman says "{T}" in French', "a woman speaking French", "a French telephone voice prompt",
+             "a female voice speaking in French", "the sound of speech"]
+MUSIC = ["instrumental music playing", "a music track with a steady beat", "background music", "a piece of music",
+         "the sound of music", "music played over a telephone line"]
+
+
+def _captions(rng: np.random.Generator, templates: list[str], **fields) -> list[str]:
+    picks = rng.permutation(len(templates))[:5]
+    caps = [templates[i].format(**fields) for i in picks]
+    while len(caps) < 5:  # short template lists: repeat with a qualifier rather than an exact duplicate
+        caps.append(templates[picks[len(caps) % len(picks)]].format(**fields) + " again")
+    return [c[0].upper() + c[1:] for c in caps]
+
+
+def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
+    rng = np.random.default_rng(clip["seed"])
+    src = clip["source"]
+    if clip["package"] == "tuxpaint-stamps-default" and not src.startswith("desc:"):
+        path = _stamp_path(src)
+        x = _decode(path)
+        partner, phrase = None, clip["phrase"]
+        if clip.get("partner"):
+            partner = _decode(_stamp_path(clip["partner"]))
+            phrase = f"{clip['phrase']} and {STAMP_SOUNDS[clip['partner']][1]}"
+        x, qual = _augment(x, clip["augment"], rng, partner)
+        templates = EVENT_TEMPLATES + (["{P} over a background hiss", "{P} with noise behind it"] if qual == "noise" else [])
+        caps = _captions(rng, templates, P=phrase, A=article(clip["label"]) if qual != "mix" else phrase)
+        return x, caps, {"file": path.name}
+    if src.startswith("en:"):
+        x, name, text = _speech_en(int(src[3:]), seed)
+        return _peak(x), _captions(rng, SPEECH_EN, T=text), {"file": name}
+    if src.startswith("desc:"):
+        x, name, lang = _desc(int(src[5:]), seed)
+        return _peak(x), _captions(rng, SPEECH_DESC, L=lang), {"file": name}
+    if src.startswith("fr:"):
+        x, name, text = _speech_fr(int(src[3:]), seed)
+        return _peak(x), _captions(rng, SPEECH_FR, T=text), {"file": name}
+    x, name = _moh(int(src[4:]), seed)
+    return _peak(x), _captions(rng, MUSIC), {"file": name}
+
+
+def generate(out_dir, seed: int = 0, splits=("train", "test"), limit: int | None = None) -> dict:
+    """Write DIR/audio/real_<split>/*.flac, captions_real_<split>.csv, metadata_real_<split>.csv."""
+    import soundfile as sf
+
+    from .generate import CAPTION_COLUMNS
+
+    out = Path(out_dir)
+    plans = plan(seed)
+    counts = {}
+    for split in splits:
+        clips = plans[split] if limit is None else plans[split][::max(1, len(plans[split]) // limit)][:limit]
+        (out / "audio" / f"real_{split}").mkdir(parents=True, exist_ok=True)
+        caps_rows, meta_rows = [], []
+        for c in clips:
+            x, caps, extra = render_clip(c, seed)
+            x = x[: 30 * SR] if len(x) >= SR else np.pad(x, (0, SR - len(x)))  # the encoder's 1-30 s window
+            name = f"{c['clip_id']}.flac"
+            sf.write(str(out / "audio" / f"real_{split}" / name), x, SR, format="FLAC", subtype="PCM_16")
+            caps_rows.append([name] + caps)
+            meta_rows.append({"file_name": name, "package": c["package"], "source_file": extra["file"], "label": c["label"],
+                              "augment": c["augment"], "partner": c.get("partner", ""), "length_s": round(len(x) / SR, 2)})
+        with open(out / f"captions_real_{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CAPTION_COLUMNS)
+            w.writerows(caps_rows)
+        with open(out / f"metadata_real_{split}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(meta_rows[0]))
+            w.writeheader()
+            w.writerows(meta_rows)
+        counts[split] = {"clips": len(meta_rows), "seconds": round(sum(r["length_s"] for r in meta_rows), 1),
+                         "classes": sorted({r["label"] for r in meta_rows}),
+                         "packages": sorted({r["package"] for r in meta_rows})}
+    return counts
+
+
+def labels(out_dir, split: str = "test") -> list[str]:
+    with open(Path(out_dir) / f"metadata_real_{split}.csv", newline="") as f:
+        return [r["label"] for r in csv.DictReader(f)]
+
+
+def data_card(counts: dict) -> str:
+    """Markdown: the sources table (package, licence, what was taken) and the split rule."""
+    lines = ["## Real recordings (Debian packages)", "",
+             "| Debian package | licence (debian/copyright) | what was taken |", "|---|---|---|",
+             *[f"| {p} | {lic} | {what} |" for p, (_, lic, what) in PACKAGES.items()], "",
+             f"Held out for test: whole packages {', '.join(TEST_PACKAGES)} and whole classes {', '.join(TEST_CLASSES)} "
+             f"(at most {PER_CLASS_TEST_CAP} clips a class; test audio is not augmented). Train sound events are used "
+             f"{len(AUGMENTS)} times each: {', '.join(AUGMENTS)} (gain, coloured noise at 5-20 dB SNR, speed x0.85-1.15 by "
+             "resampling, mixed with another train event at -6 dB, placed inside 3-6 s of quiet room tone). Captions come "
+             "from the file name (hand-labelled table in train/corpus/real.py), the asterisk transcripts and the language "
+             "code of the spoken descriptions, through templates.", "",
+             "| split | clips | seconds | classes | packages |", "|---|---|---|---|---|"]
+    for split, c in counts.items():
+        lines.append(f"| real {split} | {c['clips']} | {c['seconds']} | {len(c['classes'])} | {', '.join(c['packages'])} |")
+    return "\n".join(lines) + "\n"
