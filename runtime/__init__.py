@@ -9,9 +9,10 @@
 from wavlink_edge.runtime.errors import (
     AudioInputError, BackendUnavailableError, InputError, ModelFilesError, TextInputError, WavLinkError,
 )
-from wavlink_edge.runtime.model import AudioEmbedding, WavLink, normalize, similarity
+from wavlink_edge.runtime.model import AudioEmbedding, WavLink
+from wavlink_edge.runtime.vectors import cosine, normalize, similarity, truncate
 
 __all__ = [
-    "WavLink", "AudioEmbedding", "similarity", "normalize",
+    "WavLink", "AudioEmbedding", "similarity", "normalize", "truncate", "cosine",
     "WavLinkError", "ModelFilesError", "InputError", "AudioInputError", "TextInputError", "BackendUnavailableError",
 ]

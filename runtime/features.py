@@ -1,6 +1,6 @@
 """Whisper log-mel front end in numpy (no torch), equal to transformers' WhisperFeatureExtractor.
 
-Recipe (REFERENCE.md §3): 16 kHz mono, pad/trim to 30 s, periodic Hann(400), centred STFT with reflect
+Recipe: 16 kHz mono, pad/trim to 30 s, periodic Hann(400), centred STFT with reflect
 padding, hop 160, drop the last frame, |X|^2, Slaney mel filterbank 0-8 kHz, log10(max(x, 1e-10)),
 floor at (max - 8) per clip, (x + 4) / 4.
 """
@@ -58,6 +58,23 @@ def _periodic_hann(n: int = N_FFT) -> np.ndarray:
     return window
 
 
+def _mel_power(padded: np.ndarray, n_frames: int, n_mels: int) -> np.ndarray:
+    """Mel power [n_frames, n_mels] of the first n_frames STFT frames of an already centre-padded signal."""
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
+    )
+    spectrum = np.fft.rfft(frames * _periodic_hann(N_FFT), axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2  # [frames, n_freqs]
+    return power @ mel_filterbank(n_mels)
+
+
+def _finish(mel: np.ndarray, keep: int) -> np.ndarray:
+    """log10, per-clip floor (max over every row of `mel`), scaling; the first `keep` frames as [n_mels, keep]."""
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec[:keep], log_spec.max() - 8.0)
+    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
+
+
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, pad_to_seconds: float | None = CHUNK_SECONDS) -> np.ndarray:
     """Log-mel features [n_mels, frames] (float32) of one 16 kHz mono clip.
 
@@ -71,16 +88,31 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, pad_to_seconds: flo
     if audio.size < N_FFT // 2 + 1:
         raise ValueError(f"audio too short for an STFT: {audio.size} samples (need > {N_FFT // 2})")
     padded = np.pad(audio.astype(np.float64), N_FFT // 2, mode="reflect")
-    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
-    )
-    spectrum = np.fft.rfft(frames * _periodic_hann(N_FFT), axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2  # [frames, n_freqs]
-    mel = power[:-1] @ mel_filterbank(n_mels)  # drop the last frame, as Whisper does
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
+    n_frames = (padded.size - N_FFT) // HOP_LENGTH  # 1 + that, minus the last frame, as Whisper drops it
+    return _finish(_mel_power(padded, n_frames, n_mels), n_frames)
+
+
+def _trimmed_prefix(audio: np.ndarray, n_mels: int) -> np.ndarray | None:
+    """The first trim_frames(len) frames of the 30 s padded features, computing only the frames needed.
+
+    Frame i of the centred STFT reads padded samples [160 i - 200, 160 i + 200). So the kept frames need
+    only the clip plus its zero padding, and the per-clip floor (max - 8) needs the max over every frame
+    that sees any audio (up to 200 samples past the clip's end): frames made only of padding sit at the
+    1e-10 floor and can never set it (an all-silent clip is the floor everywhere either way). None when
+    those frames reach the right edge of the 30 s window, where the reflect padding of the full
+    computation would matter: the caller then computes all 3000 frames.
+    """
+    n = audio.size
+    keep = trim_frames(n)
+    sees_audio = (n + N_FFT // 2 - 1) // HOP_LENGTH + 1  # frames i with 160 i - 200 < n
+    n_frames = max(keep, sees_audio)
+    end = HOP_LENGTH * (n_frames - 1) + N_FFT // 2  # last sample (exclusive) the last frame reads
+    if end > CHUNK_SAMPLES:
+        return None
+    signal = np.zeros(end, np.float64)
+    signal[:n] = audio
+    padded = np.pad(signal, (N_FFT // 2, 0), mode="reflect")  # left edge exactly as the full computation
+    return _finish(_mel_power(padded, n_frames, n_mels), keep)
 
 
 def trim_frames(n_samples: int) -> int:
@@ -99,14 +131,18 @@ def clip_features(audio: np.ndarray, n_mels: int, policy: str) -> np.ndarray:
 
     ``pad``: the paper's input, log-mel of the window padded to 30 s (3000 frames). ``trim``: the same
     features cut to ``trim_frames`` -- a prefix of the padded ones (same per-clip log floor), never
-    re-padded, so results do not depend on how inputs are batched.
+    re-padded, so results do not depend on how inputs are batched. Only the kept frames (and the few
+    past them that see audio) are computed: a 5 s clip costs a sixth of a 30 s one.
     """
     if policy not in CLIP_POLICIES:
         raise ValueError(f"unknown clip policy {policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
-    mel = log_mel_spectrogram(audio, n_mels)
     if policy == "trim":
-        mel = np.ascontiguousarray(mel[:, : trim_frames(audio.size)])
-    return mel
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        prefix = _trimmed_prefix(audio, n_mels) if audio.size <= CHUNK_SAMPLES else None
+        if prefix is not None:  # only the frames the clip keeps (and those that set its floor)
+            return prefix
+        return np.ascontiguousarray(log_mel_spectrogram(audio, n_mels)[:, : trim_frames(audio.size)])
+    return log_mel_spectrogram(audio, n_mels)
 
 
 def iter_windows(blocks, hop_samples: int = CHUNK_SAMPLES, window_samples: int = CHUNK_SAMPLES,

@@ -1,8 +1,11 @@
 """The user-facing model: ``WavLink.from_pretrained(export_dir)`` -> audio and text embeddings.
 
-Embeddings are float32, L2-normalised after Matryoshka truncation to ``dim``. Audio longer than 30 s
-is cut into 30 s windows (hop configurable); window embeddings (full width) are averaged and
-re-normalised, then truncated, so every ``dim`` of an item is a prefix of the same full embedding.
+Audio path, top to bottom in ``iter_embed_audio``: items -> decoded 16 kHz blocks -> windows (the
+model's max length, 30 s for Whisper; longer audio gets several, hop configurable) -> log-mel
+features -> batches (same frame count) -> the audio session -> global-token embeddings -> mean over
+an item's windows -> Matryoshka truncation to ``dim`` -> L2 normalisation. Every ``dim`` of an item is
+a prefix of the same full embedding, re-normalised. Text: tokenizer feeds -> text session -> truncate ->
+normalise.
 """
 from __future__ import annotations
 
@@ -14,18 +17,21 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
-from wavlink_edge.runtime.batching import ItemProgress, OrderedWindowBatcher
+from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
-from wavlink_edge.runtime.features import CHUNK_SECONDS, CLIP_POLICIES, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.features import CHUNK_SECONDS, CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest
 from wavlink_edge.runtime.session import (
-    BACKENDS, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
+    BACKENDS, CPU_EP, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
 )
+from wavlink_edge.runtime.text import TextTokenizer
+from wavlink_edge.runtime.vectors import normalize, similarity, truncate
 
 log = logging.getLogger("wavlink_edge.runtime")
+
+__all__ = ["WavLink", "AudioEmbedding", "normalize", "similarity"]
 
 
 @dataclass(frozen=True)
@@ -43,32 +49,34 @@ class AudioEmbedding:
         return self.error is None
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
+@dataclass
+class _ItemState:
+    """An item between its first window and its result: the running sum of its window embeddings."""
 
+    source: str
+    total: np.ndarray | None = None
+    windows_done: int = 0
+    windows_queued: int = 0
+    decoded: bool = False
+    error: str | None = None
 
-def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity matrix [len(a), len(b)] of two embedding sets (1-D inputs count as one row)."""
-    a, b = np.atleast_2d(a), np.atleast_2d(b)
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"embedding widths differ: {a.shape[-1]} vs {b.shape[-1]} (embed both at the same dim)")
-    return normalize(a) @ normalize(b).T
+    @property
+    def finished(self) -> bool:
+        return self.decoded and (self.error is not None or self.windows_done == self.windows_queued)
 
 
 class WavLink:
     """Torch-free WavLink: two ONNX towers, the tokenizer and the Whisper front end in numpy."""
 
-    def __init__(self, manifest: Manifest, audio_session, text_session, tokenizer: Tokenizer,
+    def __init__(self, manifest: Manifest, audio_session, text_session, tokenizer: TextTokenizer,
                  precision: str, dim: int | None = None, clip_policy: str | None = None,
-                 window_hop_seconds: float = CHUNK_SECONDS):
+                 window_hop_seconds: float = CHUNK_SECONDS, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES):
         self.manifest = manifest
         self.spec = manifest.model
         self.precision = precision
         self.audio_session = audio_session
         self.text_session = text_session
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         # The Rust tokenizer is immutable once configured, but its Python binding gives no documented
         # thread-safety promise; a lock costs microseconds next to an encoder run.
         self._tokenizer_lock = threading.Lock()
@@ -77,22 +85,29 @@ class WavLink:
         self.clip_policy = clip_policy or self.spec.clip_policy
         if self.clip_policy not in CLIP_POLICIES:
             raise ValueError(f"unknown clip policy {self.clip_policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
-        if not 0 < window_hop_seconds <= CHUNK_SECONDS:
-            raise ValueError(f"window_hop_seconds must be in (0, {CHUNK_SECONDS}], got {window_hop_seconds}")
-        self.window_hop_samples = int(round(window_hop_seconds * SAMPLE_RATE))
+        # One window is what the encoder takes at most: max_frames hops (3000 = 30 s for Whisper).
+        self.window_samples = self.spec.max_frames * HOP_LENGTH
+        window_seconds = self.window_samples / SAMPLE_RATE
+        if isinstance(window_hop_seconds, bool) or not isinstance(window_hop_seconds, (int, float)) \
+                or not 0 < window_hop_seconds <= window_seconds:
+            raise ValueError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
+        self.window_hop_samples = min(self.window_samples, int(round(window_hop_seconds * SAMPLE_RATE)))
+        self.max_batch_frames = max_batch_frames
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, precision: str = "fp32",
                         providers: Sequence[ProviderSpec] | None = None, dim: int | None = None,
                         backend: str = "onnxruntime", clip_policy: str | None = None,
-                        window_hop_seconds: float = CHUNK_SECONDS) -> "WavLink":
-        """Load an export directory (export/FORMAT.md), checking every file's sha256 before use.
+                        window_hop_seconds: float = CHUNK_SECONDS, threads: int | None = None,
+                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> "WavLink":
+        """Load an export directory (export/FORMAT.md), checking every file's size and sha256 before use.
 
-        precision: fp32 | fp16 | int8 (dynamic variant on CPU, static on CUDA/TensorRT) | int8_dynamic |
-        int8_static. providers: ORT execution providers (default TensorRT -> CUDA -> CPU as available).
-        backend: "onnxruntime" or "tensorrt" (engines built by export/to_tensorrt.py into
-        <export>/trt_cache, matched to the manifest's ONNX by sha256). clip_policy: "pad" | "trim"
-        (default: the policy the model was trained for, from the manifest).
+        precision: fp32 | fp16 | int8 (dynamic variant on CPU, static where CUDA/TensorRT really run) |
+        int8_dynamic | int8_static. providers: ORT execution providers (default TensorRT -> CUDA -> CPU
+        as available). backend: "onnxruntime" or "tensorrt" (engines built by export/to_tensorrt.py
+        into <export>/trt_cache, matched to the manifest's ONNX by sha256). clip_policy: "pad" | "trim"
+        (default: the policy the model was trained for, from the manifest). threads: ORT intra-op
+        threads (default: one per core). max_batch_frames: caps batch x frames of one encoder run.
         """
         if precision not in PRECISION_CHOICES:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -100,23 +115,34 @@ class WavLink:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "tensorrt" and precision == "int8_dynamic":
             raise ValueError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
         sessions = {}
         for tower in ("audio", "text"):
             artifact = _pick_artifact(manifest, tower, precision, accelerated)
-            log.info("%s tower: %s (%s, %s backend)", tower, artifact.file, artifact.precision_key, backend)
+            session = open_session(backend, manifest, artifact, chosen, threads)
+            if precision == "int8" and accelerated and backend == "onnxruntime" and session.providers[0] == CPU_EP:
+                # The accelerator did not start (no driver, no GPU): run the variant made for CPUs.
+                fallback = _pick_artifact(manifest, tower, precision, accelerated=False)
+                if fallback.file != artifact.file:
+                    log.warning("%s tower: %s did not start, using %s on the CPU instead of %s", tower,
+                                _provider_name_of(chosen[0]), fallback.file, artifact.file)
+                    artifact, session = fallback, open_session(backend, manifest, fallback, [CPU_EP], threads)
+            log.info("%s tower: %s (%s, %s backend, %s)", tower, artifact.file, artifact.precision_key, backend,
+                     getattr(session, "providers", ["tensorrt"])[0])
             if artifact.below_fidelity_gate:
                 log.warning("%s was written below its fidelity gate (--force): see its manifest fidelity",
                             artifact.file)
-            sessions[tower] = open_session(backend, manifest, artifact, chosen)
-        tokenizer = Tokenizer.from_str(manifest.read_verified("tokenizer.json").decode("utf-8"))
+            sessions[tower] = session
+        tokenizer = TextTokenizer.from_json(manifest.read_verified("tokenizer.json").decode("utf-8"))
         if manifest.model.heads != "trained":
             log.warning("%s has %s heads: embeddings are not meaningful for retrieval", manifest.model.name,
                         manifest.model.heads)
         return cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
-                   window_hop_seconds)
+                   window_hop_seconds, max_batch_frames)
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
@@ -128,23 +154,40 @@ class WavLink:
                          batch_size: int = 8) -> Iterator[AudioEmbedding]:
         """Embed audio items lazily, yielding one ``AudioEmbedding`` per input, in input order.
 
-        Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), so
-        memory stays bounded by about two batches of features. A bad item yields a result with
-        ``error`` naming it; the others go on.
+        Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), and
+        at most about one batch of windows waits at a time. A bad item yields a result with ``error``
+        naming it; the others go on.
         """
         dim = self._check_dim(dim)
-        batcher = OrderedWindowBatcher(self._encode_features, batch_size)
+        batcher = WindowBatcher(batch_size, self.max_batch_frames)
+        states: dict[int, _ItemState] = {}
+        next_out = 0
         for index, item in enumerate(_as_items(inputs)):
-            source = describe_source(item, index)
-            batcher.start(index, source)
-            error = self._queue_windows(batcher, index, item, source)
-            if error:
-                batcher.fail(index, error)
-            else:
-                batcher.finish_item(index)
-            yield from (self._result(done, dim) for done in batcher.pop_finished())
-        batcher.flush()
-        yield from (self._result(done, dim) for done in batcher.pop_finished())
+            state = states[index] = _ItemState(describe_source(item, index))
+            windows = self._features(item, state.source)
+            while True:
+                try:
+                    features = next(windows, None)
+                except AudioInputError as exc:
+                    state.error = str(exc)
+                except (ValueError, TypeError, OSError, MemoryError, RuntimeError) as exc:
+                    # Decoding untrusted bytes: a library error on one item must not end the whole job.
+                    state.error = f"{state.source}: cannot decode audio ({type(exc).__name__}: {exc})"
+                if state.error is not None or features is None:
+                    break
+                state.windows_queued += 1
+                # Outside the guard: an encoder failure is not this item's fault and must propagate.
+                self._encode(batcher.add(index, features), states)
+            if state.error is not None:
+                batcher.drop(index)
+            state.decoded = True
+            while next_out in states and states[next_out].finished:
+                yield self._result(next_out, states.pop(next_out), dim)
+                next_out += 1
+        self._encode(batcher.flush(), states)
+        while next_out in states:
+            yield self._result(next_out, states.pop(next_out), dim)
+            next_out += 1
 
     def embed_audio(self, inputs: Iterable[AudioInput], dim: int | None = None, batch_size: int = 8) -> np.ndarray:
         """float32 [N, dim] for N audio items (paths or (array, sample_rate)); raises on the first bad one."""
@@ -155,59 +198,62 @@ class WavLink:
             rows.append(result.embedding)
         return np.stack(rows) if rows else np.zeros((0, self._check_dim(dim)), np.float32)
 
-    def _queue_windows(self, batcher: OrderedWindowBatcher, index: int, item: AudioInput, source: str) -> str | None:
-        """Decode one item window by window into the batcher; the error message if it cannot be used.
+    def _features(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
+        """Encoder inputs of one item, a window at a time; an item with no samples left is an error."""
+        windows = 0
+        for window in iter_windows(iter_audio_blocks(item, source), self.window_hop_samples, self.window_samples):
+            windows += 1
+            features = clip_features(window, self.spec.n_mels, self.clip_policy)
+            yield features[:, : self.spec.max_frames] if self.clip_policy == "pad" else features
+        if windows == 0:
+            raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
 
-        Only decoding is guarded: an encoder failure inside ``batcher.add`` is not this item's fault
-        and propagates.
-        """
-        windows = iter_windows(iter_audio_blocks(item, source), self.window_hop_samples)
-        while True:
-            try:
-                window = next(windows, None)
-                if window is None:
-                    return None
-                features = clip_features(window, self.spec.n_mels, self.clip_policy)
-            except AudioInputError as exc:
-                return str(exc)
-            except (ValueError, TypeError, OSError, MemoryError, RuntimeError) as exc:
-                # Decoding untrusted bytes: a library error on one item must not end the whole job.
-                return f"{source}: cannot decode audio ({type(exc).__name__}: {exc})"
-            batcher.add(index, features)
+    def _encode(self, batches: list[Batch], states: dict[int, _ItemState]) -> None:
+        for batch in batches:
+            embeddings = self.audio_session.run({"input_features": np.ascontiguousarray(batch.features, np.float32)})
+            for index, embedding in zip(batch.items, embeddings):
+                state = states[index]
+                state.total = embedding.astype(np.float64) if state.total is None else state.total + embedding
+                state.windows_done += 1
 
-    def _encode_features(self, batch: np.ndarray) -> np.ndarray:
-        return self.audio_session.run({"input_features": np.ascontiguousarray(batch, dtype=np.float32)})
-
-    def _result(self, item: ItemProgress, dim: int) -> AudioEmbedding:
-        if item.error is not None:
-            return AudioEmbedding(item.index, item.source, None, item.error, item.windows_done)
-        full = normalize(item.embedding_sum / item.windows_done)
-        return AudioEmbedding(item.index, item.source, normalize(full[:dim]), None, item.windows_done)
+    def _result(self, index: int, state: _ItemState, dim: int) -> AudioEmbedding:
+        if state.error is not None:
+            return AudioEmbedding(index, state.source, None, state.error, state.windows_done)
+        # The full-width embedding is the normalised window mean; every dim is its re-normalised prefix.
+        full = normalize(state.total / state.windows_done)
+        return AudioEmbedding(index, state.source, truncate(full, dim), None, state.windows_done)
 
     # -- text --------------------------------------------------------------------------------------
 
-    def embed_text(self, texts: str | Sequence[str | bytes], dim: int | None = None, batch_size: int = 32) -> np.ndarray:
+    def embed_text(self, texts: str | bytes | Sequence[str | bytes], dim: int | None = None,
+                   batch_size: int = 32) -> np.ndarray:
         """float32 [N, dim] for N texts. Text beyond the model's token limit is truncated.
 
         ``bytes`` items must be valid UTF-8 (decoded strictly: a clear error rather than silently
-        replaced characters changing the embedding).
+        replaced characters changing the embedding). An empty or whitespace-only text is legal (it
+        embeds as the tokenizer's special tokens alone, one vector shared by all such texts); it is
+        logged as a warning.
         """
         dim = self._check_dim(dim)
         if isinstance(texts, (str, bytes)):
             texts = [texts]
+        if texts is None or not isinstance(texts, Iterable):
+            raise TextInputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
         texts = [_as_text(text, i) for i, text in enumerate(texts)]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        blank = [i for i, text in enumerate(texts) if not text.strip()]
+        if blank:
+            log.warning("text%s %s %s empty or whitespace only: embedded as the empty text", "s" if len(blank) > 1 else "",
+                        ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else ""), "are" if len(blank) > 1 else "is")
         rows = []
         for start in range(0, len(texts), batch_size):
             with self._tokenizer_lock:
-                encodings = self._tokenizer.encode_batch(texts[start:start + batch_size])
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-            rows.append(self.text_session.run({"input_ids": ids, "attention_mask": mask}))
+                feeds = self.tokenizer.feeds(texts[start:start + batch_size])
+            rows.append(self.text_session.run(feeds))
         if not rows:
             return np.zeros((0, dim), np.float32)
-        return normalize(np.concatenate(rows)[:, :dim])
+        return truncate(np.concatenate(rows), dim)
 
     # -- shared ------------------------------------------------------------------------------------
 
@@ -240,6 +286,10 @@ def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: 
         artifact = manifest.find_artifact(tower, "int8", other)
         log.warning("%s tower: no int8 %s artifact, using the %s one", tower, preferred, other)
         return artifact
+
+
+def _provider_name_of(provider: ProviderSpec) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def _as_items(inputs):

@@ -161,8 +161,7 @@ def test_text_inputs(model, text, expected):
 def test_long_text_is_truncated_to_the_model_limit(model):
     long_text = "the quick brown fox jumps over the lazy dog " * 228
     assert len(long_text) > 10_000
-    tokens = model._tokenizer.encode(long_text)
-    assert len(tokens.ids) == model.spec.text_max_length
+    assert model.tokenizer.feeds([long_text])["input_ids"].shape == (1, model.spec.text_max_length)
     # Everything past the limit is ignored: the embedding equals that of a text cut well past the limit.
     np.testing.assert_allclose(model.embed_text([long_text]), model.embed_text([long_text[:5000]]), atol=1e-6)
 
@@ -176,12 +175,42 @@ def test_wrong_dim_lists_valid_dims(model):
 
 
 def _copy_export(base_export: Path, target: Path) -> Path:
-    """Large files symlinked, small ones copied; a test replaces a link with a file to tamper with it."""
+    """Large files hard-linked, small ones copied; a test replaces a link with a file to tamper with it."""
     target.mkdir()
     for path in base_export.iterdir():
         if path.is_file():
-            (os.symlink(path, target / path.name) if path.suffix == ".onnx" else shutil.copy(path, target / path.name))
+            (os.link(path, target / path.name) if path.suffix == ".onnx" else shutil.copy(path, target / path.name))
     return target
+
+
+def _rename_artifact(old: str, new: str, move_file_to: str | None = None):
+    """Make the manifest name ``new`` for ``old``'s entry (and optionally put the file there)."""
+    def edit(export: Path):
+        manifest = json.loads((export / "manifest.json").read_text())
+        manifest["artifacts"][new] = manifest["artifacts"].pop(old)
+        if move_file_to is not None:
+            destination = (export / move_file_to)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(export / old), destination)
+        (export / "manifest.json").write_text(json.dumps(manifest))
+    return edit
+
+
+def _symlink_out(name: str):
+    """The listed file is a symlink to an identical file outside the export directory."""
+    def edit(export: Path):
+        outside = export.parent / f"outside-{name}"
+        shutil.move(str(export / name), outside)
+        os.symlink(outside, export / name)
+    return edit
+
+
+def _set_recorded_bytes(name: str, value: int):
+    def edit(export: Path):
+        manifest = json.loads((export / "manifest.json").read_text())
+        manifest["artifacts"][name]["bytes"] = value
+        (export / "manifest.json").write_text(json.dumps(manifest))
+    return edit
 
 
 def _set_manifest(key, value):
@@ -211,6 +240,13 @@ MODEL_CASES = [
     ("manifest_of_another_format", _set_manifest("format", "onnx-bundle"), r"'onnx-bundle' is not 'wavlink-edge-export'"),
     ("manifest_not_json", lambda e: (e / "manifest.json").write_text("{"), r"not valid JSON"),
     ("manifest_without_artifacts", _set_manifest("artifacts", None), r"malformed manifest"),
+    # a manifest cannot reach outside its directory, and nothing about outside files leaks into errors
+    ("artifact_key_with_parent_dir", _rename_artifact("audio.onnx", "../outside/audio.onnx", "../outside/audio.onnx"),
+     r"must be plain file names"),
+    ("artifact_key_absolute", _rename_artifact("audio.onnx", "/etc/passwd"), r"'/etc/passwd'.*plain file names"),
+    ("artifact_symlink_leaving_dir", _symlink_out("audio.onnx"), r"resolves outside the export directory"),
+    # the recorded size is checked before a byte is read or hashed
+    ("artifact_size_differs", _set_recorded_bytes("text.onnx", 1), r"text\.onnx: \d+ bytes, the manifest records 1"),
 ]
 
 

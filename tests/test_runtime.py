@@ -290,38 +290,29 @@ def test_long_file_is_decoded_in_bounded_memory(tmp_path):
     assert peak < decoded_bytes / 4, f"peak {peak / 1e6:.1f} MB for {decoded_bytes / 1e6:.0f} MB of audio"
 
 
-def test_batcher_groups_by_frames_bounds_pending_and_keeps_order():
-    from wavlink_edge.runtime.batching import OrderedWindowBatcher
+def test_batcher_groups_by_frames_bounds_waiting_and_caps_batch_frames():
+    from wavlink_edge.runtime.batching import WindowBatcher
 
-    batches = []
-
-    def encode(batch):
-        batches.append(batch.shape)
-        return np.ones((batch.shape[0], 4), np.float32) * batch[:, 0, :1]  # row value = its item's marker
-
-    batcher = OrderedWindowBatcher(encode, batch_size=3)
+    batcher = WindowBatcher(batch_size=3, max_batch_frames=700)
     frames_per_item = [100, 200, 100, 300, 200, 100, 400, 100, 100]
-    finished, max_pending = [], 0
+    batches, max_waiting = [], 0
     for index, frames in enumerate(frames_per_item):
-        batcher.start(index, f"item{index}")
         for _ in range(2):  # two windows per item
-            batcher.add(index, np.full((2, frames), float(index), np.float32))
-            max_pending = max(max_pending, batcher.pending)
+            batches += batcher.add(index, np.full((2, frames), float(index), np.float32))
+            max_waiting = max(max_waiting, batcher.waiting)
         if index == 4:
-            batcher.fail(index, "item4: broken")
-        else:
-            batcher.finish_item(index)
-        finished += list(batcher.pop_finished())
-    batcher.flush()
-    finished += list(batcher.pop_finished())
-    assert [item.index for item in finished] == list(range(len(frames_per_item)))
-    assert max_pending <= 2 * 3
-    assert all(shape[0] <= 3 for shape in batches)  # np.stack would fail on mixed frame counts
-    for item in finished:
-        if item.index == 4:
-            assert item.error == "item4: broken"
-        else:
-            assert item.windows_done == 2 and np.allclose(item.embedding_sum, 2 * item.index)
+            batcher.drop(index)
+    batches += batcher.flush()
+    assert max_waiting <= 3
+    for batch in batches:  # one frame count per batch (np.stack would fail otherwise), within both caps
+        assert batch.features.shape[0] <= 3 and batch.features.shape[0] * batch.features.shape[-1] <= 700 \
+            or batch.features.shape[0] == 1
+        assert [int(row[0, 0]) for row in batch.features] == batch.items  # rows keep their item
+    counts = np.bincount([item for batch in batches for item in batch.items], minlength=len(frames_per_item))
+    # item 4 was dropped after its windows were queued: whatever was not yet encoded is gone
+    assert all(counts[i] == 2 for i in range(len(frames_per_item)) if i != 4) and counts[4] <= 2
+    assert WindowBatcher(8, 6000).rows_for(3000) == 2 and WindowBatcher(8, 6000).rows_for(500) == 8
+    assert WindowBatcher(8, 100).rows_for(3000) == 1  # a window longer than the cap still runs, alone
 
 
 def test_a_lone_path_or_array_pair_is_one_item(runtime_trim, sample_clips):
