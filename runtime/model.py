@@ -21,7 +21,7 @@ import numpy as np
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
-from wavlink_edge.runtime.features import CHUNK_SECONDS, CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest
 from wavlink_edge.runtime.session import (
     BACKENDS, CPU_EP, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
@@ -70,7 +70,7 @@ class WavLink:
 
     def __init__(self, manifest: Manifest, audio_session, text_session, tokenizer: TextTokenizer,
                  precision: str, dim: int | None = None, clip_policy: str | None = None,
-                 window_hop_seconds: float = CHUNK_SECONDS, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES):
+                 window_hop_seconds: float | None = None, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES):
         self.manifest = manifest
         self.spec = manifest.model
         self.precision = precision
@@ -88,6 +88,7 @@ class WavLink:
         # One window is what the encoder takes at most: max_frames hops (3000 = 30 s for Whisper).
         self.window_samples = self.spec.max_frames * HOP_LENGTH
         window_seconds = self.window_samples / SAMPLE_RATE
+        window_hop_seconds = window_seconds if window_hop_seconds is None else window_hop_seconds
         if isinstance(window_hop_seconds, bool) or not isinstance(window_hop_seconds, (int, float)) \
                 or not 0 < window_hop_seconds <= window_seconds:
             raise ValueError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
@@ -98,7 +99,7 @@ class WavLink:
     def from_pretrained(cls, export_dir: str | Path, precision: str = "fp32",
                         providers: Sequence[ProviderSpec] | None = None, dim: int | None = None,
                         backend: str = "onnxruntime", clip_policy: str | None = None,
-                        window_hop_seconds: float = CHUNK_SECONDS, threads: int | None = None,
+                        window_hop_seconds: float | None = None, threads: int | None = None,
                         max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> "WavLink":
         """Load an export directory (export/FORMAT.md), checking every file's size and sha256 before use.
 
@@ -106,7 +107,8 @@ class WavLink:
         int8_dynamic | int8_static. providers: ORT execution providers (default TensorRT -> CUDA -> CPU
         as available). backend: "onnxruntime" or "tensorrt" (engines built by export/to_tensorrt.py
         into <export>/trt_cache, matched to the manifest's ONNX by sha256). clip_policy: "pad" | "trim"
-        (default: the policy the model was trained for, from the manifest). threads: ORT intra-op
+        (default: the policy the model was trained for, from the manifest). window_hop_seconds:
+        where windows of long audio start (default: one window length, 30 s). threads: ORT intra-op
         threads (default: one per core). max_batch_frames: caps batch x frames of one encoder run.
         """
         if precision not in PRECISION_CHOICES:

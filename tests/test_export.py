@@ -37,7 +37,7 @@ def test_ct2_loaded_encoder_matches_ctranslate2_encode(sample_clips, tmp_path):
     """Our Whisper-base frames equal CTranslate2's own float32 encoder on real audio.
 
     Tolerance: weights are stored fp16 and both sides compute fp32, so only kernel order differs; on
-    outputs of magnitude ~20 that leaves max-abs ~1e-3 (REFERENCE.md §9 measured 8e-4).
+    outputs of magnitude ~20 that leaves max-abs ~1e-3 (8e-4 measured when this loader was written).
     """
     ctranslate2 = pytest.importorskip("ctranslate2")
     model, _ = backbones.build_default_base(heads=None)  # the demo heads retrain the last layer's query/MLP
@@ -223,3 +223,66 @@ def test_tiny_checkpoint_exports_end_to_end(tmp_path, base_model):
     manifest = export_model(model, base_model[1], tmp_path / "exp")
     assert manifest["model"]["n_mels"] == 128 and manifest["model"]["embed_dim"] == 768
     assert manifest["validation"]["audio"]["cosine_min"] >= 0.99999
+
+
+def _tiny_checkpoint(path, tokenizer_json):
+    torch.manual_seed(0)
+    return WavLinkModel(tiny_config("base")).save_pretrained(path, tokenizer_json=tokenizer_json)
+
+
+def _tree(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, base_model, capsys):
+    from wavlink_edge.runtime import WavLink
+
+    checkpoint = _tiny_checkpoint(tmp_path / "ck", base_model[1])
+    out = tmp_path / "exp"
+    assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    before = _tree(out)
+    (checkpoint / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nope"')  # broken JSON
+    assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+    assert _tree(out) == before
+    WavLink.from_pretrained(out).embed_text(["still loads"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no build leftovers
+
+
+def test_export_refuses_a_foreign_out_directory_and_a_locked_one(tmp_path, base_model, capsys):
+    import fcntl
+
+    checkpoint = _tiny_checkpoint(tmp_path / "ck", base_model[1])
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"my": "settings"}')
+    assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(foreign)]) == 2
+    assert "not a WavLink export" in capsys.readouterr().err
+    assert (foreign / "config.json").read_text() == '{"my": "settings"}'
+    out = tmp_path / "exp"
+    with open(tmp_path / ".exp.lock", "w") as lock:  # another export holds the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert "another export" in capsys.readouterr().err and not out.exists()
+
+
+def test_manifest_hashes_are_of_the_validated_bytes(tmp_path, base_model):
+    """The manifest is written from the bytes that were validated, so a file swapped in by someone else
+    between validation and hashing is caught at load time instead of being vouched for."""
+    from wavlink_edge.runtime import ModelFilesError, WavLink
+    from wavlink_edge.runtime.manifest import sha256_file
+
+    model = WavLinkModel(tiny_config("base")).eval()
+    manifest = export_model(model, base_model[1], tmp_path / "exp")
+    for name, entry in manifest["artifacts"].items():
+        assert entry["sha256"] == sha256_file(tmp_path / "exp" / name)
+    (tmp_path / "exp" / "text.onnx").write_bytes((tmp_path / "exp" / "audio.onnx").read_bytes())
+    with pytest.raises(ModelFilesError, match="text.onnx"):
+        WavLink.from_pretrained(tmp_path / "exp")
+
+
+def test_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, base_model):
+    config = tiny_config("base")
+    config.text.backbone = {**config.text.backbone, "vocab_size": 1000}  # MiniLM's tokenizer has 30522
+    with pytest.raises(ExportError, match="embedding table has 1000"):
+        export_model(WavLinkModel(config).eval(), base_model[1], tmp_path / "exp")
