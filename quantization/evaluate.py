@@ -7,12 +7,16 @@ at a time so the figures are not affected by batch-mates.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.manifest import sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
+from wavlink_edge.runtime import vectors
+from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.features import SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.manifest import Manifest, sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
+from wavlink_edge.runtime.session import OnnxSession
+from wavlink_edge.runtime.text import TextTokenizer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -21,23 +25,17 @@ HELDOUT_DIR = HERE / "heldout"
 SAMPLES_DIR = REPO / "runtime" / "samples"
 EVAL_SPLIT_DIR = REPO / "bench" / "data" / "wavlink_eval"  # benchmark eval split, used when present
 AUDIO_SUFFIXES = (".ogg", ".oga", ".flac", ".wav")
-SR = 16000
+SR = SAMPLE_RATE
 
 
 def load_manifest(export_dir: Path) -> dict:
-    return json.loads((Path(export_dir) / "manifest.json").read_text())
+    """The export's manifest as a dict (read and validated by the runtime's Manifest)."""
+    return Manifest.load(export_dir).data
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """16 kHz mono float32. Other rates are resampled linearly (good enough for calibration statistics)."""
-    import soundfile as sf
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != SR:
-        n = int(round(audio.size * SR / sr))
-        audio = np.interp(np.linspace(0, audio.size - 1, n), np.arange(audio.size), audio).astype(np.float32)
-    return audio
+    """16 kHz mono float32 through the runtime's decoder (soundfile + soxr), as users' clips are read."""
+    return decode_audio(path)
 
 
 def audio_files(folder: Path, limit: int | None = None) -> list[Path]:
@@ -49,17 +47,13 @@ def audio_files(folder: Path, limit: int | None = None) -> list[Path]:
 
 
 def audio_feeds(paths: list[Path], n_mels: int, policies=("pad", "trim")) -> list[tuple[str, dict]]:
-    """One feed per clip and input policy: 'pad' (30 s, 3000 frames) and 'trim' (the clip's own frames)."""
-    from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
-
+    """One feed per clip and input policy: 'pad' (30 s, 3000 frames) and 'trim' (the clip's own frames),
+    made by the runtime's front end (clip_features)."""
     feeds = []
     for path in paths:
         audio = load_audio(path)
-        mel = log_mel_spectrogram(audio, n_mels)
-        if "pad" in policies:
-            feeds.append((f"{path.name}:pad", {"input_features": mel[None]}))
-        if "trim" in policies:
-            feeds.append((f"{path.name}:trim", {"input_features": np.ascontiguousarray(mel[None, :, : trim_frames(audio.size)])}))
+        for policy in policies:
+            feeds.append((f"{path.name}:{policy}", {"input_features": clip_features(audio, n_mels, policy)[None]}))
     return feeds
 
 
@@ -67,24 +61,19 @@ def read_sentences(path: Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def text_feeds(sentences: list[str], tokenizer_json: Path) -> list[tuple[str, dict]]:
-    from tokenizers import Tokenizer
+def _tokenizer(tokenizer_json: Path) -> TextTokenizer:
+    return TextTokenizer.from_json(Path(tokenizer_json).read_text(encoding="utf-8"))
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    feeds = []
-    for s in sentences:
-        e = tok.encode(s)
-        feeds.append((s[:40], {"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask], np.int64)}))
-    return feeds
+
+def text_feeds(sentences: list[str], tokenizer_json: Path) -> list[tuple[str, dict]]:
+    """One feed per sentence (batch 1, no padding)."""
+    tok = _tokenizer(tokenizer_json)
+    return [(s[:40], tok.feeds([s])) for s in sentences]
 
 
 def text_batch(sentences: list[str], tokenizer_json: Path) -> dict:
     """All sentences as one batch padded to the longest (the exported tokenizer pads)."""
-    from tokenizers import Tokenizer
-
-    enc = Tokenizer.from_file(str(tokenizer_json)).encode_batch(sentences)
-    return {"input_ids": np.array([e.ids for e in enc], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    return _tokenizer(tokenizer_json).feeds(sentences)
 
 
 def heldout_audio_paths(eval_dir: Path | None = None, eval_limit: int = 8) -> list[Path]:
@@ -101,30 +90,20 @@ def heldout_sentences() -> list[str]:
     return read_sentences(HELDOUT_DIR / "sentences.txt") + ["", "crowd noise " * 80]
 
 
-def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def session(path: Path, threads: int | None = None) -> OnnxSession:
+    """CPU session through the runtime's OnnxSession (`.run(feeds)` -> first output)."""
+    return OnnxSession(Path(path), name=Path(path).name, threads=threads)
 
 
-def embed(sess, feeds: list[tuple[str, dict]]) -> np.ndarray:
+def embed(sess: OnnxSession, feeds: list[tuple[str, dict]]) -> np.ndarray:
     """Embeddings [N, D], one row per run (batch 1)."""
-    return np.concatenate([sess.run(None, feed)[0] for _, feed in feeds]).astype(np.float64)
-
-
-def matryoshka(x: np.ndarray, dim: int) -> np.ndarray:
-    x = x[:, :dim]
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return np.concatenate([sess.run(feed) for _, feed in feeds]).astype(np.float64)
 
 
 def cosine_by_dim(reference: np.ndarray, candidate: np.ndarray, dims) -> dict:
     out = {}
     for dim in dims:
-        cos = np.sum(matryoshka(reference, dim) * matryoshka(candidate, dim), axis=-1)
+        cos = vectors.cosine(vectors.truncate(reference, dim), vectors.truncate(candidate, dim))
         out[str(dim)] = {"cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6)}
     return out
 

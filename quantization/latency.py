@@ -22,12 +22,12 @@ from wavlink_edge.quantization import evaluate as ev
 def inputs(export_dir: Path) -> dict:
     manifest = ev.load_manifest(export_dir)
     n_mels = manifest["model"]["n_mels"]
-    from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
+    from wavlink_edge.runtime.features import clip_features
 
     speech = ev.load_audio(ev.SAMPLES_DIR / "speech_en_female.flac")
     clip5 = np.resize(speech, 5 * ev.SR)  # 5 s: the sample repeated or cut
-    mel30 = log_mel_spectrogram(speech, n_mels)[None]
-    mel5 = log_mel_spectrogram(clip5, n_mels)[None, :, : trim_frames(clip5.size)]
+    mel30 = clip_features(speech, n_mels, "pad")[None]
+    mel5 = clip_features(clip5, n_mels, "trim")[None]
     text = ev.text_feeds(["a woman speaks over a slow piano melody while rain falls"], Path(export_dir) / "tokenizer.json")[0][1]
     return {"audio": {"30 s pad": {"input_features": mel30}, "5 s trim": {"input_features": np.ascontiguousarray(mel5)}},
             "text": {"sentence": text}}
@@ -45,11 +45,11 @@ def measure(export_dir: Path, runs: int = 7, threads: int | None = None) -> list
         for label, feed in feeds[tower].items():
             times = {n: [] for n in names}
             for s in sessions.values():
-                s.run(None, feed)  # warm-up
+                s.run(feed)  # warm-up
             for _ in range(runs):
                 for n, s in sessions.items():
                     t = time.perf_counter()
-                    s.run(None, feed)
+                    s.run(feed)
                     times[n].append(time.perf_counter() - t)
             base = float(np.median(times[f"{tower}.onnx"]))
             for n in names:

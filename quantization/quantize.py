@@ -13,7 +13,6 @@ Recipes and why: docs/quantization.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,9 @@ from pathlib import Path
 import onnx
 
 from wavlink_edge.quantization import evaluate as ev
-from wavlink_edge.quantization import recipes
+from wavlink_edge.quantization import graph, recipes
+from wavlink_edge.runtime.errors import WavLinkError
+from wavlink_edge.runtime.manifest import Manifest
 
 TOWERS = ("audio", "text")
 GATES = {"fp16": 0.999, "int8": 0.99}
@@ -41,6 +42,8 @@ DYNAMIC_PER_CHANNEL, DYNAMIC_REDUCE_RANGE = True, True
 # Gather: the text tower's token-embedding table (47 MB of its 91 MB) stored int8, dequantized after the
 # lookup: no activation scales involved, -0.0002 cosine, 2.5x smaller file.
 DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
+# audio dynamic INT8 (graph.per_token_int8): 8-bit weights (docs/quantization.md has the 7-bit figures)
+AUDIO_WEIGHT_BITS = 8
 # first that passes the gate is written; "edges" = first and last layer + projector kept fp32 (the demo
 # model's trained last layer is the pooler whose single-token MLP input has no batch of rows to average)
 DYNAMIC_LADDER = ("weight_matmuls", "fc2_fp32", "fc2_edges_fp32", "mlp_edges_fp32")
@@ -72,33 +75,59 @@ def make_fp16(src: Path, dst: Path) -> dict:
 
 
 def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "weight_matmuls") -> dict:
-    """CPU dynamic INT8 of the weight MatMuls/Gemm (+ embedding tables), wrapped per batch row so rows
-    never share activation scales. exclusion_set "fc2_fp32" keeps the second MLP matmuls fp32 (their
-    GELU-output inputs have the widest, most skewed range: the largest single loss, measured)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """CPU INT8 with activation scales computed at run time, never shared between batch rows.
 
-    model = onnx.load(str(src), load_external_data=False)
+    audio: fused attention (graph.fuse_attention: one MultiHeadAttention node per layer) and every weight
+    MatMul as an int8 GEMM with one activation scale per token (graph.per_token_int8): batch-exact
+    without a Scan, so batching still batches. text: ORT quantize_dynamic wrapped in a per-row Scan
+    (rows also cut to their own length). exclusion_set keeps MatMuls fp32: "fc2_fp32" the second MLP
+    matmuls, "edges" the first and last layer + projector.
+    """
+    model = onnx.load(str(src))
     edges = recipes.edge_layer_nodes(model, tower) if exclusion_set.endswith("_edges_fp32") else []
     exclude = {"weight_matmuls": [], "fc2_fp32": recipes.fc2_nodes(model, tower),
                "fc2_edges_fp32": sorted(set(recipes.fc2_nodes(model, tower)) | set(edges)),
                "mlp_edges_fp32": sorted(set(recipes.mlp_nodes(model, tower)) | set(edges))}[exclusion_set]
+    if tower == "audio":
+        fused, n_attention = graph.fuse_attention(model, _audio_heads(src))
+        quantized, n_int8 = graph.per_token_int8(fused, exclude=set(exclude), weight_bits=AUDIO_WEIGHT_BITS)
+        onnx.save(quantized, str(dst))
+        return {"method": "wavlink_edge.quantization.graph.per_token_int8 (MatMulIntegerToFloat)",
+                "exclusion_set": exclusion_set, "nodes_kept_fp32": len(exclude), "int8_matmuls": n_int8,
+                "attention": f"{n_attention} blocks fused into com.microsoft.MultiHeadAttention (fp32)",
+                "weights": f"int{AUDIO_WEIGHT_BITS} symmetric, per output channel",
+                "activations": "uint8 (zero point 128), one symmetric scale per token, computed at run time",
+                "not_quantized": "attention act x act, Conv front end, LayerNorm, Softmax, Add",
+                "batch_exact": "no statistic crosses rows: each token has its own scale; no Scan"}
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     with tempfile.TemporaryDirectory() as tmp:
         flat = Path(tmp) / "dyn.onnx"
         quantize_dynamic(str(src), str(flat), op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=exclude,
                          per_channel=DYNAMIC_PER_CHANNEL, reduce_range=DYNAMIC_REDUCE_RANGE,
                          weight_type=QuantType.QInt8)
-        # text: each row is also cut to its own length, so a sentence's pad tokens (which depend on its
+        # each row is also cut to its own length, so a sentence's pad tokens (which depend on its
         # batch-mates' lengths) never enter its activation scales
-        model = recipes.per_row_scan(onnx.load(str(flat)), "attention_mask" if tower == "text" else None)
+        model = recipes.per_row_scan(onnx.load(str(flat)), "attention_mask")
     onnx.save(model, str(dst))
     return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": list(DYNAMIC_OPS),
             "exclusion_set": exclusion_set, "nodes_kept_fp32": len(exclude),
             "weights": "int8 symmetric, per output channel" if DYNAMIC_PER_CHANNEL else "int8 per tensor",
             "activations": "uint8 dynamic (per row), reduce_range" if DYNAMIC_REDUCE_RANGE else "uint8 dynamic (per row)",
-            "not_quantized": "attention act x act MatMuls, Conv front end, LayerNorm, Softmax, Add",
+            "not_quantized": "attention act x act MatMuls, LayerNorm, Softmax, Add",
             "gather": "embedding tables int8 (weight only)",
-            "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales"
-                           + ("; text rows cut to their own length (right padding removed)" if tower == "text" else "")}
+            "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales; "
+                           "rows cut to their own length (right padding removed)"}
+
+
+def _audio_heads(src: Path) -> int:
+    """Attention heads of the audio tower, from the export's config.json."""
+    import json
+
+    try:
+        return int(json.loads((Path(src).parent / "config.json").read_text())["audio"]["n_heads"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise QuantizationError(f"{Path(src).parent}/config.json: no audio.n_heads ({exc})") from None
 
 
 def prepare_for_static(src: Path, dst: Path) -> Path:
@@ -159,7 +188,10 @@ def calibration_feeds(export_dir: Path, tower: str, calibration_dir: Path | None
             raise QuantizationError(f"calibration dir {folder} overlaps the held-out evaluation clips")
         # both input policies: the runtime serves padded 30 s clips and trimmed clips
         policies = ("pad",) if histogram else ("pad", "trim")
-        feeds = ev.audio_feeds(paths, manifest["model"]["n_mels"], policies)
+        try:
+            feeds = ev.audio_feeds(paths, manifest["model"]["n_mels"], policies)
+        except (WavLinkError, ValueError) as exc:  # unreadable / garbage calibration audio: one line, no traceback
+            raise QuantizationError(f"calibration audio: {exc}") from None
         return feeds, {"audio_dir": _rel(folder), "clips": len(paths), "inputs": len(feeds), "policies": list(policies)}
     sentences_file = folder / "sentences.txt"
     if not sentences_file.is_file():
@@ -219,18 +251,6 @@ def artifact_name(tower: str, precision: str, variant: str | None = None) -> str
     return f"{tower}_{precision}{'_' + variant if variant else ''}.onnx"
 
 
-def _update_manifest(export_dir: Path, name: str, entry: dict | None) -> None:
-    path = Path(export_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    if entry is None:
-        manifest["artifacts"].pop(name, None)
-    else:
-        manifest["artifacts"][name] = entry
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 class _Run:
     """State of one quantize_export call: held-out sets (fp32 references computed once) and results."""
 
@@ -258,28 +278,41 @@ class _Run:
         name = artifact_name(tower, precision, variant)
         dst = self.export_dir / name
         src = self.export_dir / f"{tower}.onnx"
+        manifest = Manifest.load(self.export_dir)
         if not fidelity["passed"] and not self.force:
             tmp_path.unlink(missing_ok=True)
-            if dst.exists():  # an older file would no longer match what this run measured
-                dst.unlink()
-            _update_manifest(self.export_dir, name, None)
+            # A previous artifact of this name that passed its gate (and still matches its entry and
+            # the current fp32 source) stays: the refused candidate replaces nothing.
+            kept = self._still_valid(manifest, name, src)
+            if not kept and name in manifest.files:
+                dst.unlink(missing_ok=True)
+                manifest.remove(name)
+                manifest.save()
             self.refused.append(name)
             self.log(f"  REFUSED {name}: cosine mean {ev.min_mean(fidelity):.5f} < gate {fidelity['gate']} "
-                     "(use --force to write it anyway, marked)")
+                     f"(use --force to write it anyway, marked){'; the previous passing file is kept' if kept else ''}")
             return False
         fidelity["forced"] = not fidelity["passed"]
         os.replace(tmp_path, dst)
-        entry = {"tower": tower, "precision": precision, **({"variant": variant} if variant else {}),
-                 "sha256": ev.sha256_file(dst), "bytes": dst.stat().st_size,
-                 "source": {"file": src.name, "sha256": ev.sha256_file(src)},
-                 **(extra or {}), "fidelity": fidelity, "recipe": recipe}
-        _update_manifest(self.export_dir, name, entry)
+        entry = manifest.record(name, None, tower=tower, precision=precision, **({"variant": variant} if variant else {}),
+                                source={"file": src.name, "sha256": ev.sha256_file(src)},
+                                **(extra or {}), fidelity=fidelity, recipe=recipe)
+        manifest.save()
         self.results[name] = entry
         flag = " (FORCED under the gate)" if fidelity["forced"] else ""
         dims = "  ".join(f"{d}:{fidelity[d]['cosine_mean']:.5f}/{fidelity[d]['cosine_min']:.5f}"
                          for d in fidelity if d.isdigit())
         self.log(f"  wrote {name} ({dst.stat().st_size / 1e6:.1f} MB){flag}  mean/min per dim {dims}")
         return True
+
+    @staticmethod
+    def _still_valid(manifest: Manifest, name: str, src: Path) -> bool:
+        entry = manifest.files.get(name)
+        if not entry or not (entry.get("fidelity") or {}).get("passed") or entry["fidelity"].get("forced"):
+            return False
+        path = manifest.path(name)
+        return (path.is_file() and ev.sha256_file(path) == entry.get("sha256")
+                and (entry.get("source") or {}).get("sha256") == ev.sha256_file(src))
 
     def tmp(self, name: str) -> Path:
         return self.export_dir / f".tmp-{os.getpid()}-{name}"
@@ -304,9 +337,27 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
     if not (export_dir / "manifest.json").is_file():
         raise QuantizationError(f"{export_dir} is not an export directory (no manifest.json)")
     precisions = [p for p in precisions if p != "fp32"]
+    if not precisions:
+        raise QuantizationError("no precision to write: give --precision fp16, int8 or fp16,int8")
     bad = [p for p in precisions if p not in GATES]
     if bad:
         raise QuantizationError(f"unknown precision(s) {bad}: use fp16, int8")
+    if not towers:
+        raise QuantizationError(f"no tower given: use {', '.join(TOWERS)}")
+    if "int8" in precisions and calibration_dir is not None:
+        # reported before any work: a typo here would otherwise surface after minutes of fp16/dynamic work
+        folder = Path(calibration_dir)
+        if not folder.is_dir():
+            raise QuantizationError(f"--calibration-dir {folder}: not a directory")
+        if "audio" in towers:
+            paths = ev.audio_files(folder, limit=(FAST_CALIBRATION_CLIPS if fast else calibration_limit) or None)
+            if not paths:
+                raise QuantizationError(f"--calibration-dir {folder}: no audio files ({', '.join(ev.AUDIO_SUFFIXES)})")
+            for path in paths:  # garbage audio is one line now, not a traceback after the other artifacts
+                try:
+                    ev.load_audio(path)
+                except (WavLinkError, ValueError) as exc:
+                    raise QuantizationError(f"--calibration-dir: {exc}") from None
     if calibration_method not in CALIBRATION_METHODS:
         raise QuantizationError(f"unknown calibration method {calibration_method!r}: use {', '.join(CALIBRATION_METHODS)}")
     if static_set is not None and static_set not in recipes.STATIC_SETS:
@@ -320,13 +371,18 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
     if fast:
         calibration_limit = min(calibration_limit or FAST_CALIBRATION_CLIPS, FAST_CALIBRATION_CLIPS)
     run = _Run(export_dir, force, eval_dir, eval_limit, log, fast)
-    for tower in towers:
-        src = export_dir / f"{tower}.onnx"
-        if "fp16" in precisions:
-            _artifact_fp16(run, src, tower)
-        if "int8" in precisions:
-            _artifact_int8_dynamic(run, src, tower)
-            _artifact_int8_static(run, src, tower, calibration_dir, calibration_method, static_set, calibration_limit)
+    try:
+        for tower in towers:
+            src = export_dir / f"{tower}.onnx"
+            if "fp16" in precisions:
+                _artifact_fp16(run, src, tower)
+            if "int8" in precisions:
+                _artifact_int8_dynamic(run, src, tower)
+                _artifact_int8_static(run, src, tower, calibration_dir, calibration_method, static_set,
+                                      calibration_limit)
+    finally:  # interrupted (Ctrl-C, an error) or not: no half-written candidate stays behind
+        for leftover in export_dir.glob(f".tmp-{os.getpid()}-*"):
+            leftover.unlink(missing_ok=True)
     if run.refused:
         raise QuantizationError(f"under the fidelity gate, not written: {', '.join(run.refused)}")
     return run.results
@@ -402,16 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     towers = [t.strip() for t in args.tower.split(",") if t.strip()]
-    if any(t not in TOWERS for t in towers):
+    if not precisions:
+        parser.error("--precision is empty: give fp16, int8 or fp16,int8")
+    if not towers or any(t not in TOWERS for t in towers):
         parser.error(f"--tower takes {', '.join(TOWERS)}")
     start = time.perf_counter()
     try:
         quantize_export(args.export_dir, precisions, args.calibration_dir, args.calibration_method, args.force,
                         towers, args.static_set, args.calibration_limit or None, args.eval_dir, args.eval_limit,
                         fast=args.fast)
-    except QuantizationError as exc:
+    except (QuantizationError, WavLinkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -93,3 +93,39 @@ def test_windows_cover_long_audio(seconds, hop, expected):
 def test_window_hop_must_be_positive_and_at_most_a_window():
     with pytest.raises(ValueError, match="hop"):
         list(iter_windows([np.zeros(10, np.float32)], hop_samples=CHUNK_SAMPLES + 1))
+
+
+# --- the trim policy computes only the frames a clip keeps ------------------------------------------
+
+_PREFIX_LENGTHS = [0, 1, 150, 201, 399, 1000, SAMPLE_RATE - 1, SAMPLE_RATE, SAMPLE_RATE + 1, 5 * SAMPLE_RATE + 37,
+                   12 * SAMPLE_RATE, CHUNK_SAMPLES - 1000, CHUNK_SAMPLES - 300, CHUNK_SAMPLES - 201,
+                   CHUNK_SAMPLES - 1, CHUNK_SAMPLES, CHUNK_SAMPLES + 500]
+
+
+@pytest.mark.parametrize("n", _PREFIX_LENGTHS)
+def test_trim_is_exactly_the_prefix_of_the_padded_features(n):
+    """Computed from the clip alone (plus the frames past its end that see audio and so can set the
+    per-clip floor), yet equal to cutting the full 3000-frame padded features."""
+    rng = np.random.default_rng(n)
+    # a loud burst at the very end: the frames just past the kept ones hold the clip's max
+    audio = (0.01 * rng.standard_normal(n)).astype(np.float32)
+    audio[-min(n, 300):] *= 80
+    full = log_mel_spectrogram(audio, 80)[:, : trim_frames(n)]
+    got = clip_features(audio, 80, "trim")
+    assert got.shape == full.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, full, atol=1e-6, rtol=0)
+
+
+def test_trim_prefix_of_silence_and_of_a_tone():
+    for audio in (np.zeros(3 * SAMPLE_RATE, np.float32), _synthetic("clipping")):
+        np.testing.assert_allclose(clip_features(audio, 128, "trim"),
+                                   log_mel_spectrogram(audio, 128)[:, : trim_frames(audio.size)], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 5.0, 12.3])
+def test_trim_matches_whisper_feature_extractor(extractors, seconds):
+    n = int(seconds * SAMPLE_RATE)
+    audio = _synthetic("30s")[:n]
+    keep = trim_frames(n)
+    np.testing.assert_allclose(clip_features(audio, 80, "trim"), _reference(extractors, audio, 80)[:, :keep],
+                               atol=TOLERANCE, rtol=0)

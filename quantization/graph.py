@@ -1,0 +1,165 @@
+"""Graph surgery on the exported fp32 audio graph (torch-free): fused attention for onnxruntime.
+
+The TorchScript export spells each attention block out (MatMul, scale, Reshape, Transpose, MatMul,
+Softmax, MatMul, Transpose, Reshape). onnxruntime's transformer optimizer does not recognise that
+pattern for this graph, so attention ran as ~12 separate fp32 ops materialising the [B, 8, T, T]
+score tensor. `fuse_attention` replaces each block by one `com.microsoft.MultiHeadAttention` node
+(query/key/value [B, T, 512] in, [B, T, 512] out), which onnxruntime's CPU provider runs with its
+tiled (flash-style) kernel. The block's scaling (q and k each times head_dim^-0.25) equals the
+node's default 1/sqrt(head_dim), so the result is the same computation.
+"""
+from __future__ import annotations
+
+import re
+
+import onnx
+from onnx import helper
+
+MS_DOMAIN = "com.microsoft"
+_LAYER = re.compile(r"^/audio/layers\.(\d+)/self_attn/")
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes (and initializers) nothing reaches the graph outputs through."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(list(g.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # subgraphs read outer names
+                if a.type == onnx.AttributeProto.GRAPH:
+                    needed.update(i for n in a.g.node for i in n.input)
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
+def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelProto, int]:
+    """Copy of `model` with every Whisper self-attention block as one MultiHeadAttention node.
+
+    Returns (model, number of blocks fused). Fails loudly if a block does not have the exported shape.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    by_name = {n.name: n for n in model.graph.node}
+    layers = sorted({int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))})
+    if not layers:
+        raise ValueError("no /audio/layers.N/self_attn/ nodes: was the graph exported by export/to_onnx.py?")
+    fused_nodes = []
+    for layer in layers:
+        p = f"/audio/layers.{layer}/self_attn/"
+        try:
+            q = by_name[p + "q_proj/Add"].output[0]
+            k = by_name[p + "k_proj/MatMul"].output[0]
+            v = by_name[p + "v_proj/Add"].output[0]
+            out = by_name[p + "Reshape_3"]
+            for name in ("MatMul", "Softmax", "MatMul_1"):
+                by_name[p + name]
+        except KeyError as exc:
+            raise ValueError(f"layer {layer}: attention block not in the exported form ({exc})") from None
+        # rename the old output so the new node can own the name the out_proj reads
+        old = out.output[0]
+        out.output[0] = old + "__unfused"
+        fused_nodes.append((out, helper.make_node("MultiHeadAttention", [q, k, v], [old], domain=MS_DOMAIN,
+                                                  name=p + "MultiHeadAttention", num_heads=num_heads)))
+    nodes = list(model.graph.node)
+    for anchor, node in fused_nodes:
+        nodes.insert(nodes.index(anchor) + 1, node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    remove_dead_nodes(model)
+    return model, len(fused_nodes)
+
+
+def _const(model: onnx.ModelProto, name: str, array) -> str:
+    from onnx import numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(array, name))
+    return name
+
+
+def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 8) -> tuple[onnx.ModelProto, int]:
+    """Weight MatMuls -> int8 GEMMs with one activation scale per token (per row of the flattened input).
+
+    ORT's dynamic quantization (DynamicQuantizeLinear) takes one scale per tensor, i.e. per batch, so a
+    clip's embedding would depend on its batch-mates. Here each row of A = x.reshape(-1, K) gets its
+    own symmetric scale s = max|row| / 127, quantized by QuantizeLinear (per-axis, zero point 128 ->
+    uint8, the u8 x s8 form the VNNI kernels take); MatMulIntegerToFloat applies the weight's
+    per-output-channel scale and the row scale follows as one Mul. No statistic crosses rows, so the
+    result is independent of batch-mates and of padding frames after a clip, and batching still
+    batches (one GEMM for the whole batch).
+
+    weight_bits 7 keeps weights in [-63, 63] so u8 x s8 pairs cannot saturate the 16-bit
+    intermediate of AVX2 CPUs without VNNI (vpmaddubsw).
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    qmax_w = 2 ** (weight_bits - 1) - 1
+    one = _const(model, "pt8/one", np.array(1.0, np.float32))
+    zp = _const(model, "pt8/zp128", np.array(128, np.uint8))
+    zp_vec = _const(model, "pt8/zp128_vec", np.array([128], np.uint8))
+    eps = _const(model, "pt8/eps", np.array(1e-8, np.float32))
+    inv127 = _const(model, "pt8/inv127", np.array(1.0 / 127.0, np.float32))
+    minus1 = _const(model, "pt8/shape_rows", np.array([-1], np.int64))
+    nodes, count, cache = [], 0, {}
+    for node in g.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or node.name in exclude or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        count += 1
+        x, y, p = node.input[0], node.output[0], node.name + "/pt8"
+        weight = numpy_helper.to_array(w).astype(np.float32)
+        k, n = weight.shape
+        wscale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / qmax_w
+        wq = np.clip(np.round(weight / wscale), -qmax_w, qmax_w).astype(np.int8)
+        wq_name = _const(model, p + "/Wq", wq)
+        ws_name = _const(model, p + "/Wscale", wscale.astype(np.float32))
+        if x not in cache:  # q, k and v (and the pruned layer's k/v) share one quantized input
+            rows, s2, s1, zpv, xq = (f"{x}/pt8_{t}" for t in ("rows", "scale2d", "scale1d", "zp", "q"))
+            nshape = f"{x}/pt8_kshape"
+            nodes += [
+                helper.make_node("Shape", [x], [nshape], start=-1, name=f"{x}/pt8/k"),
+                helper.make_node("Shape", [x], [f"{x}/pt8_lead"], end=-1, name=f"{x}/pt8/lead"),
+                helper.make_node("Concat", [minus1, nshape], [f"{x}/pt8_rowshape"], axis=0, name=f"{x}/pt8/rowshape"),
+                helper.make_node("Reshape", [x, f"{x}/pt8_rowshape"], [rows], name=f"{x}/pt8/rows"),
+                helper.make_node("Abs", [rows], [f"{x}/pt8_abs"], name=f"{x}/pt8/abs"),
+                helper.make_node("ReduceMax", [f"{x}/pt8_abs"], [f"{x}/pt8_amax"], axes=[-1], keepdims=1,
+                                 name=f"{x}/pt8/amax"),
+                helper.make_node("Max", [f"{x}/pt8_amax", eps], [f"{x}/pt8_amax_eps"], name=f"{x}/pt8/eps"),
+                helper.make_node("Mul", [f"{x}/pt8_amax_eps", inv127], [s2], name=f"{x}/pt8/scale"),
+                helper.make_node("Reshape", [s2, minus1], [s1], name=f"{x}/pt8/scale1d"),
+                helper.make_node("Shape", [s1], [f"{x}/pt8_m"], name=f"{x}/pt8/m"),
+                helper.make_node("Expand", [zp_vec, f"{x}/pt8_m"], [zpv], name=f"{x}/pt8/zpv"),
+                helper.make_node("QuantizeLinear", [rows, s1, zpv], [xq], axis=0, name=f"{x}/pt8/quantize"),
+            ]
+            cache[x] = (xq, s2, f"{x}/pt8_lead")
+        xq, s2, lead = cache[x]
+        nodes += [
+            helper.make_node("MatMulIntegerToFloat", [xq, wq_name, one, ws_name, zp], [p + "_acc"], domain=MS_DOMAIN,
+                             name=p + "/gemm"),
+            helper.make_node("Mul", [p + "_acc", s2], [p + "_rows_out"], name=p + "/row_scale"),
+            helper.make_node("Concat", [lead, _const(model, p + "/n", np.array([n], np.int64))], [p + "_shape"], axis=0,
+                             name=p + "/out_shape"),
+            helper.make_node("Reshape", [p + "_rows_out", p + "_shape"], [y], name=p + "/unrows"),
+        ]
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    remove_dead_nodes(model)
+    return model, count
