@@ -31,3 +31,13 @@ def base_export(base_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_clips() -> list[Path]:
     return sorted(SAMPLES.glob("*.flac"))
+
+
+TINY_EXPORT = Path(__file__).resolve().parent / "data" / "tiny_export"
+
+
+@pytest.fixture(scope="session")
+def tiny_export() -> Path:
+    """A random tiny export (tests/data/make_tiny_export.py): the runtime's tests run on it without torch.
+    Read-only for tests: copy before editing. 32 dims (32/16/8/4), 1 s windows, trim policy."""
+    return TINY_EXPORT

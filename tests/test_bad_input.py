@@ -92,8 +92,8 @@ AUDIO_CASES = [
 
 
 @pytest.fixture(scope="module")
-def model(base_export):
-    return WavLink.from_pretrained(base_export, clip_policy="trim")
+def model(tiny_export):
+    return WavLink.from_pretrained(tiny_export, clip_policy="trim")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def audio_batch(model, tmp_path_factory):
     """The whole table as one batch: items in order, results in order."""
     directory = tmp_path_factory.mktemp("bad_audio")
     items = [build(directory) for _, build, _ in AUDIO_CASES]
-    results = list(model.iter_embed_audio(items, dim=128, batch_size=4))
+    results = list(model.iter_embed_audio(items, dim=8, batch_size=4))
     return items, results
 
 
@@ -112,10 +112,10 @@ def test_bad_audio_item_gets_one_clear_error_and_the_batch_goes_on(model, audio_
     result, (_, _, expected) = results[case], AUDIO_CASES[case]
     if expected is OK:
         assert result.ok, result.error
-        assert result.embedding.shape == (128,) and np.isfinite(result.embedding).all()
+        assert result.embedding.shape == (8,) and np.isfinite(result.embedding).all()
         assert np.linalg.norm(result.embedding) == pytest.approx(1.0, abs=1e-5)
         # Batched with failing neighbours, still the same as embedded alone.
-        np.testing.assert_allclose(result.embedding, model.embed_audio([items[case]], dim=128)[0], atol=1e-5)
+        np.testing.assert_allclose(result.embedding, model.embed_audio([items[case]], dim=8)[0], atol=1e-5)
     else:
         assert not result.ok and result.embedding is None
         assert re.search(expected, result.error), result.error
@@ -129,10 +129,10 @@ def test_embed_audio_raises_naming_the_first_bad_item(model, tmp_path):
 
 def test_channels_are_averaged_and_pcm_widths_agree(model, tmp_path):
     mono = _tone()
-    reference = model.embed_audio([(mono, SR)], dim=128)[0]
+    reference = model.embed_audio([(mono, SR)], dim=8)[0]
     variants = [(_tone(channels=6), SR), _write(tmp_path, "s24.wav", mono, subtype="PCM_24"),
                 ((mono * 32767).astype(np.int16), SR)]
-    for embedding in model.embed_audio(variants, dim=128):
+    for embedding in model.embed_audio(variants, dim=8):
         assert float(embedding @ reference) > 0.9999
 
 
@@ -151,11 +151,11 @@ TEXT_CASES = [
 @pytest.mark.parametrize("text, expected", [c[1:] for c in TEXT_CASES], ids=[c[0] for c in TEXT_CASES])
 def test_text_inputs(model, text, expected):
     if expected is OK:
-        (embedding,) = model.embed_text([text], dim=64)
+        (embedding,) = model.embed_text([text], dim=4)
         assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
     else:
         with pytest.raises(TextInputError, match=expected):
-            model.embed_text([text], dim=64)
+            model.embed_text([text], dim=4)
 
 
 def test_long_text_is_truncated_to_the_model_limit(model):
@@ -167,17 +167,17 @@ def test_long_text_is_truncated_to_the_model_limit(model):
 
 
 def test_wrong_dim_lists_valid_dims(model):
-    with pytest.raises(ValueError, match=r"dim 100 is not one of this model's Matryoshka dims 512, 256, 128, 64"):
+    with pytest.raises(ValueError, match=r"dim 100 is not one of this model's Matryoshka dims 32, 16, 8, 4"):
         model.embed_audio([(_tone(), SR)], dim=100)
 
 
 # -- model files -------------------------------------------------------------------------------------------
 
 
-def _copy_export(base_export: Path, target: Path) -> Path:
+def _copy_export(tiny_export: Path, target: Path) -> Path:
     """Large files hard-linked, small ones copied; a test replaces a link with a file to tamper with it."""
     target.mkdir()
-    for path in base_export.iterdir():
+    for path in tiny_export.iterdir():
         if path.is_file():
             (os.link(path, target / path.name) if path.suffix == ".onnx" else shutil.copy(path, target / path.name))
     return target
@@ -251,8 +251,8 @@ MODEL_CASES = [
 
 
 @pytest.mark.parametrize("edit, expected", [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
-def test_bad_model_files_are_refused_clearly(base_export, tmp_path, edit, expected):
-    export = _copy_export(base_export, tmp_path / "export")
+def test_bad_model_files_are_refused_clearly(tiny_export, tmp_path, edit, expected):
+    export = _copy_export(tiny_export, tmp_path / "export")
     edit(export)
     with pytest.raises(ModelFilesError, match=expected):
         WavLink.from_pretrained(export)
