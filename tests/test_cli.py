@@ -35,10 +35,10 @@ def test_embed_npy_keeps_order_marks_failures_and_exits_1(tiny_export, inputs, t
     expected = WavLink.from_pretrained(tiny_export, clip_policy="trim").embed_audio(
         [inputs[i] for i in (0, 2, 4)], dim=8)
     np.testing.assert_allclose(matrix[[0, 2, 4]], expected, atol=1e-5)
-    lines = (tmp_path / "emb.npy.sources.txt").read_text().splitlines()
-    assert [line.split("\t")[0] for line in lines] == inputs
-    assert [line.split("\t")[1] == "ok" for line in lines] == [True, False, True, False, True]
-    assert "file not found" in lines[3]
+    rows = [json.loads(line) for line in (tmp_path / "emb.npy.sources.jsonl").read_text().splitlines()]
+    assert [row["source"] for row in rows] == inputs
+    assert ["error" not in row for row in rows] == [True, False, True, False, True]
+    assert "file not found" in rows[3]["error"]
 
 
 def test_embed_jsonl_and_npz_name_every_row(tiny_export, inputs, tmp_path, capsys):
@@ -78,8 +78,8 @@ def test_embed_text_from_args_and_file(tiny_export, tmp_path, capsys):
     texts = ["a woman speaks", "a phone is ringing", "", "a short chime"]
     expected = WavLink.from_pretrained(tiny_export).embed_text(texts, dim=8)
     np.testing.assert_allclose(matrix, expected, atol=1e-5)
-    assert [line.split("\t")[0] for line in (tmp_path / "text.npy.sources.txt").read_text().splitlines()] == \
-        ["a woman speaks", "a phone is ringing", "", "a short chime"]
+    sidecar = (tmp_path / "text.npy.sources.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in sidecar] == ["a woman speaks", "a phone is ringing", "", "a short chime"]
     assert "4 ok, 0 failed" in capsys.readouterr().err
 
 
@@ -120,17 +120,26 @@ def test_default_model_missing_says_how_to_create_it(tmp_path, monkeypatch, caps
     assert "no WavLink Edge export at exports/wavlink-base" in err and "python export/to_onnx.py --size base" in err
 
 
-def test_bench_forwards_arguments_or_explains_what_is_missing(tmp_path, monkeypatch, capsys):
-    (tmp_path / "fake_latency_bench.py").write_text(
-        "import sys, pathlib\npathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\nsys.exit(3)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli.BENCH_MODULES, "latency", "fake_latency_bench")
-    record = tmp_path / "argv.txt"
-    assert cli.main(["bench", "latency", str(record), "--runs", "5"]) == 3
-    assert record.read_text() == "--runs 5"
-    monkeypatch.setitem(cli.BENCH_MODULES, "recall", "wavlink_edge.bench.no_such_module")
+def test_bench_runs_the_registered_benchmark_or_explains_what_is_missing(monkeypatch, capsys):
+    class EntryPoint:
+        def __init__(self, name, target):
+            self.name, self.target = name, target
+
+        def load(self):
+            if isinstance(self.target, Exception):
+                raise self.target
+            return self.target
+
+    seen = []
+    points = [EntryPoint("latency", lambda argv: seen.append(argv) or 3),
+              EntryPoint("recall", ModuleNotFoundError("No module named 'torch'"))]
+    monkeypatch.setattr(cli, "entry_points", lambda group: points if group == cli.BENCH_ENTRY_POINTS else [])
+    assert cli.main(["bench", "latency", "--runs", "5"]) == 3 and seen == [["--runs", "5"]]
     assert cli.main(["bench", "recall"]) == 2
-    assert "wavlink_edge.bench.no_such_module is not installed" in capsys.readouterr().err
+    assert "needs the bench extra (No module named 'torch')" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    assert cli.main(["bench", "latency"]) == 2
+    assert "no 'latency' benchmark is registered" in capsys.readouterr().err
 
 
 def test_console_entry_point_exit_codes(tiny_export, sample_clips, tmp_path):
@@ -144,3 +153,110 @@ def test_console_entry_point_exit_codes(tiny_export, sample_clips, tmp_path):
     bad = run("embed", str(tmp_path / "nope.wav"), "--model", str(tiny_export), "--out", str(tmp_path / "b.npy"))
     assert bad.returncode == 1 and "0 ok, 1 failed" in bad.stderr
     assert run("embed").returncode == 2  # argparse usage error
+
+
+# -- hardening: names, outputs, interrupts ------------------------------------------------------------
+
+
+def test_non_utf8_file_names_are_embedded_and_kept_exactly(tiny_export, sample_clips, tmp_path):
+    import os
+    import shutil
+
+    raw = os.fsencode(tmp_path) + b"/clip-\xff.flac"
+    shutil.copy(sample_clips[0], raw)
+    name = os.fsdecode(raw)  # what argv gives Python for that name: a lone surrogate
+    out = tmp_path / "emb.jsonl"
+    assert cli.main(["embed", name, "--model", str(tiny_export), "--dim", "4", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert "embedding" in row and os.fsencode(row["source"]) == raw
+    npy = tmp_path / "emb.npy"
+    assert cli.main(["embed", name, "--model", str(tiny_export), "--dim", "4", "--out", str(npy)]) == 0
+    (side,) = [json.loads(line) for line in (tmp_path / "emb.npy.sources.jsonl").read_text().splitlines()]
+    assert os.fsencode(side["source"]) == raw
+
+
+@pytest.mark.parametrize("out, message", [
+    ("missing-dir/emb.jsonl", "does not exist"),
+    (".", "is a directory"),
+    ("emb.npy --resume", "--resume works with .jsonl"),
+])
+def test_output_problems_are_found_before_any_work(tiny_export, sample_clips, tmp_path, monkeypatch, capsys, out, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(WavLink, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    out, *extra = out.split()
+    assert cli.main(["embed", str(sample_clips[0]), "--model", str(tiny_export), "--out", out, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_file_lines_split_on_newlines_only(tiny_export, tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_bytes("\ufeffone\x0bwith VT\r\ntwo\u2028same line\n\nfour\x0c\n".encode("utf-8"))
+    out = tmp_path / "text.jsonl"
+    assert cli.main(["embed-text", "--file", str(captions), "--model", str(tiny_export), "--out", str(out)]) == 0
+    rows = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]  # any line reader
+    assert rows == ["one\x0bwith VT", "two\u2028same line", "", "four\x0c"]
+
+
+def test_text_batch_size_must_be_positive(tiny_export, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["embed-text", "x", "--batch-size", "0", "--model", str(tiny_export)])
+    assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_interrupt_keeps_finished_jsonl_rows_and_resume_completes_them(tiny_export, sample_clips, tmp_path,
+                                                                       monkeypatch, capsys):
+    paths = [str(p) for p in sample_clips] * 2
+    out = tmp_path / "emb.jsonl"
+    real = WavLink.iter_embed_audio
+
+    def interrupted(self, items, *args, **kwargs):
+        for done, result in enumerate(real(self, items, *args, **kwargs)):
+            if done == 2:
+                raise KeyboardInterrupt
+            yield result
+
+    monkeypatch.setattr(WavLink, "iter_embed_audio", interrupted)
+    assert cli.main(["embed", *paths[:4], "--model", str(tiny_export), "--dim", "4", "--out", str(out)]) == 130
+    assert "holds the 2 finished rows" in capsys.readouterr().err
+    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == paths[:2]
+    monkeypatch.setattr(WavLink, "iter_embed_audio", real)
+    assert cli.main(["embed", *paths[:4], "--model", str(tiny_export), "--dim", "4", "--out", str(out), "--resume"]) == 0
+    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == paths[:3]  # 4th = 1st: done
+
+
+def test_interrupted_npy_output_leaves_no_file(tiny_export, sample_clips, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "emb.npy"
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(WavLink, "iter_embed_audio", interrupted)
+    assert cli.main(["embed", str(sample_clips[0]), "--model", str(tiny_export), "--out", str(out)]) == 130
+    assert "nothing was written" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_full_device_is_one_line_exit_2(tiny_export, sample_clips, capsys):
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    done = subprocess.run([sys.executable, "-m", "wavlink_edge", "embed-text", "x", "--model", str(tiny_export)],
+                          stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "No space left" in done.stderr
+
+
+def test_one_sample_clips_fail_alone(tiny_export, sample_clips, tmp_path, capsys):
+    import soundfile as sf
+
+    tiny = []
+    for rate in (44_100, 48_000, 96_000, 192_000):
+        path = tmp_path / f"one_sample_{rate}.wav"
+        sf.write(path, np.array([0.5], np.float32), rate)
+        tiny.append(str(path))
+    out = tmp_path / "emb.jsonl"
+    assert cli.main(["embed", str(sample_clips[0]), *tiny, str(sample_clips[1]), "--model", str(tiny_export),
+                     "--out", str(out)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert ["embedding" in row for row in rows] == [True, False, False, False, False, True]
+    assert all("too short" in row["error"] for row in rows[1:5])

@@ -36,6 +36,12 @@ def runtime_trim(base_export):
     return WavLink.from_pretrained(base_export, clip_policy="trim")
 
 
+@pytest.fixture(scope="module")
+def runtime(tiny_export):
+    """The runtime's own behaviour, on the random tiny export: no torch needed."""
+    return WavLink.from_pretrained(tiny_export, clip_policy="trim")
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(normalize(a) * normalize(b), axis=-1)
 
@@ -84,72 +90,74 @@ def test_text_embeddings_equal_pytorch_reference_at_every_dim(base_model, base_e
         assert cos.min() >= MIN_COSINE, f"text dim {dim}: cosines {cos}"
 
 
-def test_long_audio_is_the_renormalised_mean_of_its_windows(runtime_trim):
+def test_long_audio_is_the_renormalised_mean_of_its_windows(runtime):
+    # The tiny model's window is 1 s: 2.5 s of audio gives two full windows; the 0.5 s tail is dropped
+    # (a trailing window under 1 s adds noise, not content).
     rng = np.random.default_rng(3)
-    audio = (0.1 * rng.standard_normal(35 * SAMPLE_RATE)).astype(np.float32)
-    windows = [audio[: 30 * SAMPLE_RATE], audio[30 * SAMPLE_RATE:]]
-    separately = runtime_trim.embed_audio([(w, SAMPLE_RATE) for w in windows])
-    (result,) = runtime_trim.iter_embed_audio([(audio, SAMPLE_RATE)])
+    audio = (0.1 * rng.standard_normal(int(2.5 * SAMPLE_RATE))).astype(np.float32)
+    windows = [audio[:SAMPLE_RATE], audio[SAMPLE_RATE: 2 * SAMPLE_RATE]]
+    separately = runtime.embed_audio([(w, SAMPLE_RATE) for w in windows])
+    (result,) = runtime.iter_embed_audio([(audio, SAMPLE_RATE)])
     assert result.windows == 2
     np.testing.assert_allclose(result.embedding, normalize(separately.mean(axis=0)), atol=1e-5)
     # Smaller dims are prefixes of the same full embedding.
-    np.testing.assert_allclose(runtime_trim.embed_audio([(audio, SAMPLE_RATE)], dim=64)[0],
-                               normalize(result.embedding[:64]), atol=1e-6)
+    np.testing.assert_allclose(runtime.embed_audio([(audio, SAMPLE_RATE)], dim=4)[0],
+                               normalize(result.embedding[:4]), atol=1e-6)
 
 
-def test_batched_trim_inputs_of_mixed_lengths_keep_order_and_values(runtime_trim):
+def test_batched_trim_inputs_of_mixed_lengths_keep_order_and_values(runtime):
     rng = np.random.default_rng(5)
     clips = [(0.2 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in (2.0, 4.5, 2.0, 1.3, 4.5, 0.4)]
     inputs = [(c, SAMPLE_RATE) for c in clips]
-    batched = runtime_trim.embed_audio(inputs, batch_size=2)
-    one_by_one = np.concatenate([runtime_trim.embed_audio([item], batch_size=1) for item in inputs])
+    batched = runtime.embed_audio(inputs, batch_size=2)
+    one_by_one = np.concatenate([runtime.embed_audio([item], batch_size=1) for item in inputs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
-def test_file_and_resampled_inputs_agree(runtime_trim, sample_clips, tmp_path):
+def test_file_and_resampled_inputs_agree(runtime, sample_clips, tmp_path):
     audio, rate = sf.read(sample_clips[0], dtype="float32")
     stereo_44k = tmp_path / "stereo_44k.wav"
     import soxr
 
     up = soxr.resample(audio, rate, 44_100)
     sf.write(stereo_44k, np.stack([up, up], axis=1), 44_100, subtype="FLOAT")
-    direct, resampled, array = runtime_trim.embed_audio([sample_clips[0], stereo_44k, (audio, rate)])
+    direct, resampled, array = runtime.embed_audio([sample_clips[0], stereo_44k, (audio, rate)])
     assert np.dot(direct, array) == pytest.approx(1.0, abs=1e-6)
     assert np.dot(direct, resampled) > 0.999  # two resamplings, same content
 
 
-def test_similarity_is_a_cosine_matrix(runtime_trim, sample_clips):
-    audio = runtime_trim.embed_audio(sample_clips, dim=128)
-    text = runtime_trim.embed_text(TEXTS[:2], dim=128)
+def test_similarity_is_a_cosine_matrix(runtime, sample_clips):
+    audio = runtime.embed_audio(sample_clips, dim=8)
+    text = runtime.embed_text(TEXTS[:2], dim=8)
     sims = similarity(audio, text)
     assert sims.shape == (len(sample_clips), 2)
     np.testing.assert_allclose(sims, audio @ text.T, atol=1e-6)
     with pytest.raises(ValueError, match="widths differ"):
-        similarity(audio, runtime_trim.embed_text(TEXTS[:1], dim=64))
+        similarity(audio, runtime.embed_text(TEXTS[:1], dim=4))
 
 
-def test_empty_inputs_give_empty_matrices(runtime_trim):
-    assert runtime_trim.embed_audio([], dim=64).shape == (0, 64)
-    assert runtime_trim.embed_text([], dim=128).shape == (0, 128)
+def test_empty_inputs_give_empty_matrices(runtime):
+    assert runtime.embed_audio([], dim=4).shape == (0, 4)
+    assert runtime.embed_text([], dim=8).shape == (0, 8)
 
 
-def test_dim_must_be_a_matryoshka_dim(runtime_trim, base_export):
-    for bad in (100, 0, 1024, "128", True):
-        with pytest.raises(ValueError, match="512, 256, 128, 64"):
-            runtime_trim.embed_text(["x"], dim=bad)
+def test_dim_must_be_a_matryoshka_dim(runtime, tiny_export):
+    for bad in (100, 0, 1024, "8", True):
+        with pytest.raises(ValueError, match="32, 16, 8, 4"):
+            runtime.embed_text(["x"], dim=bad)
     with pytest.raises(ValueError, match="Matryoshka"):
-        WavLink.from_pretrained(base_export, dim=96)
+        WavLink.from_pretrained(tiny_export, dim=12)
 
 
-def test_thread_safety_gives_identical_results(runtime_trim, sample_clips):
-    expected_audio = runtime_trim.embed_audio(sample_clips, dim=128)
-    expected_text = runtime_trim.embed_text(TEXTS, dim=128)
+def test_thread_safety_gives_identical_results(runtime, sample_clips):
+    expected_audio = runtime.embed_audio(sample_clips, dim=8)
+    expected_text = runtime.embed_text(TEXTS, dim=8)
     results, errors = [], []
 
     def worker():
         try:
             for _ in range(2):
-                results.append((runtime_trim.embed_audio(sample_clips, dim=128), runtime_trim.embed_text(TEXTS, dim=128)))
+                results.append((runtime.embed_audio(sample_clips, dim=8), runtime.embed_text(TEXTS, dim=8)))
         except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
             errors.append(exc)
 
@@ -167,32 +175,32 @@ def test_thread_safety_gives_identical_results(runtime_trim, sample_clips):
 # -- loading: manifest, integrity, precisions, providers, backends -------------------------------------
 
 
-def test_missing_precision_lists_what_the_manifest_has(base_export):
+def test_missing_precision_lists_what_the_manifest_has(tiny_export):
     with pytest.raises(ModelFilesError, match="precision 'fp16'.*has fp32"):
-        WavLink.from_pretrained(base_export, precision="fp16")
+        WavLink.from_pretrained(tiny_export, precision="fp16")
     with pytest.raises(ModelFilesError, match="'int8_static'.*has fp32"):
-        WavLink.from_pretrained(base_export, precision="int8_static")
+        WavLink.from_pretrained(tiny_export, precision="int8_static")
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        WavLink.from_pretrained(base_export, precision="fp8")
+        WavLink.from_pretrained(tiny_export, precision="fp8")
 
 
-def test_int8_picks_dynamic_on_cpu_and_static_on_accelerators(base_export):
-    data = json.loads((base_export / "manifest.json").read_text())
+def test_int8_picks_dynamic_on_cpu_and_static_on_accelerators(tiny_export):
+    data = json.loads((tiny_export / "manifest.json").read_text())
     for tower in ("audio", "text"):
         for variant in ("dynamic", "static"):
             data["artifacts"][f"{tower}_int8_{variant}.onnx"] = {"tower": tower, "precision": "int8",
                                                                 "variant": variant, "sha256": "0" * 64}
-    manifest = Manifest(base_export, data)
+    manifest = Manifest(tiny_export, data)
     assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_dynamic.onnx"
     assert _pick_artifact(manifest, "audio", "int8", accelerated=True).file == "audio_int8_static.onnx"
     assert _pick_artifact(manifest, "text", "int8_static", accelerated=False).file == "text_int8_static.onnx"
     assert _pick_artifact(manifest, "text", "fp32", accelerated=True).file == "text.onnx"
     del data["artifacts"]["audio_int8_dynamic.onnx"]
-    manifest = Manifest(base_export, data)
+    manifest = Manifest(tiny_export, data)
     assert _pick_artifact(manifest, "audio", "int8", accelerated=False).file == "audio_int8_static.onnx"
 
 
-def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, base_export):
+def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, tiny_export):
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers",
@@ -208,17 +216,17 @@ def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, base_
     assert "trt_int8_enable" not in options
     monkeypatch.undo()
     with pytest.raises(WavLinkError, match="not in this onnxruntime build"):
-        WavLink.from_pretrained(base_export, providers=["NoSuchExecutionProvider"])
-    model = WavLink.from_pretrained(base_export, providers=["CPUExecutionProvider"])
+        WavLink.from_pretrained(tiny_export, providers=["NoSuchExecutionProvider"])
+    model = WavLink.from_pretrained(tiny_export, providers=["CPUExecutionProvider"])
     assert model.audio_session.providers == ["CPUExecutionProvider"]
 
 
-def test_tensorrt_backend_finds_engines_by_onnx_hash_and_explains_failures(base_export, tmp_path):
+def test_tensorrt_backend_finds_engines_by_onnx_hash_and_explains_failures(tiny_export, tmp_path):
     # backend="tensorrt" opens only the manifest, the tokenizer and engines in <export>/trt_cache.
     export = tmp_path / "export"
     (export / "trt_cache").mkdir(parents=True)
     for name in ("manifest.json", "tokenizer.json"):
-        (export / name).symlink_to(base_export / name)
+        (export / name).symlink_to(tiny_export / name)
     with pytest.raises(WavLinkError, match=r"no TensorRT engine for audio\.onnx.*export/to_tensorrt\.py"):
         WavLink.from_pretrained(export, backend="tensorrt")
     manifest = Manifest.load(export)
@@ -243,7 +251,7 @@ def test_tensorrt_backend_finds_engines_by_onnx_hash_and_explains_failures(base_
 # -- torch-free, bounded memory ----------------------------------------------------------------------
 
 
-def test_runtime_imports_and_embeds_without_torch(base_export, sample_clips):
+def test_runtime_imports_and_embeds_without_torch(tiny_export, sample_clips):
     script = textwrap.dedent(f"""
         import importlib.abc, sys
 
@@ -254,12 +262,12 @@ def test_runtime_imports_and_embeds_without_torch(base_export, sample_clips):
 
         sys.meta_path.insert(0, BlockTorch())
         from wavlink_edge.runtime import WavLink
-        model = WavLink.from_pretrained({str(base_export)!r}, clip_policy="trim")
-        emb = model.embed_audio([{str(sample_clips[0])!r}], dim=64)
-        assert emb.shape == (1, 64), emb.shape
-        model.embed_text(["a phone is ringing"], dim=64)
+        model = WavLink.from_pretrained({str(tiny_export)!r}, clip_policy="trim")
+        emb = model.embed_audio([{str(sample_clips[0])!r}], dim=4)
+        assert emb.shape == (1, 4), emb.shape
+        model.embed_text(["a phone is ringing"], dim=4)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] == "torch"
-                        or m.startswith(("wavlink_edge.export", "wavlink_edge.quantization", "wavlink_edge.bench")))
+                        or m.startswith(("wavlink_edge.export", "wavlink_edge.quantization", "wavlink_edge.train", "wavlink_edge.bench")))
         assert not leaked, leaked
         print("torch-free ok")
     """)
@@ -315,14 +323,14 @@ def test_batcher_groups_by_frames_bounds_waiting_and_caps_batch_frames():
     assert WindowBatcher(8, 100).rows_for(3000) == 1  # a window longer than the cap still runs, alone
 
 
-def test_a_lone_path_or_array_pair_is_one_item(runtime_trim, sample_clips):
+def test_a_lone_path_or_array_pair_is_one_item(runtime, sample_clips):
     audio, rate = sf.read(sample_clips[0], dtype="float32")
-    from_path = runtime_trim.embed_audio(str(sample_clips[0]), dim=64)
-    from_pair = runtime_trim.embed_audio((audio, rate), dim=64)
-    assert from_path.shape == from_pair.shape == (1, 64)
+    from_path = runtime.embed_audio(str(sample_clips[0]), dim=4)
+    from_pair = runtime.embed_audio((audio, rate), dim=4)
+    assert from_path.shape == from_pair.shape == (1, 4)
     np.testing.assert_allclose(from_path, from_pair, atol=1e-6)
-    two_paths = runtime_trim.embed_audio((sample_clips[0], sample_clips[1]), dim=64)
-    assert two_paths.shape == (2, 64)
+    two_paths = runtime.embed_audio((sample_clips[0], sample_clips[1]), dim=4)
+    assert two_paths.shape == (2, 4)
 
 
 def test_artifact_written_below_the_gate_is_flagged(tmp_path):
