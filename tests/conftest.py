@@ -1,9 +1,44 @@
-"""Shared fixtures. The real base export takes ~20 s on 2 cores and is made once per session."""
+"""Shared fixtures. The real base export takes ~20 s on 2 cores and is made once per session.
+
+On a runtime-only install (`pip install '.[test-runtime]'`: no torch, no build stages) test modules
+whose top-level imports are missing are not collected, and the run says which and why.
+"""
 from __future__ import annotations
 
+import ast
+import importlib
 from pathlib import Path
 
 import pytest
+
+_NOT_COLLECTED: dict[str, str] = {}
+
+
+def _missing_import(path: Path) -> str | None:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                return f"{name} ({exc})"
+    return None
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        missing = _missing_import(collection_path)
+        if missing:
+            _NOT_COLLECTED[collection_path.name] = missing
+            return True
+    return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NOT_COLLECTED:
+        terminalreporter.write_line(f"not collected, their imports are not installed (the [test] extra has them): "
+                                    + "; ".join(f"{k}: {v}" for k, v in sorted(_NOT_COLLECTED.items())))
 
 SAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 
