@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
@@ -36,6 +37,7 @@ from wavlink_edge.runtime.vectors import cosine
 EXPORTER = "torchscript"
 SUPPORTED_OPSETS = range(17, 22)  # LayerNormalization needs 17
 MIN_COSINE, MAX_ABS = 0.99999, 1e-4
+EXTERNAL_DATA_BYTES = 1_800_000_000  # under protobuf's 2 GB message limit, with room for the graph
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 VALIDATION_TEXTS = [
     "a woman speaks over a slow piano melody",
@@ -115,9 +117,10 @@ def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
             "max_abs": float(np.abs(reference - candidate).max()), "n": int(reference.shape[0])}
 
 
-def validate(model: WavLinkModel, audio_onnx: bytes, text_onnx: bytes, tokenizer: TextTokenizer) -> dict:
+def validate(model: WavLinkModel, audio_onnx: bytes | Path, text_onnx: bytes | Path, tokenizer: TextTokenizer) -> dict:
     """ORT vs PyTorch, per tower, on real clips (pad and trim) and sentences, batched. Runs the very
-    bytes that will be written and hashed, so the manifest vouches for what was checked."""
+    bytes that will be written and hashed (or, for graphs with external data, the files themselves),
+    so the manifest vouches for what was checked."""
     audio_session = OnnxSession(audio_onnx, name="audio.onnx")
     text_session = OnnxSession(text_onnx, name="text.onnx")
     ref, got = [], []
@@ -150,9 +153,28 @@ def model_spec(cfg) -> dict:
             "clip_policy": cfg.clip_policy}
 
 
-def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset: int = 17) -> dict:
+def _gather_external_data(path: Path, scattered: list[Path], force: bool) -> list[str]:
+    """Weights of a graph past protobuf's 2 GB limit (whisper-large-v3 in fp32), or of any graph when
+    forced, go into one `<name>.data` file beside it; returns the data file names (none: all inline).
+    The exporter writes a big model's tensors as one file each (``scattered``): they are gathered."""
+    import onnx
+
+    if not scattered and not force and path.stat().st_size < EXTERNAL_DATA_BYTES:
+        return []
+    model = onnx.load(str(path))  # reads the scattered tensors, if any
+    location = f"{path.name}.data"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=1024)
+    for stale in scattered:
+        stale.unlink()
+    return [location]
+
+
+def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset: int = 17,
+                 external_data: bool | None = None) -> dict:
     """Write audio.onnx, text.onnx, tokenizer.json, config.json and manifest.json into ``out_dir``
-    (a new or empty directory); return the manifest. Nothing is listed that was not validated."""
+    (a new or empty directory); return the manifest. Nothing is listed that was not validated.
+    external_data: None = only for graphs over 2 GB; True forces `<tower>.onnx.data` files (tests)."""
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported: use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
                           "(LayerNormalization needs 17)")
@@ -168,21 +190,34 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
     if tokenizer.tokenizer.get_vocab_size() > model.text.backbone.config.vocab_size:
         raise ExportError(f"tokenizer {tokenizer_json} has {tokenizer.tokenizer.get_vocab_size()} tokens but the text "
                           f"model's embedding table has {model.text.backbone.config.vocab_size}: they do not belong together")
-    export_audio(model, out_dir / "audio.onnx", opset)
-    export_text(model, out_dir / "text.onnx", opset)
+    external = {}
+    for tower, export_tower in (("audio", export_audio), ("text", export_text)):
+        listed = {p.name for p in out_dir.iterdir()}
+        export_tower(model, out_dir / f"{tower}.onnx", opset)
+        scattered = [p for p in out_dir.iterdir() if p.name not in listed and p.name != f"{tower}.onnx"]
+        external[tower] = _gather_external_data(out_dir / f"{tower}.onnx", scattered, bool(external_data))
     tokenizer.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps({"model_type": "wavlink", **cfg.to_dict()}, indent=2))
-    payloads = {name: (out_dir / name).read_bytes() for name in ("audio.onnx", "text.onnx", "tokenizer.json", "config.json")}
-    figures = validate(model, payloads["audio.onnx"], payloads["text.onnx"],
+    # Graphs with external data are validated and hashed as files (ORT opens them by path); the rest as
+    # the very bytes that are checked and recorded.
+    payloads = {name: (out_dir / name).read_bytes() for name in ("tokenizer.json", "config.json")}
+    for tower in ("audio", "text"):
+        if not external[tower]:
+            payloads[f"{tower}.onnx"] = (out_dir / f"{tower}.onnx").read_bytes()
+    figures = validate(model, payloads.get("audio.onnx", out_dir / "audio.onnx"),
+                       payloads.get("text.onnx", out_dir / "text.onnx"),
                        TextTokenizer.from_json(payloads["tokenizer.json"].decode("utf-8")))
     manifest = Manifest.new(
-        out_dir, model_spec(cfg), wavlink_edge_version=_package_version(),
+        out_dir, model_spec(cfg), wavlink_edge_version=__version__,
         export={"opset": opset, "exporter": EXPORTER, "torch": torch.__version__,
                 "onnx_graph": "audio: last layer pruned to the global token's query",
                 "seconds": round(time.perf_counter() - start, 1)},
         validation=figures, sources=cfg.sources)
     for tower in ("audio", "text"):
-        manifest.record(f"{tower}.onnx", payloads[f"{tower}.onnx"], tower=tower, precision="fp32",
+        for data_file in external[tower]:
+            manifest.record(data_file)
+        extra = {"external_data": external[tower]} if external[tower] else {}
+        manifest.record(f"{tower}.onnx", payloads.get(f"{tower}.onnx"), tower=tower, precision="fp32", **extra,
                         fidelity={"reference": "pytorch", **figures[tower]})
     for name in ("tokenizer.json", "config.json"):
         manifest.record(name, payloads[name])
@@ -230,15 +265,6 @@ def exclusive_output(out: Path, force: bool = False):
         finally:
             shutil.rmtree(building, ignore_errors=True)
             lock_path.unlink(missing_ok=True)
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("wavlink-edge")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def load_model(size: str, checkpoint: str | None, install_weights: bool = False):

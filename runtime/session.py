@@ -126,6 +126,11 @@ def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, provi
                  threads: int | None = None):
     """A session for one tower: ORT from hash-checked bytes, or a TensorRT engine built from that ONNX."""
     if backend == "onnxruntime":
+        if artifact.external_data:
+            # Weights in external files (graphs over 2 GB): ORT must open the graph by path to find them.
+            for data_file in artifact.external_data:
+                manifest.verified_path(data_file)
+            return OnnxSession(manifest.verified_path(artifact.file), providers, artifact.file, threads)
         return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file, threads)
     if backend == "tensorrt":
         return open_tensorrt_engine(manifest, artifact)

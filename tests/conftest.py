@@ -15,14 +15,19 @@ _NOT_COLLECTED: dict[str, str] = {}
 
 
 def _missing_import(path: Path) -> str | None:
+    """The first top-level import of a test module that fails here, or None."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except ImportError as exc:
-                return f"{name} ({exc})"
+        try:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    importlib.import_module(alias.name)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                module = importlib.import_module(node.module)
+                for alias in node.names:  # `from package import submodule` imports the submodule too
+                    if not hasattr(module, alias.name):
+                        importlib.import_module(f"{node.module}.{alias.name}")
+        except ImportError as exc:
+            return str(exc)
     return None
 
 

@@ -286,3 +286,26 @@ def test_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, base_mod
     config.text.backbone = {**config.text.backbone, "vocab_size": 1000}  # MiniLM's tokenizer has 30522
     with pytest.raises(ExportError, match="embedding table has 1000"):
         export_model(WavLinkModel(config).eval(), base_model[1], tmp_path / "exp")
+
+
+def test_external_data_is_written_hashed_and_loaded_by_path(tmp_path, base_model, sample_clips):
+    """Exports over 2 GB keep their weights in `<tower>.onnx.data`; forced here on a tiny model."""
+    from wavlink_edge.runtime import ModelFilesError, WavLink
+
+    torch.manual_seed(0)
+    model = WavLinkModel(tiny_config("base")).eval()
+    inline = export_model(model, base_model[1], tmp_path / "inline")
+    external = export_model(model, base_model[1], tmp_path / "external", external_data=True)
+    assert external["artifacts"]["audio.onnx"]["external_data"] == ["audio.onnx.data"]
+    assert "audio.onnx.data" in external["artifacts"] and "text.onnx.data" in external["artifacts"]
+    assert (tmp_path / "external" / "audio.onnx").stat().st_size < (tmp_path / "inline" / "audio.onnx").stat().st_size
+    assert "external_data" not in inline["artifacts"]["audio.onnx"]
+    a = WavLink.from_pretrained(tmp_path / "inline").embed_audio(sample_clips[:1], dim=64)
+    b = WavLink.from_pretrained(tmp_path / "external").embed_audio(sample_clips[:1], dim=64)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    data = tmp_path / "external" / "audio.onnx.data"
+    payload = bytearray(data.read_bytes())
+    payload[-1] ^= 0xFF
+    data.write_bytes(bytes(payload))
+    with pytest.raises(ModelFilesError, match=r"audio\.onnx\.data: sha256 mismatch"):
+        WavLink.from_pretrained(tmp_path / "external")
