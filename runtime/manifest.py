@@ -99,6 +99,10 @@ class Manifest:
                     raise TypeError(f"entry {name!r} is not an object")
                 for extra in entry.get("external_data", ()):
                     check_file_name(extra)
+            for artifact in self.artifacts:
+                if artifact.tower not in TOWERS or not isinstance(artifact.precision, str) \
+                        or not isinstance(artifact.sha256, str) or len(artifact.sha256) != 64:
+                    raise ValueError(f"artifact {artifact.file!r}: tower, precision or sha256 is invalid")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelFilesError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
 
