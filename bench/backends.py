@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.features import SAMPLE_RATE  # noqa: E402,F401  (the one definition; re-exported for bench)
+
 CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,14 @@ class Spec:
 
 
 def load_manifest(export_dir: Path) -> dict:
-    path = Path(export_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{export_dir} is not a WavLink export (no manifest.json); "
-                                "make one with `python export/to_onnx.py --size base --out DIR`")
-    return json.loads(path.read_text())
+    """The export's manifest (read and validated by the runtime's Manifest) as a dict."""
+    from wavlink_edge.runtime.errors import ModelFilesError
+    from wavlink_edge.runtime.manifest import Manifest
+
+    try:
+        return Manifest.load(export_dir).data
+    except ModelFilesError as exc:
+        raise FileNotFoundError(str(exc)) from None
 
 
 def onnx_providers() -> list[str]:
@@ -155,15 +159,16 @@ def load_reference(export_dir: Path, checkpoint: Path | None = None):
 def check_reference_matches(model, export_dir: Path, min_cosine: float = 0.9999) -> None:
     """Same config is not same weights (e.g. an export made before a backbone fix): compare the reference
     with the fp32 audio.onnx on one input, so a stale export fails here instead of skewing every figure."""
-    import onnxruntime as ort
     import torch
+
+    from wavlink_edge.runtime import vectors
+    from wavlink_edge.runtime.session import OnnxSession
 
     mel = np.random.default_rng(0).standard_normal((1, model.config.audio.n_mels, 200)).astype(np.float32)
     with torch.inference_mode():
         ref = model.audio(torch.from_numpy(mel)).numpy()[0]
-    session = ort.InferenceSession(str(Path(export_dir) / "audio.onnx"), providers=[CPU_EP])
-    got = session.run(None, {"input_features": mel})[0][0]
-    cosine = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got)))
+    got = OnnxSession(Path(export_dir) / "audio.onnx", name="audio.onnx").run({"input_features": mel})[0]
+    cosine = float(vectors.cosine(ref, got))
     if cosine < min_cosine:
         raise ValueError(f"{export_dir}/audio.onnx does not match the PyTorch reference (cosine {cosine:.5f} < "
                          f"{min_cosine}): re-export, or pass --checkpoint with the checkpoint it was made from")
@@ -215,9 +220,9 @@ class Runner:
         torch.set_num_threads(self.threads)
         self._torch = torch
         self.model = load_reference(self.export_dir, self.checkpoint).to(self.spec.device)
-        from tokenizers import Tokenizer
+        from wavlink_edge.runtime.text import TextTokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
+        self.tokenizer = TextTokenizer.from_json((self.export_dir / "tokenizer.json").read_text(encoding="utf-8"))
 
     def _torch_audio(self, waves, policy):
         mel = self._torch.from_numpy(mel_batch(waves, self.n_mels, policy)).to(self.spec.device)
@@ -226,9 +231,9 @@ class Runner:
         return out.float().cpu().numpy()
 
     def _torch_text(self, texts):
-        enc = self.tokenizer.encode_batch(list(texts))
-        ids = self._torch.tensor([e.ids for e in enc], dtype=self._torch.long, device=self.spec.device)
-        mask = self._torch.tensor([e.attention_mask for e in enc], dtype=self._torch.long, device=self.spec.device)
+        feeds = self.tokenizer.feeds(list(texts))
+        ids = self._torch.from_numpy(feeds["input_ids"]).to(self.spec.device)
+        mask = self._torch.from_numpy(feeds["attention_mask"]).to(self.spec.device)
         with self._torch.inference_mode():
             return self.model.text(ids, mask).float().cpu().numpy()
 
@@ -238,28 +243,14 @@ class Runner:
 
         provider = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt": TRT_EP}[self.spec.device]
         precision = f"int8_{self.spec.variant}" if self.spec.precision == "int8" else self.spec.precision
-        self.wavlink = WavLink.from_pretrained(self.export_dir, precision=precision, providers=[provider])
-        self._pin_ort_threads(self.wavlink)
+        # threads pins ORT's intra-op pool to the benchmark's thread count (all backends get the same)
+        self.wavlink = WavLink.from_pretrained(self.export_dir, precision=precision, providers=[provider],
+                                               threads=self.threads if self.spec.device == "cpu" else None)
 
     def _model(self, policy):
         """The policy is a plain attribute of the runtime model: switch it instead of loading twice."""
         self.wavlink.clip_policy = policy or self.manifest["model"]["clip_policy"]
         return self.wavlink
-
-    def _pin_ort_threads(self, model):
-        """ORT's default intra-op pool is one thread per physical core, i.e. the pinned count when all
-        usable cores are used. With fewer threads asked, reopen the CPU sessions at that count with the
-        runtime's own session class (from_pretrained has no thread option)."""
-        from wavlink_edge.bench.machine import usable_cores
-
-        if self.spec.device != "cpu" or self.threads >= len(usable_cores()):
-            return
-        from wavlink_edge.runtime.session import OnnxSession
-
-        for attr in ("audio_session", "text_session"):
-            old = getattr(model, attr)
-            setattr(model, attr, OnnxSession(model.manifest.read_verified(old.name), [CPU_EP], old.name,
-                                             intra_op_threads=self.threads))
 
     def _ort_audio(self, waves, policy):
         return self._model(policy).embed_audio([(w, SAMPLE_RATE) for w in waves], batch_size=len(waves))

@@ -173,14 +173,10 @@ def parse_spec(spec: str) -> Dataset:
     raise ValueError(f"unknown dataset {spec!r}: use builtin, clotho:PATH, audiocaps:CSV:AUDIO_DIR or esc50:PATH")
 
 
-def load_wave(path: str, sample_rate: int = 16000) -> np.ndarray:
-    """Mono float32 at 16 kHz, first 30 s: the same samples go to every backend."""
-    import soundfile as sf
+def load_wave(path: str) -> np.ndarray:
+    """Mono float32 at 16 kHz (the runtime's decoder: soundfile + soxr), first 30 s: the same samples go
+    to every backend."""
+    from wavlink_edge.runtime.audio import decode_audio
+    from wavlink_edge.runtime.features import SAMPLE_RATE
 
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
-    return np.ascontiguousarray(audio[: MAX_SECONDS * sample_rate])
+    return np.ascontiguousarray(decode_audio(path)[: MAX_SECONDS * SAMPLE_RATE])

@@ -82,10 +82,10 @@ def plan_cells(tower: str, settings: dict) -> tuple[list[dict], list[dict]]:
 
 def text_seq_len(export_dir: Path, batch: int) -> int:
     """Padded token length of the batch (padding is computed, so it counts in FLOPs)."""
-    from tokenizers import Tokenizer
+    from wavlink_edge.runtime.text import TextTokenizer
 
-    tok = Tokenizer.from_file(str(Path(export_dir) / "tokenizer.json"))
-    return max(len(e.ids) for e in tok.encode_batch(batch_sentences(batch)))
+    tok = TextTokenizer.from_json((Path(export_dir) / "tokenizer.json").read_text(encoding="utf-8"))
+    return int(tok.feeds(batch_sentences(batch))["input_ids"].shape[1])
 
 
 def batch_sentences(batch: int) -> list[str]:
@@ -150,10 +150,10 @@ def _gpu_memory_mb(spec: B.Spec) -> float | None:
 
 def sample_waves(seconds: float, batch: int) -> list[np.ndarray]:
     """Real audio (the bundled clips, looped) cut to `seconds`, a different offset per batch item."""
-    import soundfile as sf
+    from wavlink_edge.runtime.audio import decode_audio
 
     samples = Path(__file__).resolve().parent.parent / "runtime" / "samples"
-    audio = np.concatenate([sf.read(p, dtype="float32")[0] for p in sorted(samples.glob("*.flac"))])
+    audio = np.concatenate([decode_audio(p) for p in sorted(samples.glob("*.flac"))])
     n = int(round(seconds * B.SAMPLE_RATE))
     audio = np.tile(audio, n // audio.size + 2)
     return [np.ascontiguousarray(audio[i * 8000: i * 8000 + n]) for i in range(batch)]
@@ -234,8 +234,7 @@ def worker_main(job_path: str) -> int:
             counted[str(frames)] = F.counted_flops(runner.model.audio, torch.zeros(1, runner.n_mels, frames))
         if spec.tower == "text":
             for c in job["cells"]:
-                enc = runner.tokenizer.encode_batch(batch_sentences(c["batch"]))
-                ids = torch.tensor([e.ids for e in enc])
+                ids = torch.from_numpy(runner.tokenizer.feeds(batch_sentences(c["batch"]))["input_ids"])
                 counted[c["id"]] = F.counted_flops(runner.model.text, ids, torch.ones_like(ids))
     Path(job["result_path"]).write_text(json.dumps({
         "cold_start": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in cold.items()},

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from wavlink_edge.bench import latency, plots, recall, report
+from wavlink_edge.bench import encoders, latency, plots, recall, report
 
 
 def _p50(rows, **match) -> float | None:
@@ -27,11 +27,15 @@ def headlines(lat: dict, rec: dict | None) -> list[str]:
         ref = _p50(rows, engine="pytorch", **at)
         fp32 = _p50(rows, engine="onnxruntime", precision="fp32", **at)
         ct2 = _p50(rows, engine="ctranslate2", variant="int8", **at)
+        # the fastest peer of this row (PyTorch reference or a CTranslate2 compute type)
+        peers = [r for r in rows if r["engine"] in ("pytorch", "ctranslate2") and all(r.get(k) == v for k, v in at.items())]
+        best = min(peers, key=lambda r: r["p50_ms"]) if peers else None
         parts = [f"ORT fp32 {ref / fp32:.2f}x PyTorch"] if ref and fp32 else []
         for variant in ("dynamic", "static"):
             q = _p50(rows, engine="onnxruntime", precision="int8", variant=variant, **at)
             if q and ref:
-                parts.append(f"int8-{variant} {ref / q:.2f}x PyTorch" + (f", {ct2 / q:.2f}x CT2 int8" if ct2 else ""))
+                parts.append(f"int8-{variant} {ref / q:.2f}x PyTorch" + (f", {ct2 / q:.2f}x CT2 int8" if ct2 else "")
+                             + (f", {best['p50_ms'] / q:.2f}x the fastest peer ({best['label']})" if best else ""))
         if parts:
             frames = next(r["frames"] for r in rows if r["clip_seconds"] == seconds and r["policy"] == policy)
             lines.append(f"- audio {seconds:g} s {policy} ({frames} frames), batch {batch}: " + "; ".join(parts))
@@ -59,7 +63,19 @@ def recall_delta_table(rec: dict) -> list[str]:
     return lines
 
 
-def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path, command: str, wall_s: float) -> Path:
+def goal_lines(enc: dict | None) -> list[str]:
+    """Issue-11 goals from the one-process round-robin (bench/encoders.py): met or missed, with the ratio."""
+    if not enc:
+        return []
+    lines = ["## Goals (one process, round-robin, same input; [encoders.md](encoders.md))", "",
+             f"Load average {enc['load_average']['start']} → {enc['load_average']['end']} on {enc['threads']} threads.", "",
+             "| goal | measured | target | met |", "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['value']:.3g} | {g['target']} | {'yes' if g['met'] else '**missed**'} |" for g in enc["goals"]]
+    return lines + [""]
+
+
+def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path, command: str, wall_s: float,
+                 enc: dict | None = None) -> Path:
     m = lat["model"]
     lines = ["# WavLink Edge benchmark results", "",
              f"Model `{m['name']}` — **{m['heads']} heads**, trained clip policy `{m['clip_policy']}`. "
@@ -71,8 +87,10 @@ def write_readme(lat: dict, rec: dict | None, figures: list[Path], out_dir: Path
               "- [latency table](latency.md) ([JSON](latency.json))"]
     if rec:
         lines.append("- [recall and fidelity table](recall.md) ([JSON](recall.json))")
+    if enc:
+        lines.append("- [encoders side by side, front end, files/s, long-file memory](encoders.md) ([JSON](encoders.json))")
     lines += [f"- ![{p.stem}]({p.name})" for p in figures]
-    lines += ["", "## Headlines", ""] + headlines(lat, rec) + [""]
+    lines += [""] + goal_lines(enc) + ["## Headlines", ""] + headlines(lat, rec) + [""]
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -104,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-latency", action="store_true",
                         help="take latency.json from --out (same export) instead of measuring again")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--encoder-rounds", type=int, default=5,
+                        help="round-robin rounds of bench/encoders.py (0 = skip it)")
     args = parser.parse_args(argv)
     command = report.command_line("run_all", argv)
     out, model = Path(args.out), Path(args.model)
@@ -113,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         lat = _reused_latency(out, model) if args.reuse_latency else None
         lat = lat or latency.run(model, out, args.quick, args.threads, checkpoint, command=command,
                                  progress=not args.no_progress)
+        enc = (encoders.run(model, out, args.encoder_rounds, args.threads or 2, command=command)
+               if args.encoder_rounds else None)
         rec = None if args.skip_recall else recall.run(model, out, args.quick, args.dataset, args.limit, args.threads, checkpoint,
                                                         command=command, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     figures = plots.make_all(lat, rec, out)
-    readme = write_readme(lat, rec, figures, out, command, time.time() - start)
+    readme = write_readme(lat, rec, figures, out, command, time.time() - start, enc)
     print(f"report: {readme} ({time.time() - start:.0f} s)")
     return 0
 

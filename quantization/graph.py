@@ -163,3 +163,102 @@ def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 8) -> 
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     remove_dead_nodes(model)
     return model, count
+
+
+def _layernorm_targets(model: onnx.ModelProto, ln: onnx.NodeProto, consumers: dict, inits: dict) -> list | None:
+    """Weight MatMuls reading this LayerNorm's output (directly or through a row Slice); None if any other
+    consumer would see the rescaled channels."""
+    targets, frontier = [], [ln.output[0]]
+    while frontier:
+        name = frontier.pop()
+        for node in consumers.get(name, []):
+            if node.op_type == "MatMul" and node.input[0] == name and node.input[1] in inits:
+                targets.append(node)
+            elif node.op_type == "Shape":
+                continue
+            elif node.op_type == "Slice" and node.input[0] == name:
+                frontier.append(node.output[0])  # selects rows (the pruned layer's query token), not channels
+            else:
+                return None
+    return targets or None
+
+
+def layernorm_outputs(model: onnx.ModelProto) -> list[str]:
+    """Outputs of the LayerNorms that smooth_layernorms can rescale (activation statistics are needed for these)."""
+    inits = {i.name for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return [n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization"
+            and _layernorm_targets(model, n, consumers, inits)]
+
+
+def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
+    """SmoothQuant-style migration of activation outlier channels into the weights, folded exactly.
+
+    For a LayerNorm whose output feeds only weight MatMuls (q/k/v, fc1): channel k of the output is
+    divided by s_k (LayerNorm scale and bias divided) and row k of every reading weight multiplied by
+    s_k, s_k = max|x_k|^alpha / max|W_k|^(1 - alpha). The fp32 function is unchanged; per-token int8
+    activations then see flatter rows. act_absmax: LayerNorm output name -> per-channel max |x| over
+    calibration audio.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    shared = {}
+    for n in model.graph.node:
+        for i in n.input:
+            shared[i] = shared.get(i, 0) + 1
+
+    def replace(name, array):
+        inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+
+    done = 0
+    for ln in [n for n in model.graph.node if n.op_type == "LayerNormalization"]:
+        targets = _layernorm_targets(model, ln, consumers, inits)
+        if not targets or ln.output[0] not in act_absmax or len(ln.input) < 3:
+            continue
+        names = [ln.input[1], ln.input[2]] + [t.input[1] for t in targets]
+        if any(shared[nm] > 1 for nm in names):  # a weight read elsewhere too cannot be rescaled here
+            continue
+        weights = [numpy_helper.to_array(inits[t.input[1]]) for t in targets]
+        w_max = np.max(np.concatenate([np.abs(w) for w in weights], axis=1), axis=1)
+        x_max = np.asarray(act_absmax[ln.output[0]], np.float64)
+        s = np.power(np.maximum(x_max, 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
+        s = np.clip(s, 1e-2, 1e2)
+        replace(ln.input[1], numpy_helper.to_array(inits[ln.input[1]]) / s)
+        replace(ln.input[2], numpy_helper.to_array(inits[ln.input[2]]) / s)
+        for t, w in zip(targets, weights):
+            replace(t.input[1], w * s[:, None])
+        done += 1
+    return model, done
+
+
+def activation_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: int | None = None) -> dict:
+    """Per-channel (last axis) max |x| of the named tensors over the given feeds (fp32 graph)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper as h
+
+    # several outputs are read here; the runtime's OnnxSession returns the first only
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    del probe.graph.output[:]
+    probe.graph.output.extend([h.make_empty_tensor_value_info(n) for n in names])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    out = {n: None for n in names}
+    for _, feed in feeds:
+        for n, v in zip(names, sess.run(names, feed)):
+            m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
+            out[n] = m if out[n] is None else np.maximum(out[n], m)
+    return out

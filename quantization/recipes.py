@@ -56,6 +56,20 @@ def edge_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
             if layer_of(n.name, tower) in (0, last) or "/projector/" in n.name]
 
 
+def first_attention_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
+    """The first layer's attention projections (q/k/v/out): the most quantization-sensitive matmuls of the
+    audio tower (per-layer sensitivity, docs/quantization.md)."""
+    names = [n.name for n in model.graph.node if layer_of(n.name, tower) == 0 and "attn" in n.name
+             and n.op_type in ("MatMul", "Gemm")]
+    if not names:
+        raise ValueError(f"no first-layer attention matmuls found in the {tower} graph")
+    return names
+
+
+def first_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
+    return [n.name for n in model.graph.node if layer_of(n.name, tower) == 0]
+
+
 # Static Q/DQ exclusion sets, from most to least quantized. Each returns (op_types, nodes_to_quantize,
 # nodes_to_exclude) for onnxruntime.quantization.quantize_static. exclusion_sweep.py measures all of
 # them; quantize.py walks STATIC_LADDER and keeps the first that passes the gate.
