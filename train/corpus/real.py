@@ -1,8 +1,9 @@
 """Real recordings from Debian packages: labelled, captioned, augmented (train only), split by source.
 
-The test split holds out whole packages (asterisk-moh-opsound-wav music, asterisk-core-sounds-fr-wav
-speech) and whole classes (TEST_CLASSES: every recording of those classes, whichever file holds it), so
-zero-shot classification on it measures sounds and sources never seen in training. Test audio is the
+The test split holds out whole packages (gcompris-qt-data: new recordings of trained classes and classes
+never trained; asterisk-moh-opsound-wav music; asterisk-core-sounds-fr-wav speech) and whole classes
+(TEST_CLASSES: every recording of those classes, whichever package holds it), so zero-shot classification
+on it measures recordings, sources and partly classes never seen in training. Test audio is the
 recording as shipped (decoded to 16 kHz mono), never augmented.
 
 The plan (which file, which variant, which caption) is a pure function of the seed and of the tables
@@ -19,6 +20,7 @@ import numpy as np
 
 SR = 16000
 STAMPS = "/usr/share/tuxpaint/stamps"
+GCOMPRIS = "/usr/share/gcompris-qt/rcc"
 ASTERISK = "/usr/share/asterisk"
 # package -> (directory that proves it is installed, licence per /usr/share/doc/<pkg>/copyright, what is taken)
 PACKAGES = {
@@ -31,7 +33,10 @@ PACKAGES = {
                                     "French telephone prompts, one female speaker (test only)"),
     "asterisk-core-sounds-fr": ("/usr/share/doc/asterisk-core-sounds-fr", "CC-BY-SA-3.0", "transcripts of the French prompts"),
     "asterisk-moh-opsound-wav": (f"{ASTERISK}/moh", "CC-BY-SA-3.0 (Macroform, Manolo Camp, Reno Project)",
-                                 "five music-on-hold tracks, cut into 10 s excerpts (test only)"),
+                                 "music-on-hold tracks, 10 s excerpts (test only)"),
+    "gcompris-qt-data": (GCOMPRIS, "GPL-3+ (sounds under Files: *; core win.wav CC-BY-3.0, not used)",
+                         "sounds unpacked from its Qt .rcc bundles: farm animals, memory-game recordings, "
+                         "instruments, world music excerpts (test only)"),
 }
 
 # tuxpaint stamp sound (file stem) -> (class, caption phrase). Files whose content was not clear from
@@ -40,10 +45,10 @@ STAMP_SOUNDS = {
     "frog": ("frog", "a frog croaking"), "blackbird": ("blackbird", "a blackbird singing"),
     "crow": ("crow", "a crow cawing"), "cuckoo": ("cuckoo", "a cuckoo calling"),
     "drake": ("duck", "a duck quacking"), "duck": ("duck", "a duck quacking"),
-    "gander": ("goose", "a goose honking"), "hen": ("hen", "a hen clucking"),
+    "gander": ("goose", "a goose honking"), "hen": ("chicken", "a hen clucking"),
     "heron_greatblue_flying": ("heron", "a heron calling in flight"), "lark": ("lark", "a lark singing"),
     "nandou": ("rhea", "a rhea calling"), "owl": ("owl", "an owl hooting"), "penguin": ("penguin", "a penguin calling"),
-    "quetzal": ("quetzal", "a tropical bird calling"), "rooster": ("rooster", "a rooster crowing"),
+    "quetzal": ("quetzal", "a tropical bird calling"), "rooster": ("chicken", "a rooster crowing"),
     "seagull": ("seagull", "seagulls crying"), "tucan": ("toucan", "a toucan croaking"),
     "turkey": ("turkey", "a turkey gobbling"), "vulture": ("vulture", "a vulture screeching"),
     "bee": ("bee", "a bee buzzing"), "grasshopper": ("grasshopper", "a grasshopper chirping"),
@@ -85,9 +90,31 @@ STAMP_SOUNDS = {
     "checkeredflag": ("race car", "race cars speeding past"), "firetruck": ("fire truck", "a fire truck siren wailing"),
 }
 # Whole classes never seen in training (their every recording is test-only), plus the held-out packages' classes.
-TEST_CLASSES = ("dog", "cat", "cow", "sheep", "pig", "rooster", "duck", "horse", "frog", "bee", "toilet", "fireworks")
-TEST_PACKAGES = {"asterisk-moh-opsound-wav": "music", "asterisk-core-sounds-fr-wav": "speech"}
-MASS_NOUNS = {"music", "speech", "fireworks", "thunder", "wrapping paper"}
+TEST_CLASSES = ("frog", "bee", "toilet", "fireworks")
+TEST_PACKAGES = ("gcompris-qt-data", "asterisk-moh-opsound-wav", "asterisk-core-sounds-fr-wav")
+# gcompris bundle -> {file stem: (class, caption phrase)}; classes absent from STAMP_SOUNDS are never trained.
+GCOMPRIS_SOUNDS = {
+    "explore_farm_animals": {"dog": ("dog", "a dog barking"), "cat": ("cat", "a cat meowing"), "cow": ("cow", "a cow mooing"),
+                             "horse": ("horse", "a horse neighing"), "pig": ("pig", "a pig oinking"),
+                             "sheep": ("sheep", "a sheep bleating"), "duck": ("duck", "a duck quacking"),
+                             "chickens": ("chicken", "chickens clucking"), "owl": ("owl", "an owl hooting")},
+    "memory-sound": {"LRBark_1_LA_cut": ("dog", "a dog barking"), "LRBark_3_LA_cut": ("dog", "a dog barking"),
+                     "LRFrogsInPondDuringStormLACut": ("frog", "frogs croaking in a pond during a storm"),
+                     "LRRain_in_garden_01_LA_cut": ("rain", "rain falling in a garden"),
+                     "LRApplauses_1_LA_cut": ("applause", "people applauding"),
+                     "LRHeart_beat_01_LA": ("heartbeat", "a heart beating"),
+                     "LRTrain_slowing_down_01_LA_cut": ("train", "a train slowing down"),
+                     "LRDoor_Open_2_LA": ("door", "a door creaking open"),
+                     "LRBuddhist_gong_05_LA": ("gong", "a gong ringing"),
+                     "LRStartAndStopCarEngine1LACut": ("car engine", "a car engine starting and stopping"),
+                     "guitar_melody": ("guitar", "a guitar melody")},
+    "instruments": {"violin": ("violin", "a violin playing"), "cello": ("cello", "a cello playing"),
+                    "trumpet": ("trumpet", "a trumpet playing"), "piano": ("piano", "a piano playing"),
+                    "guitar": ("guitar", "a guitar playing"), "drum_kit": ("drum kit", "a drum kit playing a beat"),
+                    "flute_traversiere": ("flute", "a flute playing"), "harp": ("harp", "a harp playing")},
+    "explore_world_music": {k: ("music", "a piece of music") for k in ("africa", "japan")},
+}
+MASS_NOUNS = {"music", "speech", "fireworks", "thunder", "wrapping paper", "rain", "applause"}
 PER_CLASS_TEST_CAP = 4  # the big held-out packages would otherwise dominate a per-clip accuracy
 LANGS = {"": "English", "fr": "French", "ru": "Russian", "ro": "Romanian", "ca": "Catalan", "bg": "Bulgarian",
          "es": "Spanish", "be": "Belarusian", "el": "Greek", "da": "Danish", "lt": "Lithuanian", "nl": "Dutch"}
@@ -146,10 +173,14 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
               for i in range(N_EN_SPEECH)]
     train += [{"package": "tuxpaint-stamps-default", "source": f"desc:{i}", "label": "speech", "augment": "original"}
               for i in range(N_DESC_SPEECH)]
+    test += [{"package": "gcompris-qt-data", "source": f"{bundle}:{stem}", "label": label, "phrase": phrase,
+              "augment": "original"} for bundle, sounds in GCOMPRIS_SOUNDS.items() for stem, (label, phrase) in sounds.items()]
     test += [{"package": "asterisk-moh-opsound-wav", "source": f"moh:{i}", "label": "music", "augment": "original"}
-             for i in range(PER_CLASS_TEST_CAP)]
+             for i in range(2)]
     test += [{"package": "asterisk-core-sounds-fr-wav", "source": f"fr:{i}", "label": "speech", "augment": "original"}
              for i in range(PER_CLASS_TEST_CAP)]
+    taken: dict[str, int] = {}
+    test = [c for c in test if taken.setdefault(c["label"], 0) < PER_CLASS_TEST_CAP and not taken.update({c["label"]: taken[c["label"]] + 1})]
     out = {}
     for split, clips in (("train", train), ("test", test)):
         for i, c in enumerate(clips):
@@ -216,6 +247,21 @@ def _moh(i: int, seed: int) -> tuple[np.ndarray, str]:
     x = _decode(p)
     start = int(np.random.default_rng([seed, 81, i]).integers(0, max(1, len(x) - 10 * SR)))
     return x[start : start + 10 * SR], p.name
+
+
+def _gcompris(bundle: str, stem: str) -> tuple[np.ndarray, str]:
+    import tempfile
+
+    from .rcc import read_rcc
+
+    files = read_rcc(_need("gcompris-qt-data") / f"{bundle}.rcc")
+    hits = sorted(k for k in files if Path(k).stem == stem and Path(k).suffix in (".ogg", ".wav"))
+    if not hits:
+        raise FileNotFoundError(f"gcompris-qt-data {bundle}.rcc has no sound {stem}")
+    with tempfile.TemporaryDirectory(prefix="wlreal_") as tmp:  # decode_audio reads files; the bundle is one file
+        path = Path(tmp) / Path(hits[0]).name
+        path.write_bytes(files[hits[0]])
+        return _decode(path), f"{bundle}.rcc:{hits[0]}"
 
 
 def _peak(x: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -287,6 +333,14 @@ def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
         templates = EVENT_TEMPLATES + (["{P} over a background hiss", "{P} with noise behind it"] if qual == "noise" else [])
         caps = _captions(rng, templates, P=phrase, A=article(clip["label"]) if qual != "mix" else phrase)
         return x, caps, {"file": path.name}
+    if clip["package"] == "gcompris-qt-data":
+        bundle, stem = src.split(":")
+        x, name = _gcompris(bundle, stem)
+        if clip["label"] == "music":
+            start = int(rng.integers(0, max(1, len(x) - 10 * SR)))
+            x = x[start : start + 10 * SR]
+        return _peak(x[: 10 * SR]), _captions(rng, EVENT_TEMPLATES if clip["label"] != "music" else MUSIC,
+                                              P=clip["phrase"], A=article(clip["label"])), {"file": name}
     if src.startswith("en:"):
         x, name, text = _speech_en(int(src[3:]), seed)
         return _peak(x), _captions(rng, SPEECH_EN, T=text), {"file": name}
@@ -346,6 +400,7 @@ def data_card(counts: dict) -> str:
              "| Debian package | licence (debian/copyright) | what was taken |", "|---|---|---|",
              *[f"| {p} | {lic} | {what} |" for p, (_, lic, what) in PACKAGES.items()], "",
              f"Held out for test: whole packages {', '.join(TEST_PACKAGES)} and whole classes {', '.join(TEST_CLASSES)} "
+             "(plus the gcompris classes that no train file has) "
              f"(at most {PER_CLASS_TEST_CAP} clips a class; test audio is not augmented). Train sound events are used "
              f"{len(AUGMENTS)} times each: {', '.join(AUGMENTS)} (gain, coloured noise at 5-20 dB SNR, speed x0.85-1.15 by "
              "resampling, mixed with another train event at -6 dB, placed inside 3-6 s of quiet room tone). Captions come "
