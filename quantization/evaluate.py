@@ -126,8 +126,16 @@ class HeldOut:
         self.reference = embed(session(Path(export_dir) / f"{tower}.onnx"), self.feeds)
 
     def fidelity(self, model_path: Path) -> dict:
+        """Cosine mean/min per dim over every input, plus (audio) the same per clip policy in "by_policy"."""
         got = embed(session(model_path), self.feeds)
-        return cosine_by_dim(self.reference, got, self.dims)
+        out = cosine_by_dim(self.reference, got, self.dims)
+        policies = sorted({key.rsplit(":", 1)[1] for key, _ in self.feeds if ":" in key})
+        if policies:
+            out["by_policy"] = {}
+            for policy in policies:
+                rows = np.array([key.endswith(":" + policy) for key, _ in self.feeds])
+                out["by_policy"][policy] = cosine_by_dim(self.reference[rows], got[rows], self.dims)
+        return out
 
     def describe(self) -> dict:
         return {"n": len(self.feeds), "inputs": self.source, "reference": "fp32 ONNX", "batch": 1}

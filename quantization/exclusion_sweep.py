@@ -19,11 +19,13 @@ from pathlib import Path
 import onnx
 
 from wavlink_edge.quantization import evaluate as ev
+from wavlink_edge.quantization import graph
 from wavlink_edge.quantization import quantize as q
 from wavlink_edge.quantization import recipes
 
 
-def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibration_limit: int | None = 8, log=print) -> list[dict]:
+def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibration_limit: int | None = 8, log=print,
+          smooth: bool = True) -> list[dict]:
     q._quiet_ort_logging()
     src = Path(export_dir) / f"{tower}.onnx"
     held = ev.HeldOut(export_dir, tower, eval_limit=0)
@@ -31,7 +33,12 @@ def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibratio
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cal.json"
-        src = q.prepare_for_static(src, Path(tmp) / "prepared.onnx")
+        absmax = None
+        if smooth and tower == "audio":  # as quantize.py ships it: SmoothQuant fold before calibration
+            fp32 = onnx.load(str(src))
+            stats_feeds = feeds if method == "minmax" else q.calibration_feeds(export_dir, tower, None, calibration_limit)[0]
+            absmax = graph.activation_absmax(fp32, graph.layernorm_outputs(fp32), stats_feeds)
+        src = q.prepare_for_static(src, Path(tmp) / "prepared.onnx", absmax)
         q.calibrate(src, feeds, method, cache)
         model = onnx.load(str(src))
         n_weight = len(recipes.weight_matmuls(model))

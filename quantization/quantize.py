@@ -363,7 +363,7 @@ class _Run:
 def quantize_export(export_dir, precisions, calibration_dir=None, calibration_method: str = "minmax",
                     force: bool = False, towers=TOWERS, static_set: str | None = None,
                     calibration_limit: int | None = CALIBRATION_CLIPS_DEFAULT, eval_dir=None, eval_limit: int = 8,
-                    log=print, fast: bool = False) -> dict:
+                    log=print, fast: bool = False, int8_variants=("dynamic", "static")) -> dict:
     """Write the requested precisions (fp16, int8 = dynamic + static) for each tower; return the new entries.
 
     fast (CI): calibrate on FAST_CALIBRATION_CLIPS clips and measure on runtime/samples only; the
@@ -416,8 +416,9 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
             src = export_dir / f"{tower}.onnx"
             if "fp16" in precisions:
                 _artifact_fp16(run, src, tower)
-            if "int8" in precisions:
+            if "int8" in precisions and "dynamic" in int8_variants:
                 _artifact_int8_dynamic(run, src, tower, run.absmax(src, tower, calibration_dir, calibration_limit))
+            if "int8" in precisions and "static" in int8_variants:
                 _artifact_int8_static(run, src, tower, calibration_dir, calibration_method, static_set,
                                       calibration_limit, run.absmax(src, tower, calibration_dir, calibration_limit))
     finally:  # interrupted (Ctrl-C, an error) or not: no half-written candidate stays behind
@@ -499,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dir", type=Path, help="extra held-out clips (default bench/data/wavlink_eval if present)")
     parser.add_argument("--eval-limit", type=int, default=8, help="clips taken from the eval dir (default 8)")
     parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
+    parser.add_argument("--int8-variants", default="dynamic,static", help="comma list of dynamic, static (int8 only)")
     parser.add_argument("--fast", action="store_true",
                         help=f"CI path: {FAST_CALIBRATION_CLIPS} calibration clips, held-out = runtime/samples only")
     args = parser.parse_args(argv)
@@ -512,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         quantize_export(args.export_dir, precisions, args.calibration_dir, args.calibration_method, args.force,
                         towers, args.static_set, args.calibration_limit or None, args.eval_dir, args.eval_limit,
-                        fast=args.fast)
+                        fast=args.fast, int8_variants=tuple(v.strip() for v in args.int8_variants.split(",") if v.strip()))
     except (QuantizationError, WavLinkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

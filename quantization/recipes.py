@@ -110,16 +110,23 @@ def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[lis
         return ["MatMul", "Gemm", "Conv"], w, mlp_nodes(model, tower)
     if name == "weight_matmuls_mlp_edges_fp32":
         return ["MatMul", "Gemm", "Conv"], w, sorted(set(mlp_nodes(model, tower)) | set(edge_layer_nodes(model, tower)))
+    if name == "ln_fed_middle":
+        # only the matmuls reading a LayerNorm (q/k/v, fc1) of the middle layers: the inputs the SmoothQuant
+        # fold flattens; out_proj and fc2 inputs (attention output, GELU output) and the edges stay fp32
+        last = n_layers(model, tower) - 1
+        keep = [n for n in w if 0 < (layer_of(n, tower) or 0) < last
+                and re.search(r"/(q_proj|k_proj|v_proj|query|key|value|fc1|intermediate/dense)/MatMul$", n)]
+        return ["MatMul", "Gemm", "Conv"], keep, []
     raise ValueError(f"unknown static exclusion set {name!r}; choose one of {', '.join(STATIC_SETS)}")
 
 
 STATIC_SETS = ("everything", "no_add", "no_add_layernorm", "weight_matmuls", "weight_matmuls_fc2_fp32",
                "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32", "weight_matmuls_mlp_fp32",
-               "weight_matmuls_mlp_edges_fp32")
+               "weight_matmuls_mlp_edges_fp32", "ln_fed_middle")
 # Candidates for the shipped static artifact: only weight-MatMul sets (Q/DQ on MatMul inputs is also the
 # placement TensorRT fuses best); the broader sets are in the sweep for the record.
 STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32",
-                 "weight_matmuls_mlp_fp32", "weight_matmuls_mlp_edges_fp32")
+                 "weight_matmuls_mlp_fp32", "weight_matmuls_mlp_edges_fp32", "ln_fed_middle")
 
 
 def per_row_scan(model: onnx.ModelProto, right_padding_mask: str | None = None) -> onnx.ModelProto:

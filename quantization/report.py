@@ -1,6 +1,9 @@
 """Markdown tables of the quantized artifacts in an export dir's manifest (for docs/quantization.md).
 
-    python quantization/report.py EXPORT_DIR
+    python quantization/report.py EXPORT_DIR [--measure]
+
+--measure re-runs the audio INT8 artifacts on the held-out clips and splits the fidelity by input group
+(all / real microphone recordings) and clip policy (pad / trim).
 """
 from __future__ import annotations
 
@@ -43,13 +46,43 @@ def ladder_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+REAL_SOURCES = ("heldout/real/", "_freedesktop.flac")  # microphone recordings (tuxpaint animals, freedesktop)
+
+
+def measured_breakdown(export_dir: Path, artifacts: list[str] | None = None) -> str:
+    """Re-measure audio artifacts on the held-out set, split by input group x clip policy (worst dim)."""
+    import numpy as np
+
+    held = ev.HeldOut(export_dir, "audio")
+    paths = ev.heldout_audio_paths()
+    real = {p.name for p in paths if any(r in str(p) for r in REAL_SOURCES)}
+    groups = {"all": lambda k: True, "real recordings": lambda k: k.rsplit(":", 1)[0] in real}
+    m = ev.load_manifest(export_dir)
+    names = artifacts or [n for n, e in m["artifacts"].items() if e.get("tower") == "audio" and e.get("precision") == "int8"]
+    lines = ["| artifact | inputs | policy | n | worst-dim mean | worst-dim min |", "|---|---|---|---|---|---|"]
+    for name in names:
+        got = ev.embed(ev.session(Path(export_dir) / name), held.feeds)
+        for group, keep in groups.items():
+            for policy in ("pad", "trim"):
+                rows = np.array([keep(k) and k.endswith(":" + policy) for k, _ in held.feeds])
+                if rows.any():
+                    fig = ev.cosine_by_dim(held.reference[rows], got[rows], held.dims)
+                    lines.append(f"| {name} | {group} | {policy} | {int(rows.sum())} | {ev.min_mean(fig):.5f} | "
+                                 f"{ev.min_min(fig):.5f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    export_dir = Path((argv or sys.argv[1:])[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    export_dir = Path(argv[0])
     m = ev.load_manifest(export_dir)
     print(f"Model `{m['model']['name']}` ({m['model']['heads']} heads).\n")
     print(fidelity_table(m))
     print()
     print(ladder_table(m))
+    if "--measure" in argv:  # per input group and clip policy (re-runs the audio artifacts)
+        print()
+        print(measured_breakdown(export_dir))
     return 0
 
 
