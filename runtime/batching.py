@@ -15,7 +15,7 @@ import numpy as np
 
 # 3000 frames: one padded 30 s window, six 5 s ones. On CPUs a 30 s window gains nothing from batch-mates
 # (b4 costs 4x b1), short clips still batch; measured peak RSS embedding a 2-hour file with the base model:
-# 1.17 GB at 6000 frames, 0.82 GB at 3000 (5-minute probe, the peak comes with the first batch).
+# 1.17 GB at 6000 frames, 0.84 GB at 3000.
 DEFAULT_MAX_BATCH_FRAMES = 3000
 
 
