@@ -10,9 +10,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from wavlink_edge.export.backbones import from_backbones, load_heads
-from wavlink_edge.export.model import SIZES
+from wavlink_edge.export.model import AUDIO_DIMS, SIZES
+from wavlink_edge.runtime.text import TextTokenizer
+
+
+def check_out(out: Path, inputs: list[Path], force: bool) -> None:
+    """--out must not be (or hold) an input, and must not be someone's non-empty folder."""
+    resolved = out.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
+            raise ValueError(f"--out {out} overlaps the input {source}; write the checkpoint elsewhere")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out {out} is not empty; refusing to replace its files (pass --force)")
+
+
+def check_size(model, size: str, tokenizer_json: Path) -> None:
+    """The backbones must have the shapes of the size asked for, and the tokenizer must fit the text model."""
+    want, got = AUDIO_DIMS[size], model.config.audio
+    fields = ("n_mels", "d_model", "n_heads", "n_layers")
+    if any(getattr(want, f) != getattr(got, f) for f in fields):
+        raise ValueError(f"--whisper is not a {size} encoder: " + ", ".join(
+            f"{f} {getattr(got, f)} (a {size} has {getattr(want, f)})" for f in fields if getattr(want, f) != getattr(got, f)))
+    vocab = TextTokenizer.configured(tokenizer_json, 8, 0).tokenizer.get_vocab_size()
+    table = model.text.backbone.config.vocab_size
+    if vocab > table:
+        raise ValueError(f"--text tokenizer has {vocab} tokens but the text model's embedding table has {table}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", required=True, help="HF CLIP or BERT directory (config.json, *.safetensors, tokenizer.json)")
     parser.add_argument("--heads", help="safetensors file with trained global token / projectors to overlay")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     try:
+        inputs = [Path(args.whisper), Path(args.text)] + ([Path(args.heads)] if args.heads else [])
+        check_out(Path(args.out), inputs, args.force)
         model, tokenizer = from_backbones(args.size, args.whisper, args.text)
         if args.heads:
             load_heads(model, args.heads)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+        check_size(model, args.size, tokenizer)
+        model.save_pretrained(args.out, tokenizer_json=tokenizer)
+    except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model.save_pretrained(args.out, tokenizer_json=tokenizer)
+    except Exception as exc:  # malformed safetensors / tokenizer files raise library-specific Exceptions
+        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({model.config.name}, {model.config.heads} heads)")
     return 0
 
