@@ -103,6 +103,8 @@ def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
         rate, channels, announced, container = handle.samplerate, handle.channels, handle.frames, handle.format
         _check_rate_and_channels(rate, channels, source)
         _check_wav_data_size(handle, source)
+        if container == "OGG":
+            _check_ogg_end_of_stream(path, source)
         resampler = _MonoResampler(rate, source)
         block_frames = _block_frames(rate)
         while True:
@@ -155,6 +157,20 @@ def _check_wav_data_size(handle: sf.SoundFile, source: str) -> None:
         if declared > present and declared not in _PLACEHOLDER_SIZES:
             raise AudioInputError(f"{source}: truncated file: header announces {declared} bytes of audio data, "
                                   f"the file holds {present}")
+
+
+def _check_ogg_end_of_stream(path: Path, source: str) -> None:
+    """libsndfile takes an Ogg file's length from its last page, so a cut-off file reads as a shorter clip.
+    A complete stream's last page carries the end-of-stream flag (header byte 5, bit 2): check it."""
+    with open(path, "rb") as raw:
+        raw.seek(max(0, path.stat().st_size - _OGG_TAIL_BYTES))
+        tail = raw.read()
+    last_page = tail.rfind(b"OggS")
+    if last_page < 0 or last_page + 5 >= len(tail) or not tail[last_page + 5] & 0x04:
+        raise AudioInputError(f"{source}: truncated file: the Ogg stream ends without its end-of-stream page")
+
+
+_OGG_TAIL_BYTES = 1 << 16  # an Ogg page is at most ~64 kB, so the last page header lies in this tail
 
 
 def _block_frames(rate: int) -> int:

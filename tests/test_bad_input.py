@@ -88,6 +88,7 @@ AUDIO_CASES = [
     ("rate_not_a_number", lambda d: (_tone(), "16k"), r"array\[26\].*sample rate must be a number"),
     ("not_an_input", lambda d: 42, r"input\[27\] \(int\): expected a file path or an \(array, sample_rate\) pair"),
     ("good_after_the_bad", lambda d: (_tone(2.0), SR), OK),
+    ("truncated_ogg", lambda d: _truncated(d, "truncated.ogg"), r"truncated\.ogg: truncated file: the Ogg stream ends"),
 ]
 
 
