@@ -14,6 +14,7 @@ complete (an interrupt leaves every finished row); .npy/.npz appear whole or not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -337,6 +338,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code if isinstance(code, int) else (0 if code is None else 1)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool):
+    """Decoder libraries (libmpg123 inside libsndfile) print resync chatter straight to file descriptor 2,
+    next to our one-line errors. Point fd 2 at /dev/null and give Python's own stderr the terminal.
+    Only when sys.stderr is the process's real stderr (not when a caller or test captures it)."""
+    if not enabled or sys.stderr is not sys.__stderr__:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        yield
+        return
+    original = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = original
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "bench": cmd_bench}
 
 
@@ -345,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        with native_stderr_silenced(args.command != "bench" and not getattr(args, "verbose", False)):
+            return COMMANDS[args.command](args)
     except (CliError, WavLinkError, InputError, ValueError) as exc:
         print(f"error: {_printable(str(exc))}", file=sys.stderr)
         return 2
