@@ -270,19 +270,22 @@ def test_decoder_chatter_does_not_reach_the_terminal(tiny_export, tmp_path):
 
     buffer = io.BytesIO()
     sf.write(buffer, (0.3 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000, format="MP3")
-    payload = bytearray(buffer.getvalue())
-    for i in range(200, len(payload), 97):
-        payload[i] ^= 0x5A
-    (tmp_path / "corrupt.mp3").write_bytes(bytes(payload))
 
     def run(*extra):
         return subprocess.run([sys.executable, "-m", "wavlink_edge", "embed", str(tmp_path / "corrupt.mp3"),
                                "--model", str(tiny_export), "--out", str(tmp_path / "e.jsonl"), *extra],
                               capture_output=True, text=True, timeout=120)
 
-    loud = run("--verbose")
-    if "mpg123" not in loud.stderr and "Note:" not in loud.stderr:
-        pytest.skip("this libsndfile/libmpg123 build prints nothing for this file")
+    for stride in (97, 53, 211, 31):  # damage patterns; keep the first that makes the decoder talk
+        payload = bytearray(buffer.getvalue())
+        for i in range(200, len(payload), stride):
+            payload[i] ^= 0x5A
+        (tmp_path / "corrupt.mp3").write_bytes(bytes(payload))
+        loud = run("--verbose")
+        if "Note:" in loud.stderr or "mpg123" in loud.stderr:
+            break
+    else:
+        pytest.skip("this libsndfile/libmpg123 build prints nothing for these files")
     quiet = run()
     assert "mpg123" not in quiet.stderr and "Note:" not in quiet.stderr
     assert quiet.stderr.strip().endswith(("1 ok, 0 failed -> " + str(tmp_path / "e.jsonl"),
