@@ -350,3 +350,29 @@ def test_artifact_written_below_the_gate_is_flagged(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     loaded = Manifest.load(tmp_path)
     assert [a.below_fidelity_gate for a in loaded.artifacts] == [True]
+
+
+def test_int8_variant_follows_the_provider_that_really_started(tiny_export, tmp_path, monkeypatch, caplog):
+    """onnxruntime-gpu on a host without a usable GPU: CUDA is "available" but the session runs on the CPU,
+    so precision="int8" must load the dynamic (CPU) variant, not the static Q/DQ one made for GPUs."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from wavlink_edge.runtime.manifest import Manifest
+
+    export = shutil.copytree(tiny_export, tmp_path / "export")
+    manifest = Manifest.load(export)
+    for tower in ("audio", "text"):
+        for variant in ("dynamic", "static"):  # stand-ins: copies of the fp32 graphs under the int8 names
+            name = f"{tower}_int8_{variant}.onnx"
+            shutil.copy(export / f"{tower}.onnx", export / name)
+            manifest.record(name, tower=tower, precision="int8", variant=variant)
+    manifest.save()
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    with caplog.at_level("WARNING", logger="wavlink_edge.runtime"):
+        model = WavLink.from_pretrained(export, precision="int8")
+    assert model.audio_session.name == "audio_int8_dynamic.onnx"
+    assert model.text_session.name == "text_int8_dynamic.onnx"
+    assert "did not start" in caplog.text
