@@ -373,6 +373,8 @@ def model_card(results: dict, path: Path) -> Path:
         f"- weights: `{DEMO_HEADS.name}` (fp16 safetensors, {r['heads_bytes'] / 1e6:.1f} MB), curves: `training_curves.png`",
         f"- whole pipeline (`python train/train.py`): {r['seconds']['total']:.0f} s on this machine ({r['seconds']}); "
         + ("corpus reused from `--corpus`; " if r.get("corpus_reused") else "")
+        + ("corpus and audio features were cache hits in the workdir (an earlier run of the same command computed "
+           "them), so this is not a from-scratch time; " if r["seconds"]["audio_features"] < 60 else "")
         + f"load average at start/end {r['load_average']} on {os.cpu_count()} cores (shared with other jobs when above)",
         "",
         f"## Real test split: zero-shot classification ({len(classes)} classes, {real_n} clips, prompt \"the sound of a {{class}}\")",
