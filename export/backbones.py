@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from .model import (
-    AUDIO_DIMS, EMBED_DIM, HEADS_TRAINED, HEADS_UNTRAINED, AudioDims, TextSpec, WavLinkConfig, WavLinkModel,
+    AUDIO_DIMS,
+    EMBED_DIM,
+    HEADS_TRAINED,
+    HEADS_UNTRAINED,
+    AudioDims,
+    TextSpec,
+    WavLinkConfig,
+    WavLinkModel,
     matryoshka_dims,
 )
 

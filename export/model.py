@@ -78,7 +78,7 @@ class WavLinkConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WavLinkConfig":
+    def from_dict(cls, d: dict) -> WavLinkConfig:
         d = {k: v for k, v in d.items() if k != "model_type"}
         return cls(**d)
 
@@ -274,7 +274,7 @@ class WavLinkModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "WavLinkModel":
+    def from_pretrained(cls, directory: str | Path) -> WavLinkModel:
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -290,7 +290,8 @@ class WavLinkModel(nn.Module):
         model = cls(WavLinkConfig.from_dict(raw))
         missing, unexpected = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
         if missing or unexpected:
-            raise ValueError(f"checkpoint {directory} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"checkpoint {directory} does not fit its config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         return model.eval()
 
     def load_weights(self, state: dict, prefix_map: dict[str, str] | None = None, strict_keys: bool = True) -> list[str]:

@@ -7,7 +7,12 @@
     model.similarity(audio, text)
 """
 from wavlink_edge.runtime.errors import (
-    AudioInputError, BackendUnavailableError, InputError, ModelFilesError, TextInputError, WavLinkError,
+    AudioInputError,
+    BackendUnavailableError,
+    InputError,
+    ModelFilesError,
+    TextInputError,
+    WavLinkError,
 )
 from wavlink_edge.runtime.model import AudioEmbedding, WavLink
 from wavlink_edge.runtime.vectors import cosine, normalize, similarity, truncate

@@ -20,9 +20,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm

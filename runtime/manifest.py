@@ -109,7 +109,7 @@ class Manifest:
     # -- reading -----------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, export_dir: str | Path) -> "Manifest":
+    def load(cls, export_dir: str | Path) -> Manifest:
         export_dir = Path(export_dir)
         path = export_dir / FILENAME
         if not export_dir.is_dir():
@@ -208,7 +208,7 @@ class Manifest:
     # -- writing -----------------------------------------------------------------------------------
 
     @classmethod
-    def new(cls, export_dir: str | Path, model: dict, **sections) -> "Manifest":
+    def new(cls, export_dir: str | Path, model: dict, **sections) -> Manifest:
         """An empty manifest for a new export: format header, the model spec, further top-level sections."""
         data = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **sections, "model": model, "artifacts": {}}
         return cls(export_dir, data)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,7 +24,13 @@ from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextIn
 from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest
 from wavlink_edge.runtime.session import (
-    BACKENDS, CPU_EP, ProviderSpec, choose_providers, is_accelerated, open_session, trt_cache_dir,
+    BACKENDS,
+    CPU_EP,
+    ProviderSpec,
+    choose_providers,
+    is_accelerated,
+    open_session,
+    trt_cache_dir,
 )
 from wavlink_edge.runtime.text import TextTokenizer
 from wavlink_edge.runtime.vectors import normalize, similarity, truncate
@@ -100,7 +106,7 @@ class WavLink:
                         providers: Sequence[ProviderSpec] | None = None, dim: int | None = None,
                         backend: str = "onnxruntime", clip_policy: str | None = None,
                         window_hop_seconds: float | None = None, threads: int | None = None,
-                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> "WavLink":
+                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> WavLink:
         """Load an export directory (export/FORMAT.md), checking every file's size and sha256 before use.
 
         precision: fp32 | fp16 | int8 (dynamic variant on CPU, static where CUDA/TensorRT really run) |

@@ -3,8 +3,8 @@ batch) turning texts into the text tower's int64 feeds. The export writes tokeni
 this way, so the runtime loads it as is."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -19,12 +19,12 @@ class TextTokenizer:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_json(cls, text: str) -> "TextTokenizer":
+    def from_json(cls, text: str) -> TextTokenizer:
         """A tokenizer.json as written by the export (already configured)."""
         return cls(Tokenizer.from_str(text))
 
     @classmethod
-    def configured(cls, path: str | Path, max_length: int, pad_token_id: int) -> "TextTokenizer":
+    def configured(cls, path: str | Path, max_length: int, pad_token_id: int) -> TextTokenizer:
         """A backbone's tokenizer.json, with the model's truncation limit and padding switched on."""
         tokenizer = Tokenizer.from_file(str(path))
         tokenizer.enable_truncation(max_length=max_length)

@@ -42,7 +42,7 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_terminal_summary(terminalreporter):
     if _NOT_COLLECTED:
-        terminalreporter.write_line(f"not collected, their imports are not installed (the [test] extra has them): "
+        terminalreporter.write_line("not collected, their imports are not installed (the [test] extra has them): "
                                     + "; ".join(f"{k}: {v}" for k, v in sorted(_NOT_COLLECTED.items())))
 
 SAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "samples"

@@ -68,7 +68,7 @@ AUDIO_CASES = [
     ("zero_sample_array", lambda d: (np.zeros(0, np.float32), SR), r"array\[7\].*no audio samples"),
     ("nan_wav", _nan_wav, r"nan\.wav: NaN or Inf sample at frame 1234"),
     ("inf_array", lambda d: (np.array([0.0, np.inf] + [0.0] * 4000), SR), r"array\[9\].*NaN or Inf sample at frame 1"),
-    ("non_audio_file", lambda d: _raw(d, "notes.txt", "not audio at all\n".encode() * 50),
+    ("non_audio_file", lambda d: _raw(d, "notes.txt", b"not audio at all\n" * 50),
      r"notes\.txt: not a readable audio file"),
     ("directory", _subdir, r"a_directory\.wav: not a regular file"),
     ("pcm_8bit_wav", lambda d: _write(d, "u8.wav", _tone(), subtype="PCM_U8"), OK),

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from wavlink_edge.runtime import WavLink
-from wavlink_edge.runtime import cli
+from wavlink_edge.runtime import WavLink, cli
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import torch
 
 from wavlink_edge.export import backbones
 from wavlink_edge.export.model import AUDIO_DIMS, AudioDims, TextSpec, WavLinkConfig, WavLinkModel, matryoshka_dims
-from wavlink_edge.export.to_onnx import ExportError, export_model, load_model, main as to_onnx_main
+from wavlink_edge.export.to_onnx import ExportError, export_model, load_model
+from wavlink_edge.export.to_onnx import main as to_onnx_main
 from wavlink_edge.runtime.features import log_mel_spectrogram, trim_frames
 
 TINY_BERT = dict(vocab_size=30522,  # MiniLM tokenizer ids must fit

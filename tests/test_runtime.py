@@ -3,12 +3,12 @@ thread safety, torch-free import and bounded-memory decoding."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
 import threading
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +18,8 @@ from wavlink_edge.runtime import ModelFilesError, WavLink, WavLinkError, similar
 from wavlink_edge.runtime.audio import iter_audio_blocks
 from wavlink_edge.runtime.errors import BackendUnavailableError
 from wavlink_edge.runtime.features import SAMPLE_RATE, iter_windows, trim_frames
-from wavlink_edge.runtime.model import _pick_artifact, normalize
 from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.model import _pick_artifact, normalize
 from wavlink_edge.runtime.session import TENSORRT_EP, choose_providers
 
 MIN_COSINE = 0.99999
@@ -267,7 +267,8 @@ def test_runtime_imports_and_embeds_without_torch(tiny_export, sample_clips):
         assert emb.shape == (1, 4), emb.shape
         model.embed_text(["a phone is ringing"], dim=4)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] == "torch"
-                        or m.startswith(("wavlink_edge.export", "wavlink_edge.quantization", "wavlink_edge.train", "wavlink_edge.bench")))
+                        or m.startswith(("wavlink_edge.export", "wavlink_edge.quantization",
+                                                          "wavlink_edge.train", "wavlink_edge.bench")))
         assert not leaked, leaked
         print("torch-free ok")
     """)

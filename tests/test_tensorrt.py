@@ -75,7 +75,8 @@ def test_audio_profile_from_manifest():
 
 def test_text_profile_defaults_to_manifest_limit():
     p = tb.derive_profile(MANIFEST, "text")
-    assert p.shapes["input_ids"] == p.shapes["attention_mask"] == ((1, 1), (8, 32), (32, 256))  # text max batch = the runtime default
+    # text max batch = the runtime's default text batch
+    assert p.shapes["input_ids"] == p.shapes["attention_mask"] == ((1, 1), (8, 32), (32, 256))
     clipped = tb.derive_profile(MANIFEST, "text", seq=(1, 64, 1024))
     assert clipped.shapes["input_ids"][2] == (32, 256)
     with pytest.raises(ValueError):
@@ -222,7 +223,7 @@ def gpu_trt():
 def test_engine_matches_onnx(gpu_trt, base_export, tmp_path, precision):
     import numpy as np
 
-    from wavlink_edge.quantization.evaluate import audio_feeds, audio_files, SAMPLES_DIR, session
+    from wavlink_edge.quantization.evaluate import SAMPLES_DIR, audio_feeds, audio_files, session
 
     export = tmp_path / "export"
     shutil.copytree(base_export, export)
