@@ -190,7 +190,7 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(ExportError, match="not a directory"):
         load_model("base", str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(ExportError, match="config.json is missing"):
         load_model("base", str(tmp_path / "empty"))
     assert to_onnx_main(["--size", "base", "--opset", "11", "--out", str(tmp_path / "o")]) == 2
     assert "opset 11 is not supported" in capsys.readouterr().err
