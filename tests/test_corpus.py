@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavlink_edge.train.corpus import generate, load_split
+from wavlink_edge.train.corpus import generate, load_split, real
 from wavlink_edge.train.corpus import plan as corpus_plan
-from wavlink_edge.train.corpus import real
 from wavlink_edge.train.corpus.generate import CAPTION_COLUMNS, available, missing_packages
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"

@@ -141,11 +141,11 @@ class ClipStates:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def subset(self, idx: np.ndarray, layer=None) -> "ClipStates":
+    def subset(self, idx: np.ndarray, layer=None) -> ClipStates:
         return ClipStates.concat([self], [idx], layer)
 
     @staticmethod
-    def concat(parts: list["ClipStates"], idxs: list[np.ndarray], layer=None) -> "ClipStates":
+    def concat(parts: list[ClipStates], idxs: list[np.ndarray], layer=None) -> ClipStates:
         chunks = [p.states[p.offsets[i] : p.offsets[i + 1]] for p, idx in zip(parts, idxs) for i in idx]
         return ClipStates(np.concatenate(chunks), np.concatenate([[0], np.cumsum([len(c) for c in chunks])]), layer)
 
@@ -579,8 +579,8 @@ def choose_policy(real_eval: dict, trained_policy: str, n_clips: int, dim: int) 
 
 def _set_heads_policy(heads: Path, policy: str) -> None:
     """Rewrite the served policy in a heads file's metadata; the tensors are copied unchanged."""
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(heads), "np") as f:
         meta = dict(f.metadata() or {})

@@ -1,4 +1,5 @@
-"""Shared audio helpers: one sample rate, float32 mono everywhere, loudness in dB."""
+"""Shared audio helpers: the runtime's sample rate and decoder (what users' audio goes through), float32
+mono everywhere, loudness in dB."""
 from __future__ import annotations
 
 import subprocess
@@ -6,24 +7,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-SR = 16000
+from wavlink_edge.runtime.audio import decode_audio as read_any  # 16 kHz mono float32, as served
+from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
-
-def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if sr != SR:
-        x = soxr.resample(x, sr, SR, quality="HQ")
-    return x.astype(np.float32)
-
-
-def read_any(path) -> np.ndarray:
-    x, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    return to_mono_16k(x, sr)
+__all__ = ["SR", "read_any", "run_to_wav", "rms_db", "set_rms_db", "trim_silence", "fade", "fit_length"]
 
 
 def run_to_wav(cmd_with_placeholder: list[str], stdin: str | None = None) -> np.ndarray:

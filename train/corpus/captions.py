@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from . import events, music, speech, synth
+from . import events, speech, synth
 
 PERSON = {"male": ["a man", "a male speaker", "a male voice", "a man's voice"],
           "female": ["a woman", "a female speaker", "a female voice", "a woman's voice"]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import struct
 import zlib
 
-
 _REV8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 

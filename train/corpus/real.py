@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-SR = 16000
+from wavlink_edge.runtime.features import SAMPLE_RATE as SR
+
 STAMPS = "/usr/share/tuxpaint/stamps"
 GCOMPRIS = "/usr/share/gcompris-qt/rcc"
 ASTERISK = "/usr/share/asterisk"
