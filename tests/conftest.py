@@ -81,3 +81,24 @@ def tiny_export() -> Path:
     """A random tiny export (tests/data/make_tiny_export.py): the runtime's tests run on it without torch.
     Read-only for tests: copy before editing. 32 dims (32/16/8/4), 1 s windows, trim policy."""
     return TINY_EXPORT
+
+
+@pytest.fixture
+def tiny_hf_backbones(tmp_path) -> tuple[Path, Path]:
+    """Local Hugging Face directories of a tiny random Whisper (80 mels, d_model 64) and a tiny BERT with
+    MiniLM's tokenizer: what `export/assemble.py` reads, in milliseconds."""
+    pytest.importorskip("torch")
+    from transformers import BertConfig, BertModel, WhisperConfig, WhisperModel
+
+    from wavlink_edge.export.backbones import minilm_dir
+
+    whisper = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                            decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=50,
+                            vocab_size=100, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                            decoder_start_token_id=1)
+    WhisperModel(whisper).save_pretrained(tmp_path / "whisper", safe_serialization=True)
+    bert = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=64)
+    BertModel(bert, add_pooling_layer=False).save_pretrained(tmp_path / "bert", safe_serialization=True)
+    (tmp_path / "bert" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
+    return tmp_path / "whisper", tmp_path / "bert"

@@ -325,23 +325,15 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, base_model, capsys, d
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_assemble_refuses_wrong_sizes_and_overlapping_out(tmp_path, base_model, capsys):
-    from transformers import BertConfig, BertModel, WhisperConfig, WhisperModel
-
+def test_assemble_refuses_wrong_sizes_and_overlapping_out(tmp_path, tiny_hf_backbones, capsys):
     from wavlink_edge.export.assemble import main as assemble_main
 
-    wcfg = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                         decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=50,
-                         vocab_size=100, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                         decoder_start_token_id=1)
-    WhisperModel(wcfg).save_pretrained(tmp_path / "whisper", safe_serialization=True)
-    BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).save_pretrained(tmp_path / "bert", safe_serialization=True)
-    (tmp_path / "bert" / "tokenizer.json").write_bytes(base_model[1].read_bytes())
-    before = sorted(p.name for p in (tmp_path / "bert").iterdir())
-    common = ["--whisper", str(tmp_path / "whisper"), "--text", str(tmp_path / "bert")]
+    whisper, bert = tiny_hf_backbones
+    before = sorted(p.name for p in bert.iterdir())
+    common = ["--whisper", str(whisper), "--text", str(bert)]
     capsys.readouterr()
     assert assemble_main(["--size", "large", *common, "--out", str(tmp_path / "ck")]) == 2
     assert "not a large encoder: n_mels 80 (a large has 128), d_model 64" in capsys.readouterr().err
-    assert assemble_main(["--size", "base", *common, "--out", str(tmp_path / "bert")]) == 2
+    assert assemble_main(["--size", "base", *common, "--out", str(bert)]) == 2
     assert "overlaps the input" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "bert").iterdir()) == before and not (tmp_path / "ck").exists()
+    assert sorted(p.name for p in bert.iterdir()) == before and not (tmp_path / "ck").exists()

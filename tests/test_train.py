@@ -112,23 +112,13 @@ def test_load_heads_labels_trained_and_sets_the_token_layer(tmp_path):
     assert model.config.heads == "trained" and model.config.global_token_layer == model.audio.token_layer == 2
 
 
-def test_assemble_refuses_empty_heads_with_one_line(tmp_path, capsys):
-    from transformers import BertConfig, BertModel, WhisperConfig, WhisperModel
-
+def test_assemble_refuses_empty_heads_with_one_line(tmp_path, tiny_hf_backbones, capsys):
     from wavlink_edge.export.assemble import main
-    from wavlink_edge.export.backbones import minilm_dir
 
-    wcfg = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                         decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=50,
-                         vocab_size=100, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                         decoder_start_token_id=1)
-    WhisperModel(wcfg).save_pretrained(tmp_path / "whisper", safe_serialization=True)
-    BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).save_pretrained(tmp_path / "bert", safe_serialization=True)
-    (tmp_path / "bert" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
     capsys.readouterr()  # drop the writers' progress bars
     for tensors in ({}, {"logit_scale": torch.tensor(2.0)}):
         heads = _save(tensors, tmp_path / "heads.safetensors")
-        rc = main(["--size", "base", "--whisper", str(tmp_path / "whisper"), "--text", str(tmp_path / "bert"),
+        rc = main(["--size", "base", "--whisper", str(tiny_hf_backbones[0]), "--text", str(tiny_hf_backbones[1]),
                    "--heads", str(heads), "--out", str(tmp_path / "ckpt")])
         out = capsys.readouterr()
         assert rc == 2 and "trained heads" not in out.out and not (tmp_path / "ckpt").exists()
