@@ -41,7 +41,7 @@ class Dataset:
         owner = np.array([i for i, caps in enumerate(self.captions) for _ in caps])
         return texts, owner
 
-    def limit(self, n: int | None) -> "Dataset":
+    def limit(self, n: int | None) -> Dataset:
         """First n items (deterministic): for quick runs and bounded full runs."""
         if not n or n >= len(self.audio):
             return self

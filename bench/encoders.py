@@ -62,7 +62,7 @@ def encoder_runners(export_dir: Path, threads: int) -> dict:
         ct = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type=compute_type, intra_threads=threads,
                                         inter_threads=1)
         runners[f"CTranslate2 encode {compute_type}"] = (
-            (lambda ct: lambda x: np.asarray(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x)))))(ct),
+            (lambda ct: lambda x: np.asarray(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x)))))(ct),  # noqa: B023
             "peer")
     manifest = Manifest.load(export_dir)
     for spec in manifest.artifacts:
@@ -172,8 +172,11 @@ def end_to_end(export_dir: Path, threads: int, rounds: int = 3, count: int = 4, 
     from wavlink_edge.bench import backends as B
     from wavlink_edge.runtime import WavLink
     from wavlink_edge.runtime.audio import decode_audio
+    from wavlink_edge.runtime.manifest import Manifest
 
-    wl = WavLink.from_pretrained(export_dir, precision="int8", providers=["CPUExecutionProvider"], threads=threads)
+    # int8 where the export has it (the shipped configuration); an fp32-only export (CI's) runs fp32.
+    precision = "int8" if "int8_dynamic" in Manifest.load(export_dir).precisions("audio") else "fp32"
+    wl = WavLink.from_pretrained(export_dir, precision=precision, providers=["CPUExecutionProvider"], threads=threads)
     ct = ctranslate2.models.Whisper(str(B.ct2_whisper_dir()), device="cpu", compute_type="int8", intra_threads=threads,
                                     inter_threads=1)
     fe = WhisperFeatureExtractor(feature_size=80)
@@ -190,7 +193,7 @@ def end_to_end(export_dir: Path, threads: int, rounds: int = 3, count: int = 4, 
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in (5, 30):
             paths = _write_clips(Path(tmp), seconds, count)
-            runs = {"WavLink runtime (int8, defaults)": wavlink, "CTranslate2 faster-whisper-style (int8)": ct2_pipeline}
+            runs = {f"WavLink runtime ({precision}, defaults)": wavlink, "CTranslate2 faster-whisper-style (int8)": ct2_pipeline}
             for fn in runs.values():
                 fn(paths[:1])
             times = {k: [] for k in runs}

@@ -8,9 +8,9 @@ clip policy and are reused across policies; all of them are cached on disk keyed
 the dataset, so reruns and run_all reuse them. Backends run at the model's trained clip policy; the
 PyTorch reference also runs the other policy, so pad vs trim recall is measured once, on the reference.
 
-Audio is embedded one clip at a time: dynamic INT8 makes an embedding depend on its batch-mates
-(REFERENCE.md §9), and a recall figure should not depend on batch composition. Text is batched
-(32) except for dynamic INT8, for the same reason.
+Audio is embedded one clip at a time, so a recall figure can never depend on batch composition (every
+shipped artifact is batch-independent, tested in tests/test_quantization.py; this keeps it so for any
+export). Text is batched (32) except for dynamic INT8, for the same reason.
 """
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ def recall_delta_table(rec: dict) -> list[str]:
         rows = [r for r in rec["rows"] if r["dataset"] == ds["name"] and r["delta"]]
         keys = list(dict.fromkeys((r["label"], r["policy"]) for r in rows))
         cells = {(r["label"], r["policy"], r["dim"]): r["delta"] for r in rows}
-        lines += ["", f"Recall Δ vs PyTorch on {ds['name']} ({ds['items']} clips): T2A R@10 / A2T R@10, points (the reference's own other-policy row is against the reference at the trained policy)", "",
+        lines += ["", f"Recall Δ vs PyTorch on {ds['name']} ({ds['items']} clips): T2A R@10 / A2T R@10, points "
+                  "(the reference's own other-policy row is against the reference at the trained policy)", "",
                   "| backend | policy | " + " | ".join(f"dim {d}" for d in dims) + " |", "|---|---|" + "---|" * len(dims)]
         for label, policy in keys:
             vals = [cells.get((label, policy, d)) for d in dims]

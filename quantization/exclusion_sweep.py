@@ -19,9 +19,8 @@ from pathlib import Path
 import onnx
 
 from wavlink_edge.quantization import evaluate as ev
-from wavlink_edge.quantization import graph
+from wavlink_edge.quantization import graph, recipes
 from wavlink_edge.quantization import quantize as q
-from wavlink_edge.quantization import recipes
 
 
 def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibration_limit: int | None = 8, log=print,

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from wavlink_edge.runtime.features import SAMPLE_RATE as SR
+
 HERE = Path(__file__).resolve().parent
-SR = 16000
 FREEDESKTOP = Path("/usr/share/sounds/freedesktop/stereo")
 SOUND_ICONS = Path("/usr/share/sounds/sound-icons")
 SF2 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -210,7 +211,8 @@ def build_calibration(folder: Path) -> list[str]:
         _write(folder, f"mix_speech_music_{i:02d}", _mix(s, np.tile(m, 3)[: s.size], 0.35), [f"espeak-ng {v} + fluidsynth melody"], rows)
     for i in range(2):
         ev = _load16k(fd[1 + i * 4])
-        _write(folder, f"mix_events_{i:02d}", _concat(ev, _load16k(icons[2 + i * 5]), ev), [f"freedesktop {fd[1 + i * 4].name}", f"sound-icons {icons[2 + i * 5].name}"], rows)
+        _write(folder, f"mix_events_{i:02d}", _concat(ev, _load16k(icons[2 + i * 5]), ev),
+               [f"freedesktop {fd[1 + i * 4].name}", f"sound-icons {icons[2 + i * 5].name}"], rows)
     v, s = speech_clips[5]
     noise = rng.standard_normal(s.size).astype(np.float32) * 0.05
     _write(folder, "mix_speech_noise_00", _norm(s + noise), [f"espeak-ng {v} + white noise (seeded)"], rows)

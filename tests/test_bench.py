@@ -14,7 +14,6 @@ from wavlink_edge.bench import datasets as D
 from wavlink_edge.bench import flops, latency, machine, report
 from wavlink_edge.train import metrics
 
-
 # --- FLOPs -----------------------------------------------------------------------------------------
 
 def test_audio_flops_match_torch_count_for_pruned_and_full_passes():

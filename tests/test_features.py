@@ -6,7 +6,13 @@ import pytest
 import soundfile as sf
 
 from wavlink_edge.runtime.features import (
-    CHUNK_FRAMES, CHUNK_SAMPLES, MIN_TRIM_FRAMES, SAMPLE_RATE, clip_features, iter_windows, log_mel_spectrogram,
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    MIN_TRIM_FRAMES,
+    SAMPLE_RATE,
+    clip_features,
+    iter_windows,
+    log_mel_spectrogram,
     trim_frames,
 )
 

@@ -224,3 +224,19 @@ def test_static_sets_select_real_nodes(base_export):
             assert set(exclude) <= names and (include is None or set(include) <= names)
         with pytest.raises(ValueError):
             recipes.static_selection("nope", model, tower)
+
+
+def test_shipped_audio_dynamic_is_per_token_and_batch_exact(quantized):
+    out, refused, _ = quantized
+    assert "audio_int8_dynamic.onnx" not in refused
+    import onnx
+
+    model = onnx.load(str(out / "audio_int8_dynamic.onnx"))
+    ops = recipes.count_ops(model)
+    assert "Scan" not in ops and "DynamicQuantizeLinear" not in ops
+    assert ops["MatMulIntegerToFloat"] >= 24 and ops["MultiHeadAttention"] == 6
+    sess = ev.session(out / "audio_int8_dynamic.onnx")
+    mel = _audio_batch()
+    together = sess.run({"input_features": mel})
+    for i in range(mel.shape[0]):
+        np.testing.assert_array_equal(together[i], sess.run({"input_features": mel[i:i + 1]})[0])

@@ -1,0 +1,44 @@
+"""Graph surgery behind the audio INT8 artifact: fused attention and the SmoothQuant fold are exact in fp32
+(the shipped artifact's structure and batch-exactness: tests/test_quantization.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+from wavlink_edge.quantization import evaluate as ev  # noqa: E402
+from wavlink_edge.quantization import graph, recipes  # noqa: E402
+from wavlink_edge.runtime.session import OnnxSession  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def audio_graph(base_export):
+    return onnx.load(str(base_export / "audio.onnx"))
+
+
+@pytest.fixture(scope="module")
+def mel():
+    feats = ev.audio_feeds(ev.audio_files(ev.SAMPLES_DIR)[:2], 80, ("trim",))
+    frames = min(f["input_features"].shape[-1] for _, f in feats)
+    return np.concatenate([f["input_features"][..., :frames] for _, f in feats])
+
+
+def _run(model, x):
+    return OnnxSession(model.SerializeToString()).run({"input_features": x})
+
+
+def test_fused_attention_and_smoothing_are_exact_in_fp32(audio_graph, mel):
+    ref = _run(audio_graph, mel)
+    fused, n = graph.fuse_attention(audio_graph, 8)
+    assert n == recipes.n_layers(audio_graph, "audio")
+    ops = recipes.count_ops(fused)
+    assert ops["MultiHeadAttention"] == n and "Softmax" not in ops
+    np.testing.assert_allclose(_run(fused, mel), ref, atol=1e-5, rtol=0)
+    names = graph.layernorm_outputs(audio_graph)
+    assert len(names) == 2 * n  # q/k/v and fc1 of every layer
+    absmax = graph.activation_absmax(audio_graph, names, [("x", {"input_features": mel})])
+    smoothed, k = graph.smooth_layernorms(audio_graph, absmax, 0.5)
+    assert k == len(names)
+    np.testing.assert_allclose(_run(smoothed, mel), ref, atol=1e-4, rtol=0)
