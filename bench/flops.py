@@ -8,21 +8,26 @@ from __future__ import annotations
 
 
 def audio_encoder_flops(frames: int, n_mels: int, d_model: int, n_layers: int, ffn_dim: int,
-                        embed_dim: int | None = None, global_token: bool = True, prune_last_layer: bool = True) -> int:
-    """One clip through the audio tower. WavLink: global token joins the sequence, the last layer
-    computes only the token's query, projector on top. CTranslate2's Whisper.encode: neither."""
+                        embed_dim: int | None = None, global_token: bool = True, prune_last_layer: bool = True,
+                        token_layer: int = 0) -> int:
+    """One clip through the audio tower. WavLink: the global token joins the sequence at the input of
+    layer `token_layer`, the last layer computes only the token's query, projector on top.
+    CTranslate2's Whisper.encode: neither."""
     if frames % 2:
         raise ValueError(f"frames must be even (stride-2 conv), got {frames}")
     d, f = d_model, ffn_dim
     flops = 2 * n_mels * 3 * d * frames + 2 * d * 3 * d * (frames // 2)  # conv1, conv2 (kernel 3)
-    t = frames // 2 + (1 if global_token else 0)
+    positions = frames // 2
 
-    def layer(queries: int) -> int:
-        proj = 2 * queries * d * d * 2 + 2 * t * d * d * 2  # q, out (per query); k, v (every position)
-        attention = 2 * queries * t * d * 2  # q @ k^T and weights @ v
+    def layer(queries: int, keys: int) -> int:
+        proj = 2 * queries * d * d * 2 + 2 * keys * d * d * 2  # q, out (per query); k, v (every position)
+        attention = 2 * queries * keys * d * 2  # q @ k^T and weights @ v
         return proj + attention + 2 * queries * d * f * 2  # + fc1, fc2
 
-    flops += (n_layers - 1) * layer(t) + layer(1 if prune_last_layer else t)
+    for index in range(n_layers):
+        keys = positions + (1 if global_token and index >= token_layer else 0)
+        last = index == n_layers - 1
+        flops += layer(1 if last and prune_last_layer else keys, keys)
     if embed_dim:
         flops += 2 * d * embed_dim
     return int(flops)
@@ -40,7 +45,8 @@ def wavlink_audio_flops(config: dict, frames: int, peer: bool = False) -> int:
     a = config["audio"]
     return audio_encoder_flops(frames, a["n_mels"], a["d_model"], a["n_layers"], a["ffn_dim"],
                                embed_dim=None if peer else config["embed_dim"],
-                               global_token=not peer, prune_last_layer=not peer)
+                               global_token=not peer, prune_last_layer=not peer,
+                               token_layer=int(config.get("global_token_layer", 0)))
 
 
 def wavlink_text_flops(config: dict, seq_len: int, peer: bool = False) -> int:
