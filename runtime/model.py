@@ -30,6 +30,7 @@ from wavlink_edge.runtime.session import (
     choose_providers,
     is_accelerated,
     open_session,
+    provider_name,
     trt_cache_dir,
 )
 from wavlink_edge.runtime.text import TextTokenizer
@@ -137,7 +138,7 @@ class WavLink:
                 fallback = _pick_artifact(manifest, tower, precision, accelerated=False)
                 if fallback.file != artifact.file:
                     log.warning("%s tower: %s did not start, using %s on the CPU instead of %s", tower,
-                                _provider_name_of(chosen[0]), fallback.file, artifact.file)
+                                provider_name(chosen[0]), fallback.file, artifact.file)
                     artifact, session = fallback, open_session(backend, manifest, fallback, [CPU_EP], threads)
             log.info("%s tower: %s (%s, %s backend, %s)", tower, artifact.file, artifact.precision_key, backend,
                      getattr(session, "providers", ["tensorrt"])[0])
@@ -294,10 +295,6 @@ def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: 
         artifact = manifest.find_artifact(tower, "int8", other)
         log.warning("%s tower: no int8 %s artifact, using the %s one", tower, preferred, other)
         return artifact
-
-
-def _provider_name_of(provider: ProviderSpec) -> str:
-    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def _as_items(inputs):

@@ -69,11 +69,11 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, c
     available = ort.get_available_providers()
     if requested:
         chosen = list(requested)
-        missing = [_provider_name(p) for p in chosen if _provider_name(p) not in available]
+        missing = [provider_name(p) for p in chosen if provider_name(p) not in available]
         if missing:
             raise WavLinkError(f"providers {missing} are not in this onnxruntime build (available: {available}); "
                                "install onnxruntime-gpu for CUDA/TensorRT")
-        log.info("execution providers as requested: %s", [_provider_name(p) for p in chosen])
+        log.info("execution providers as requested: %s", [provider_name(p) for p in chosen])
     else:
         chosen = [name for name in PROVIDER_PREFERENCE if name in available]
         skipped = [name for name in PROVIDER_PREFERENCE if name not in available]
@@ -84,12 +84,12 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, c
     return [(TENSORRT_EP, tensorrt_provider_options(cache_dir, precision)) if p == TENSORRT_EP else p for p in chosen]
 
 
-def _provider_name(provider: ProviderSpec) -> str:
+def provider_name(provider: ProviderSpec) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
 def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
-    return bool(providers) and _provider_name(providers[0]) in ACCELERATED_EPS
+    return bool(providers) and provider_name(providers[0]) in ACCELERATED_EPS
 
 
 class OnnxSession:
@@ -113,7 +113,7 @@ class OnnxSession:
         except Exception as exc:  # ORT raises several Fail/InvalidGraph types; the message is what matters
             raise WavLinkError(f"{self.name}: onnxruntime could not load the model: {exc}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
-        wanted = [_provider_name(p) for p in providers]
+        wanted = [provider_name(p) for p in providers]
         self.providers = self._session.get_providers()
         if wanted and self.providers[0] != wanted[0]:
             # ORT silently skips a provider whose libraries fail to load (no CUDA driver, TRT missing).
