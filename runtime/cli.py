@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wavlink_edge.runtime.errors import InputError, WavLinkError
+from wavlink_edge.runtime.files import atomic_write
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES
 from wavlink_edge.runtime.model import WavLink
 
@@ -199,32 +199,21 @@ class RowWriter:
             if embedding is not None:
                 matrix[row] = embedding
         if self.out.suffix == ".npz":
-            _atomic_write(self.out, lambda handle: np.savez(
+            atomic_write(self.out, lambda handle: np.savez(
                 handle, embeddings=matrix, sources=np.array(self.sources, dtype=str),
                 errors=np.array([e or "" for e in self.errors], dtype=str)))
             return
         # Row i of the .npy <-> line i of the sidecar, a JSON row per line: any name round-trips.
         sidecar = self.out.with_name(self.out.name + ".sources.jsonl")
-        _atomic_write(sidecar, lambda handle: handle.write("".join(
+        atomic_write(sidecar, lambda handle: handle.write("".join(
             _json_row({self.source_key: s, **({"error": e} if e else {})}) + "\n"
             for s, e in zip(self.sources, self.errors)).encode("utf-8", "surrogateescape")))
-        _atomic_write(self.out, lambda handle: np.save(handle, matrix))
+        atomic_write(self.out, lambda handle: np.save(handle, matrix))
 
     def abandon(self) -> None:
         """After an interrupt: JSON lines keep what finished; nothing half-written is left behind."""
         if self.stream is not None and self.stream is not sys.stdout:
             self.stream.close()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_rows(args, writer: RowWriter, total: int, unit: str, results) -> int:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from wavlink_edge.runtime.errors import ModelFilesError
+from wavlink_edge.runtime.files import atomic_write
 
 FILENAME = "manifest.json"
 EXPORT_FORMAT = "wavlink-edge-export"
@@ -230,17 +230,5 @@ class Manifest:
 
     def save(self) -> Path:
         """Write manifest.json atomically (a reader sees the old or the new one, never half of one)."""
-        path = self.export_dir / FILENAME
         text = json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=self.export_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the manifest is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(self.export_dir / FILENAME, lambda handle: handle.write(text.encode("utf-8")))
