@@ -17,6 +17,7 @@ from onnx import helper
 
 MS_DOMAIN = "com.microsoft"
 _LAYER = re.compile(r"^/audio/layers\.(\d+)/self_attn/")
+FRONT_END_MATMULS = ("/audio/conv1/MatMul", "/audio/conv2/MatMul")  # names given by conv_front_end_as_matmuls
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -262,3 +263,89 @@ def activation_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: 
             m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
             out[n] = m if out[n] is None else np.maximum(out[n], m)
     return out
+
+
+def conv_front_end_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Whisper's two front-end convolutions as im2col MatMuls, in time-major layout, exactly.
+
+    conv1 (80 -> d, k 3, stride 1) and conv2 (d -> d, k 3, stride 2) are ~6 % of the int8 graph's time
+    at 3000 frames and stay fp32 as Conv nodes (ORT has no per-token int8 Conv). As MatMuls over
+    windows of 3 frames ([B, T, 3 * C_in] x [3 * C_in, d]) `per_token_int8` quantizes them like every other
+    weight MatMul, and the Transpose to [B, T, d] after conv2 disappears (the windows are built time-major).
+    Odd T is padded one more frame at the end for conv2, which the stride-2 window never reads (as in Conv).
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    try:
+        conv1, conv2 = by_name["/audio/conv1/Conv"], by_name["/audio/conv2/Conv"]
+        transpose = next(n for n in g.node if n.op_type == "Transpose" and n.name == "/audio/Transpose")
+    except (KeyError, StopIteration):
+        raise ValueError("no /audio/conv1, /audio/conv2 and /audio/Transpose nodes: was the graph exported by "
+                         "export/to_onnx.py?") from None
+    for conv, stride in ((conv1, 1), (conv2, 2)):
+        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        if (list(attrs.get("kernel_shape", [])) != [3] or list(attrs.get("pads", [])) != [1, 1]
+                or list(attrs.get("strides", [1])) != [stride] or attrs.get("group", 1) != 1):
+            raise ValueError(f"{conv.name}: not the Whisper front-end convolution (k 3, pad 1, stride {stride})")
+
+    def c(name, array):
+        return _const(model, "im2col/" + name, np.asarray(array))
+
+    def weight(conv):  # W[o, c, k] -> rows k * C_in + c, matching the window concatenation below
+        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
+        return w.transpose(2, 1, 0).reshape(-1, w.shape[0]), numpy_helper.to_array(inits[conv.input[2]])
+
+    axis1, zero, one, minus1 = c("axis1", [1]), c("zero", [0]), c("one", [1]), c("minus1", [-1])
+    big = c("end", [np.iinfo(np.int64).max])
+    x = conv1.input[0]
+    w1, b1 = weight(conv1)
+    w2, b2 = weight(conv2)
+    d_in = w2.shape[0] // 3
+    new1 = [
+        helper.make_node("Transpose", [x], ["im2col/x_t"], perm=[0, 2, 1], name="im2col/conv1/time_major"),
+        helper.make_node("Pad", ["im2col/x_t", c("pads1", [0, 1, 0, 0, 1, 0])], ["im2col/x_p"], name="im2col/conv1/pad"),
+        helper.make_node("Slice", ["im2col/x_p", zero, c("m2", [-2]), axis1], ["im2col/x_k0"], name="im2col/conv1/k0"),
+        helper.make_node("Slice", ["im2col/x_p", one, minus1, axis1], ["im2col/x_k1"], name="im2col/conv1/k1"),
+        helper.make_node("Slice", ["im2col/x_p", c("two", [2]), big, axis1], ["im2col/x_k2"], name="im2col/conv1/k2"),
+        helper.make_node("Concat", ["im2col/x_k0", "im2col/x_k1", "im2col/x_k2"], ["im2col/x_win"], axis=-1,
+                         name="im2col/conv1/windows"),
+        helper.make_node("MatMul", ["im2col/x_win", c("conv1_w", w1)], ["im2col/conv1_mm"], name=FRONT_END_MATMULS[0]),
+        helper.make_node("Add", ["im2col/conv1_mm", c("conv1_b", b1)], [conv1.output[0]], name="/audio/conv1/Add"),
+    ]
+    h = conv2.input[0]  # conv1's GELU output, now [B, T, C]
+    new2 = [
+        helper.make_node("Shape", [h], ["im2col/h_shape"], name="im2col/conv2/shape"),
+        helper.make_node("Gather", ["im2col/h_shape", one], ["im2col/h_t"], name="im2col/conv2/t"),
+        helper.make_node("Mod", ["im2col/h_t", c("two_b", [2])], ["im2col/h_odd"], name="im2col/conv2/odd"),
+        helper.make_node("Add", ["im2col/h_odd", one], ["im2col/h_end_pad"], name="im2col/conv2/end_pad"),
+        helper.make_node("Concat", [c("pads2_head", [0, 1, 0, 0]), "im2col/h_end_pad", zero], ["im2col/pads2"], axis=0,
+                         name="im2col/conv2/pads"),
+        helper.make_node("Pad", [h, "im2col/pads2"], ["im2col/h_p"], name="im2col/conv2/pad"),
+        # frames in pairs: window t = pair t (frames 2t, 2t+1) + the first frame of pair t + 1
+        helper.make_node("Reshape", ["im2col/h_p", c("pairs", [0, -1, 2 * d_in])], ["im2col/h_pairs"], name="im2col/conv2/pairs"),
+        helper.make_node("Slice", ["im2col/h_pairs", zero, minus1, axis1], ["im2col/h_a"], name="im2col/conv2/a"),
+        helper.make_node("Slice", ["im2col/h_pairs", c("one_two", [1, 0]), c("end_half", [np.iinfo(np.int64).max, d_in]),
+                                   c("axes12", [1, 2])], ["im2col/h_b"], name="im2col/conv2/b"),
+        helper.make_node("Concat", ["im2col/h_a", "im2col/h_b"], ["im2col/h_win"], axis=-1, name="im2col/conv2/windows"),
+        helper.make_node("MatMul", ["im2col/h_win", c("conv2_w", w2)], ["im2col/conv2_mm"], name=FRONT_END_MATMULS[1]),
+        helper.make_node("Add", ["im2col/conv2_mm", c("conv2_b", b2)], [conv2.output[0]], name="/audio/conv2/Add"),
+    ]
+    nodes = []
+    for node in g.node:
+        if node is conv1:
+            nodes += new1
+        elif node is conv2:
+            nodes += new2
+        elif node is transpose:  # conv2's GELU output is already [B, T, d]
+            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+        else:
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    remove_dead_nodes(model)
+    return model, 2

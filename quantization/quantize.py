@@ -48,7 +48,8 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
 # the gate, the fidelity the audio artifact is meant to have.
 AUDIO_WEIGHT_BITS = 8
 SMOOTH_ALPHA = 0.5
-AUDIO_DYNAMIC_LADDER = ("weight_matmuls", "first_attention_fp32", "first_layer_fp32", "fc2_edges_fp32")
+AUDIO_DYNAMIC_LADDER = ("weight_matmuls", "first_attention_fp32", "first_attention_front_end_fp32", "first_layer_fp32",
+                        "fc2_edges_fp32")
 AUDIO_DYNAMIC_TARGET = (0.995, 0.98)
 # first that passes the gate is written; "edges" = first and last layer + projector kept fp32 (the demo
 # model's trained last layer is the pooler whose single-token MLP input has no batch of rows to average)
@@ -92,6 +93,8 @@ def _exclusions(model: onnx.ModelProto, tower: str, exclusion_set: str) -> list[
         return sorted(set(recipes.mlp_nodes(model, tower)) | set(edges))
     if exclusion_set == "first_attention_fp32":
         return recipes.first_attention_nodes(model, tower)
+    if exclusion_set == "first_attention_front_end_fp32":
+        return recipes.first_attention_nodes(model, tower) + list(graph.FRONT_END_MATMULS)
     if exclusion_set == "first_layer_fp32":
         return recipes.first_layer_nodes(model, tower)
     raise ValueError(f"unknown dynamic exclusion set {exclusion_set!r}")
@@ -114,6 +117,7 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
         if absmax:  # SmoothQuant fold of LayerNorm -> q/k/v/fc1 (exact in fp32)
             model, smoothed = graph.smooth_layernorms(model, absmax, SMOOTH_ALPHA)
         fused, n_attention = graph.fuse_attention(model, _audio_heads(src))
+        fused, _ = graph.conv_front_end_as_matmuls(fused)
         quantized, n_int8 = graph.per_token_int8(fused, exclude=set(exclude), weight_bits=AUDIO_WEIGHT_BITS)
         onnx.save(quantized, str(dst))
         return {"method": "wavlink_edge.quantization.graph.per_token_int8 (MatMulIntegerToFloat)",
@@ -123,7 +127,8 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
                 "attention": f"{n_attention} blocks fused into com.microsoft.MultiHeadAttention (fp32)",
                 "weights": f"int{AUDIO_WEIGHT_BITS} symmetric, per output channel",
                 "activations": "uint8 (zero point 128), one symmetric scale per token, computed at run time",
-                "not_quantized": "attention act x act, Conv front end, LayerNorm, Softmax, Add",
+                "front_end": "conv1/conv2 as im2col MatMuls (graph.conv_front_end_as_matmuls), int8 like the other weight MatMuls",
+                "not_quantized": "attention act x act, LayerNorm, Softmax, Add",
                 "batch_exact": "no statistic crosses rows: each token has its own scale; no Scan"}
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -42,3 +42,21 @@ def test_fused_attention_and_smoothing_are_exact_in_fp32(audio_graph, mel):
     smoothed, k = graph.smooth_layernorms(audio_graph, absmax, 0.5)
     assert k == len(names)
     np.testing.assert_allclose(_run(smoothed, mel), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("frames", [200, 201, 3000])
+def test_front_end_convolutions_as_matmuls_are_exact_in_fp32(audio_graph, frames):
+    x = (np.random.default_rng(frames).standard_normal((2, 80, frames)) * 0.5).astype(np.float32)
+    im2col, n = graph.conv_front_end_as_matmuls(audio_graph)
+    ops = recipes.count_ops(im2col)
+    assert n == 2 and "Conv" not in ops and "Transpose" in ops  # only the input's, not conv2's output
+    assert set(graph.FRONT_END_MATMULS) <= {node.name for node in im2col.graph.node}
+    np.testing.assert_allclose(_run(im2col, x), _run(audio_graph, x), atol=1e-5, rtol=0)  # odd T too
+
+
+def test_front_end_rewrite_refuses_a_graph_it_does_not_know(audio_graph):
+    broken = onnx.ModelProto.FromString(audio_graph.SerializeToString())
+    conv2 = next(n for n in broken.graph.node if n.name == "/audio/conv2/Conv")
+    next(a for a in conv2.attribute if a.name == "strides").ints[:] = [1]
+    with pytest.raises(ValueError, match="stride 2"):
+        graph.conv_front_end_as_matmuls(broken)
