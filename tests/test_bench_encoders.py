@@ -51,3 +51,13 @@ def test_markdown_and_readme_goal_lines():
 def test_front_end_measure_runs():
     fe = E.front_end(rounds=1)
     assert fe["trim_5s_ms"] > 0 and fe["trim_30s_ms"] > 0 and np.isfinite(fe["ratio"])
+
+
+def test_round_robin_runs_interleaved_bursts_and_keeps_cold_calls_apart():
+    calls = []
+    runners = {name: ((lambda name: lambda x: calls.append((name, x.shape)))(name), "ours") for name in ("a", "b")}
+    rows = E.round_robin(runners, [(1, 3000)], rounds=2, burst=3, log=lambda *_: None)
+    order = [name for name, _ in calls]
+    assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2  # warm-up, then per round: 1 cold + 3 warm each
+    assert [(r["backend"], r["burst"], r["rounds"]) for r in rows] == [("a", 3, 2), ("b", 3, 2)]
+    assert all("p50_cold_ms" in r and r["p50_ms"] >= 0 for r in rows)
