@@ -89,6 +89,18 @@ def _const(model: onnx.ModelProto, name: str, array) -> str:
     return name
 
 
+def _is_weight_matmul(node: onnx.NodeProto, inits: dict) -> bool:
+    return (node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits
+            and len(inits[node.input[1]].dims) == 2)
+
+
+def per_token_candidates(model: onnx.ModelProto) -> list[str]:
+    """MatMuls per_token_int8 can quantize: a 2-D constant weight as second input (Gemm nodes, e.g. the
+    projector, stay fp32)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if _is_weight_matmul(n, inits)]
+
+
 def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 8) -> tuple[onnx.ModelProto, int]:
     """Weight MatMuls -> int8 GEMMs with one activation scale per token (per row of the flattened input).
 
@@ -118,10 +130,10 @@ def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 8) -> 
     minus1 = _const(model, "pt8/shape_rows", np.array([-1], np.int64))
     nodes, count, cache = [], 0, {}
     for node in g.node:
-        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if w is None or node.name in exclude or len(w.dims) != 2:
+        if not _is_weight_matmul(node, inits) or node.name in exclude:
             nodes.append(node)
             continue
+        w = inits[node.input[1]]
         count += 1
         x, y, p = node.input[0], node.output[0], node.name + "/pt8"
         weight = numpy_helper.to_array(w).astype(np.float32)

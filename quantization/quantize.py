@@ -113,15 +113,10 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
     model = onnx.load(str(src))
     exclude = _exclusions(model, tower, exclusion_set)
     if tower == "audio":
-        smoothed = 0
-        if absmax:  # SmoothQuant fold of LayerNorm -> q/k/v/fc1 (exact in fp32)
-            model, smoothed = graph.smooth_layernorms(model, absmax, SMOOTH_ALPHA)
-        fused, n_attention = graph.fuse_attention(model, _audio_heads(src))
-        fused, _ = graph.conv_front_end_as_matmuls(fused)
-        quantized, n_int8 = graph.per_token_int8(fused, exclude=set(exclude), weight_bits=AUDIO_WEIGHT_BITS)
+        quantized, n_attention, smoothed, n_int8, n_fp32 = audio_int8_graph(model, _audio_heads(src), exclude, absmax)
         onnx.save(quantized, str(dst))
         return {"method": "wavlink_edge.quantization.graph.per_token_int8 (MatMulIntegerToFloat)",
-                "exclusion_set": exclusion_set, "nodes_kept_fp32": len(exclude), "int8_matmuls": n_int8,
+                "exclusion_set": exclusion_set, "nodes_kept_fp32": n_fp32, "int8_matmuls": n_int8,
                 "smoothing": (f"SmoothQuant alpha {SMOOTH_ALPHA} folded into {smoothed} LayerNorms and the weights "
                               "reading them (per-channel max |x| from the calibration clips)") if smoothed else None,
                 "attention": f"{n_attention} blocks fused into com.microsoft.MultiHeadAttention (fp32)",
@@ -149,6 +144,19 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
             "gather": "embedding tables int8 (weight only)",
             "batch_exact": "graph wrapped in a Scan over the batch axis: each row gets its own activation scales; "
                            "rows cut to their own length (right padding removed)"}
+
+
+def audio_int8_graph(model: onnx.ModelProto, heads: int, exclude, absmax: dict | None = None):
+    """The audio dynamic INT8 graph: SmoothQuant fold (if absmax), fused attention, im2col front end, per-token
+    int8 GEMMs for every weight MatMul not in `exclude`. Returns (model, attention blocks, LayerNorms smoothed,
+    int8 MatMuls, weight MatMuls kept fp32)."""
+    smoothed = 0
+    if absmax:  # SmoothQuant fold of LayerNorm -> q/k/v/fc1 (exact in fp32)
+        model, smoothed = graph.smooth_layernorms(model, absmax, SMOOTH_ALPHA)
+    fused, n_attention = graph.fuse_attention(model, heads)
+    fused, _ = graph.conv_front_end_as_matmuls(fused)
+    quantized, n_int8 = graph.per_token_int8(fused, exclude=set(exclude), weight_bits=AUDIO_WEIGHT_BITS)
+    return quantized, n_attention, smoothed, n_int8, len(graph.per_token_candidates(fused)) - n_int8
 
 
 def _audio_heads(src: Path) -> int:

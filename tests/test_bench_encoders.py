@@ -55,7 +55,11 @@ def test_front_end_measure_runs():
 
 def test_round_robin_runs_interleaved_bursts_and_keeps_cold_calls_apart():
     calls = []
-    runners = {name: ((lambda name: lambda x: calls.append((name, x.shape)))(name), "ours") for name in ("a", "b")}
+
+    def runner(name):
+        return lambda x: calls.append((name, x.shape))
+
+    runners = {name: (runner(name), "ours") for name in ("a", "b")}
     rows = E.round_robin(runners, [(1, 3000)], rounds=2, burst=3, log=lambda *_: None)
     order = [name for name, _ in calls]
     assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2  # warm-up, then per round: 1 cold + 3 warm each

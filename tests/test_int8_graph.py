@@ -60,3 +60,18 @@ def test_front_end_rewrite_refuses_a_graph_it_does_not_know(audio_graph):
     next(a for a in conv2.attribute if a.name == "strides").ints[:] = [1]
     with pytest.raises(ValueError, match="stride 2"):
         graph.conv_front_end_as_matmuls(broken)
+
+
+def test_dynamic_sweep_sets_cover_each_layer_once(audio_graph):
+    from wavlink_edge.quantization import exclusion_sweep
+
+    probe, _ = graph.conv_front_end_as_matmuls(graph.fuse_attention(audio_graph, 8)[0])
+    names = graph.per_token_candidates(probe)
+    sets = exclusion_sweep.dynamic_sets(audio_graph, names)
+    assert sets["every weight MatMul int8"] == [] and set(sets["front end fp32"]) == set(graph.FRONT_END_MATMULS)
+    layers = recipes.n_layers(audio_graph, "audio")
+    int8_alone = [set(names) - set(sets[f"only layer {k} int8"]) for k in range(layers)]
+    int8_alone.append(set(names) - set(sets["only the front end int8"]))
+    assert all(int8_alone) and set().union(*int8_alone) == set(names)  # every MatMul in exactly one "alone" set
+    assert sum(len(s) for s in int8_alone) == len(names)
+    assert all(set(keep) <= set(names) for keep in sets.values())
