@@ -38,7 +38,7 @@ def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibratio
         if smooth and tower == "audio":  # as quantize.py ships it: SmoothQuant fold before calibration
             fp32 = onnx.load(str(src))
             stats_feeds = feeds if method == "minmax" else q.calibration_feeds(export_dir, tower, None, calibration_limit)[0]
-            absmax = graph.activation_absmax(fp32, graph.layernorm_outputs(fp32), stats_feeds)
+            absmax = q.smoothing_stats(fp32, stats_feeds)
         src = q.prepare_for_static(src, Path(tmp) / "prepared.onnx", absmax)
         q.calibrate(src, feeds, method, cache)
         model = onnx.load(str(src))
@@ -87,17 +87,21 @@ def dynamic_sweep(export_dir: Path, calibration_limit: int | None = 8, log=print
     fp32 = onnx.load(str(src))
     held = ev.HeldOut(export_dir, "audio", eval_limit=0)
     feeds, _ = q.calibration_feeds(export_dir, "audio", None, calibration_limit)
-    absmax = graph.activation_absmax(fp32, graph.layernorm_outputs(fp32), feeds)
+    absmax = q.smoothing_stats(fp32, feeds)
     heads = q._audio_heads(src)
     probe, _ = graph.conv_front_end_as_matmuls(graph.fuse_attention(fp32, heads)[0])
     int8_names = graph.per_token_candidates(probe)
-    runs = [(name, keep, absmax) for name, keep in dynamic_sets(fp32, int8_names).items()]
-    runs.append(("every weight MatMul int8, no SmoothQuant", [], None))
+    sets = dynamic_sets(fp32, int8_names)
+    runs = [(name, keep, absmax, None) for name, keep in sets.items()]
+    runs.append(("every weight MatMul int8, no SmoothQuant", [], None, None))
+    for alpha in (0.5, 0.3):  # the front-end windows smoothed by an explicit scale (not shipped)
+        runs.append((f"layer 0 attention fp32, front end smoothed α {alpha}",
+                     sets["layer 0 attention fp32 (first_attention_fp32)"], absmax, alpha))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, keep, stats in runs:
+        for name, keep, stats, front_end_alpha in runs:
             out = Path(tmp) / "int8.onnx"
-            onnx.save(q.audio_int8_graph(fp32, heads, keep, stats)[0], str(out))
+            onnx.save(q.audio_int8_graph(fp32, heads, keep, stats, front_end_alpha)[0], str(out))
             fig = held.fidelity(out)
             row = {"tower": "audio", "set": name, "cosine_mean": ev.min_mean(fig), "cosine_min": ev.min_min(fig),
                    "fp32_matmuls": len(keep), "int8_matmuls": len(int8_names) - len(keep), "inputs": len(held.feeds)}

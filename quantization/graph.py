@@ -361,3 +361,42 @@ def conv_front_end_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     g.node.extend(nodes)
     remove_dead_nodes(model)
     return model, 2
+
+
+def smooth_matmul_inputs(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
+    """SmoothQuant for weight MatMuls whose input no LayerNorm produces (the front-end windows, out_proj, fc2).
+
+    The scale cannot be folded into a producer (GELU, attention), so it is applied explicitly: one Mul by 1/s
+    on the MatMul's input (x / s) and row k of the weight times s_k; the product is unchanged in fp32 and the
+    per-token int8 rows then see flatter channels. act_absmax: MatMul node name -> per-channel max |x| of
+    its input over calibration audio; s_k = max|x_k|^alpha / max|W_k|^(1 - alpha), as in smooth_layernorms.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, done = [], 0
+    for node in model.graph.node:
+        if node.name in act_absmax and _is_weight_matmul(node, inits):
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            x_max = np.asarray(act_absmax[node.name], np.float64)
+            s = np.power(np.maximum(x_max, 1e-5), alpha) / np.power(np.maximum(np.abs(w).max(axis=1), 1e-5), 1 - alpha)
+            s = np.clip(s, 1e-2, 1e2)
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
+            inv = _const(model, node.name + "/smooth_inv", (1.0 / s).astype(np.float32))
+            scaled = node.input[0] + "/smoothed_for_" + node.name
+            nodes.append(helper.make_node("Mul", [node.input[0], inv], [scaled], name=node.name + "/smooth"))
+            node.input[0] = scaled
+            done += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model, done
+
+
+def matmul_input_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: int | None = None) -> dict:
+    """MatMul node name -> per-channel max |x| of its first input over the feeds (fp32 graph)."""
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in names}
+    stats = activation_absmax(model, sorted(set(inputs.values())), feeds, threads)
+    return {name: stats[tensor] for name, tensor in inputs.items()}

@@ -146,15 +146,30 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
                            "rows cut to their own length (right padding removed)"}
 
 
-def audio_int8_graph(model: onnx.ModelProto, heads: int, exclude, absmax: dict | None = None):
-    """The audio dynamic INT8 graph: SmoothQuant fold (if absmax), fused attention, im2col front end, per-token
-    int8 GEMMs for every weight MatMul not in `exclude`. Returns (model, attention blocks, LayerNorms smoothed,
+def smoothing_stats(model: onnx.ModelProto, feeds) -> dict:
+    """Per-channel max |x| for both SmoothQuant folds, in one dict: the smoothable LayerNorm outputs (by tensor
+    name) and the front-end window inputs of the im2col MatMuls (by node name, graph.FRONT_END_MATMULS)."""
+    stats = graph.activation_absmax(model, graph.layernorm_outputs(model), feeds)
+    im2col, _ = graph.conv_front_end_as_matmuls(model)
+    stats.update(graph.matmul_input_absmax(im2col, list(graph.FRONT_END_MATMULS), feeds))
+    return stats
+
+
+def audio_int8_graph(model: onnx.ModelProto, heads: int, exclude, absmax: dict | None = None,
+                     front_end_alpha: float | None = None):
+    """The audio dynamic INT8 graph: SmoothQuant folded into the LayerNorms (if absmax), fused attention, im2col
+    front end (smoothed by an explicit scale only with front_end_alpha: measured, not shipped), per-token
+    int8 GEMMs for every weight MatMul not in `exclude`. Returns (model, attention blocks, inputs smoothed,
     int8 MatMuls, weight MatMuls kept fp32)."""
     smoothed = 0
     if absmax:  # SmoothQuant fold of LayerNorm -> q/k/v/fc1 (exact in fp32)
         model, smoothed = graph.smooth_layernorms(model, absmax, SMOOTH_ALPHA)
     fused, n_attention = graph.fuse_attention(model, heads)
     fused, _ = graph.conv_front_end_as_matmuls(fused)
+    if absmax and front_end_alpha is not None:  # windows come from a GELU: an explicit Mul, graph.smooth_matmul_inputs
+        fused, n_front = graph.smooth_matmul_inputs(fused, {n: absmax[n] for n in graph.FRONT_END_MATMULS if n in absmax},
+                                                    front_end_alpha)
+        smoothed += n_front
     quantized, n_int8 = graph.per_token_int8(fused, exclude=set(exclude), weight_bits=AUDIO_WEIGHT_BITS)
     return quantized, n_attention, smoothed, n_int8, len(graph.per_token_candidates(fused)) - n_int8
 
@@ -208,10 +223,17 @@ class _Reader:
     """onnxruntime CalibrationDataReader over a list of feeds."""
 
     def __init__(self, feeds):
-        self._it = iter([f for _, f in feeds])
+        self._feeds = [f for _, f in feeds]
+        self._it = iter(self._feeds)
 
     def get_next(self):
         return next(self._it, None)
+
+    def __len__(self):
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:  # ORT's strided calibration
+        self._it = iter(self._feeds[start_index:end_index])
 
 
 def calibration_feeds(export_dir: Path, tower: str, calibration_dir: Path | None, limit: int | None,
@@ -262,8 +284,11 @@ def calibrate(src: Path, feeds: list, method: str, cache: Path) -> None:
 
     # Flush collected activations every k inputs to bound memory (a padded 30 s clip has ~1 GB of
     # intermediate tensors). ORT raises "No data is collected" when the last flush leaves nothing, i.e.
-    # when k divides the number of inputs, so k is chosen not to.
+    # when k divides the number of inputs, so k is chosen not to. The histogram calibrators ignore that
+    # option and hold every input's tensors (all 41 bundled clips: killed for memory at 24 GB), so they
+    # get ORT's strided collection instead: one input at a time, histograms merged.
     k = next((k for k in (3, 4, 5, 2) if len(feeds) % k), 1)
+    stride = {"CalibMaxIntermediateOutputs": k} if method == "minmax" else {"CalibStridedMinMax": 1}
     with tempfile.TemporaryDirectory() as tmp:
         # quantize_static with no op-type filter calibrates all tensors and writes the cache; the model
         # it writes is thrown away.
@@ -273,8 +298,7 @@ def calibrate(src: Path, feeds: list, method: str, cache: Path) -> None:
         quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibMaxIntermediateOutputs": k},
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **stride},
                         calibration_cache_path=str(cache))
 
 
@@ -311,7 +335,7 @@ class _Run:
         if not hasattr(self, "_absmax"):
             feeds, _ = calibration_feeds(self.export_dir, tower, calibration_dir, limit)
             model = onnx.load(str(src))
-            self._absmax = graph.activation_absmax(model, graph.layernorm_outputs(model), feeds)
+            self._absmax = smoothing_stats(model, feeds)
         return self._absmax
 
     def held(self, tower: str) -> ev.HeldOut:

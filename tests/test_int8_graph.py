@@ -75,3 +75,12 @@ def test_dynamic_sweep_sets_cover_each_layer_once(audio_graph):
     assert all(int8_alone) and set().union(*int8_alone) == set(names)  # every MatMul in exactly one "alone" set
     assert sum(len(s) for s in int8_alone) == len(names)
     assert all(set(keep) <= set(names) for keep in sets.values())
+
+
+def test_front_end_smoothing_is_exact_in_fp32(audio_graph, mel):
+    im2col, _ = graph.conv_front_end_as_matmuls(audio_graph)
+    stats = graph.matmul_input_absmax(im2col, list(graph.FRONT_END_MATMULS), [("x", {"input_features": mel})])
+    assert {k: v.shape for k, v in stats.items()} == {graph.FRONT_END_MATMULS[0]: (240,), graph.FRONT_END_MATMULS[1]: (1536,)}
+    smoothed, k = graph.smooth_matmul_inputs(im2col, stats, 0.5)
+    assert k == 2 and recipes.count_ops(smoothed)["Mul"] == recipes.count_ops(im2col)["Mul"] + 2
+    np.testing.assert_allclose(_run(smoothed, mel), _run(im2col, mel), atol=1e-4, rtol=0)
