@@ -65,10 +65,10 @@ def recall_delta_table(rec: dict) -> list[str]:
 
 
 def goal_lines(enc: dict | None) -> list[str]:
-    """Issue-11 goals from the one-process round-robin (bench/encoders.py): met or missed, with the ratio."""
+    """Issue-11 goals from the one-process interleaved bursts (bench/encoders.py): met or missed, with the ratio."""
     if not enc:
         return []
-    lines = ["## Goals (one process, round-robin, same input; [encoders.md](encoders.md))", "",
+    lines = ["## Goals (one process, interleaved warm bursts, same input; [encoders.md](encoders.md))", "",
              f"Load average {enc['load_average']['start']} → {enc['load_average']['end']} on {enc['threads']} threads.", "",
              "| goal | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['value']:.3g} | {g['target']} | {'yes' if g['met'] else '**missed**'} |" for g in enc["goals"]]
