@@ -13,6 +13,8 @@ Recipes and why: docs/quantization.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -295,11 +297,13 @@ def calibrate(src: Path, feeds: list, method: str, cache: Path) -> None:
         # Histogram methods calibrate only MatMul/Gemm/Conv inputs: ORT's histogram fails on the
         # constant-valued tensors elsewhere in the graph ("Too many bins for data range").
         ops = list(recipes.FLOAT_COMPUTE_OPS) if method == "minmax" else ["MatMul", "Gemm", "Conv"]
-        quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **stride},
-                        calibration_cache_path=str(cache))
+        # ORT prints a line per strided step ("Collecting tensor data and making histogram ...")
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **stride},
+                            calibration_cache_path=str(cache))
 
 
 def _rel(path: Path) -> str:
