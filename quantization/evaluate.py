@@ -92,7 +92,11 @@ def heldout_sentences() -> list[str]:
 
 def session(path: Path, threads: int | None = None) -> OnnxSession:
     """CPU session through the runtime's OnnxSession (`.run(feeds)` -> first output)."""
-    return OnnxSession(Path(path), name=Path(path).name, threads=threads)
+    return session_with(path, threads)
+
+
+def session_with(path: Path, threads: int | None = None, profile_prefix: str | None = None) -> OnnxSession:
+    return OnnxSession(Path(path), name=Path(path).name, threads=threads, profile_prefix=profile_prefix)
 
 
 def embed(sess: OnnxSession, feeds: list[tuple[str, dict]]) -> np.ndarray:

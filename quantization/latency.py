@@ -1,6 +1,7 @@
 """Quick CPU latency of every artifact of an export dir vs its fp32 tower (same process, batch 1).
 
     python quantization/latency.py EXPORT_DIR [--runs 7] [--threads N] [--markdown]
+    python quantization/latency.py EXPORT_DIR --profile audio_int8_dynamic.onnx [--runs 7]   # time per op type
 
 Audio: a 30 s padded clip (3000 frames) and a 5 s clip trimmed to its own length (500 frames); text:
 one caption-length sentence. Median of --runs after one warm-up run, models timed interleaved so a
@@ -58,6 +59,41 @@ def measure(export_dir: Path, runs: int = 7, threads: int | None = None) -> list
     return rows
 
 
+def profile(export_dir: Path, artifact: str, runs: int = 7, threads: int | None = None) -> dict:
+    """Kernel time per op type (ORT's profiler), per audio input, averaged over runs after one warm-up run:
+    where an artifact's time goes."""
+    import json
+    import tempfile
+
+    feeds = inputs(export_dir)["audio"]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, feed in feeds.items():
+            sess = ev.session_with(Path(export_dir) / artifact, threads, profile_prefix=str(Path(tmp) / "p"))
+            for _ in range(runs + 1):
+                sess.run(feed)
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            runs_at = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+            start = runs_at[1]  # skip the warm-up run
+            per_op: dict[str, float] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+                    op = e["args"].get("op_name", "?")
+                    per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000 / runs
+            total = sum(per_op.values())
+            out[label] = {"total_ms": total, "ops": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+    return out
+
+
+def profile_markdown(prof: dict, artifact: str, top: int = 8) -> str:
+    lines = [f"Kernel time by op type, `{artifact}` (ORT profiler, batch 1; ms and share of the summed kernel time)", "",
+             "| input | summed kernels (ms) | " + " | ".join(f"#{i + 1}" for i in range(top)) + " |", "|---|---|" + "---|" * top]
+    for label, p in prof.items():
+        cells = [f"{op} {ms:.1f} ({100 * ms / p['total_ms']:.0f} %)" for op, ms in list(p["ops"].items())[:top]]
+        lines.append(f"| {label} | {p['total_ms']:.1f} | " + " | ".join(cells + [""] * (top - len(cells))) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict], runs: int) -> str:
     lines = [f"CPU: {platform.processor() or platform.machine()}, onnxruntime CPUExecutionProvider, batch 1, "
              f"median of {runs} runs (interleaved), same process.", "",
@@ -72,7 +108,11 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--threads", type=int)
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--profile", metavar="ARTIFACT", help="time per op type of one audio artifact instead")
     a = p.parse_args(argv)
+    if a.profile:
+        print(profile_markdown(profile(a.export_dir, a.profile, a.runs, a.threads), a.profile))
+        return 0
     rows = measure(a.export_dir, a.runs, a.threads)
     if a.markdown:
         print(markdown(rows, a.runs))

@@ -97,14 +97,18 @@ class OnnxSession:
 
     The one place a session is built: the runtime, export validation, quantization gates, training
     caches and the benchmarks all open models here. ``threads`` caps intra-op threads (benchmarks pin
-    it; the default lets ORT use every core).
+    it; the default lets ORT use every core). ``profile_prefix`` turns on ORT's per-node profiler
+    (``end_profiling`` returns the JSON trace's path).
     """
 
     def __init__(self, model: bytes | str | Path, providers: Sequence[ProviderSpec] = (CPU_EP,),
-                 name: str | None = None, threads: int | None = None):
+                 name: str | None = None, threads: int | None = None, profile_prefix: str | None = None):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         options.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
         self.name = name or (Path(model).name if not isinstance(model, bytes) else "model")
         try:
@@ -121,6 +125,9 @@ class OnnxSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, feeds)[0]
+
+    def end_profiling(self) -> str:
+        return self._session.end_profiling()
 
 
 def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec],

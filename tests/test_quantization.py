@@ -240,3 +240,15 @@ def test_shipped_audio_dynamic_is_per_token_and_batch_exact(quantized):
     together = sess.run({"input_features": mel})
     for i in range(mel.shape[0]):
         np.testing.assert_array_equal(together[i], sess.run({"input_features": mel[i:i + 1]})[0])
+
+
+def test_profile_splits_kernel_time_by_op_type(base_export):
+    from wavlink_edge.quantization import latency
+
+    prof = latency.profile(base_export, "audio.onnx", runs=1, threads=2)
+    assert set(prof) == {"30 s pad", "5 s trim"}
+    for p in prof.values():
+        assert p["total_ms"] > 0 and abs(sum(p["ops"].values()) - p["total_ms"]) < 1e-6 * p["total_ms"] + 1e-9
+        assert "MatMul" in p["ops"] and "Conv" in p["ops"]  # the fp32 graph as exported
+    assert prof["30 s pad"]["total_ms"] > prof["5 s trim"]["total_ms"]
+    assert "| 30 s pad |" in latency.profile_markdown(prof, "audio.onnx")
