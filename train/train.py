@@ -290,14 +290,26 @@ def zero_shot(audio: np.ndarray, prompts: np.ndarray, labels: list[str], classes
             "per_class": per_class, "predicted": [classes[i] for i in top]}
 
 
+def ensemble_prompts(model: WavLinkModel, vectors: np.ndarray, n_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ensembled, first-template) class vectors at `dim`: rows of `vectors` are n_templates pooled prompts per
+    class; the ensemble is the mean of the prompts' normalised (truncated) embeddings, as in CLIP/CLAP."""
+    with torch.no_grad():
+        p = model.text.projector(torch.from_numpy(vectors))[:, :dim]
+    p = F.normalize(p, dim=-1).reshape(n_classes, -1, dim)
+    return F.normalize(p.mean(dim=1), dim=-1).numpy(), p[:, 0].numpy()
+
+
 def evaluate(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, zs: tuple | None = None) -> dict:
-    """{'retrieval': {dim: ...}, 'zero_shot': {dim: ...}}; zs = (pooled prompt vectors, labels, classes)."""
+    """{'retrieval': {dim: ...}, 'zero_shot': {dim: ...}, 'zero_shot_single': {dim: ...}}; zs = (pooled prompt
+    vectors, labels, classes), len(real.PROMPT_TEMPLATES) vectors a class: 'zero_shot' uses the prompt ensemble, '_single' its first prompt."""
     audio, text = embed_split(model, clips, text_vectors)
     out = {"retrieval": {str(d): retrieval(audio, text, d) for d in model.config.matryoshka_dims}}
     if zs is not None:
-        with torch.no_grad():
-            prompts = F.normalize(model.text.projector(torch.from_numpy(zs[0])), dim=-1).numpy()
-        out["zero_shot"] = {str(d): zero_shot(audio, prompts, zs[1], zs[2], d) for d in model.config.matryoshka_dims}
+        out["zero_shot"], out["zero_shot_single"] = {}, {}
+        for d in model.config.matryoshka_dims:
+            ens, single = ensemble_prompts(model, zs[0], len(zs[2]), d)
+            out["zero_shot"][str(d)] = zero_shot(audio, ens, zs[1], zs[2], d)
+            out["zero_shot_single"][str(d)] = zero_shot(audio, single, zs[1], zs[2], d)
     return out
 
 
@@ -346,14 +358,17 @@ def _pct(x: float) -> str:
 
 
 def model_card(results: dict, path: Path) -> Path:
+    from wavlink_edge.train.corpus.real import PROMPT_TEMPLATES
+
     r = results
+    prompts = [t.replace("{A}", "{class}") for t in PROMPT_TEMPLATES]
     ev, ship = r["eval"], r["shipped_policy"]
     real_n, classes = r["counts"]["real_test"], r["real_classes"]
     lines = [
         f"# {DEMO_NAME}: WavLink-base demo heads trained in this repo",
         "",
-        "**A demo model, not the paper's: trained on generated audio (train/corpus) plus a few hundred real "
-        "recordings from Debian packages; its real test split is small (see the counts). Backbones are real and "
+        "**A demo model, not the paper's: trained on generated audio (train/corpus) plus real recordings from "
+        "Debian packages (counts below); its real test split is small (see the counts). Backbones are real and "
         "frozen:** Whisper-base encoder (OpenAI, MIT, CTranslate2 weights) and all-MiniLM-L6-v2 (Apache-2.0).",
         "",
         "## Recipe",
@@ -374,23 +389,34 @@ def model_card(results: dict, path: Path) -> Path:
         f"- weights: `{DEMO_HEADS.name}` (fp16 safetensors, {r['heads_bytes'] / 1e6:.1f} MB), curves: `training_curves.png`",
         f"- whole pipeline (`python train/train.py`): {r['seconds']['total']:.0f} s on this machine ({r['seconds']}); "
         + ("corpus reused from `--corpus`; " if r.get("corpus_reused") else "")
-        + ("corpus and audio features were cache hits in the workdir (an earlier run of the same command computed "
-           "them), so this is not a from-scratch time; " if r["seconds"]["audio_features"] < 60 else "")
+        + (f"audio features {', '.join(r['cache_hits'])} (and the corpus they came from) were cache hits in the workdir "
+           "(an earlier run of the same command computed them), so this is not a from-scratch time; " if r.get("cache_hits")
+           else "corpus and audio features were cache hits in the workdir (an earlier run of the same command computed "
+           "them), so this is not a from-scratch time; " if "cache_hits" not in r and r["seconds"]["audio_features"] < 60 else "")
         + f"load average at start/end {r['load_average']} on {os.cpu_count()} cores (shared with other jobs when above)",
         "",
-        f"## Real test split: zero-shot classification ({len(classes)} classes, {real_n} clips, prompt \"the sound of a {{class}}\")",
+        f"## Real test split: zero-shot classification ({len(classes)} classes, {real_n} clips)",
         "",
-        f"Classes: {', '.join(classes)}. Top-1 over clips / mean over classes, %.",
+        f"Classes: {', '.join(classes)}. Top-1 over clips / mean over classes, %. Each class's text vector is the mean "
+        f"of the normalised embeddings of {len(prompts)} prompts ({'; '.join(prompts)}; {{class}} with its article), "
+        "the prompt ensembling of CLIP and CLAP; the one-prompt rows use only \"the sound of {class}\".",
         "",
-        "| heads | policy | " + " | ".join(f"dim {d}" for d in r["dims"]) + " |",
-        "|---|---|" + "---|" * len(r["dims"]),
+        "| heads | prompts | policy | " + " | ".join(f"dim {d}" for d in r["dims"]) + " |",
+        "|---|---|---|" + "---|" * len(r["dims"]),
     ]
-    for heads in ("trained", "untrained"):
+    rows = [("trained", "ensemble", "zero_shot"), ("trained", "one prompt", "zero_shot_single"),
+            ("untrained", "ensemble", "zero_shot"), ("untrained", "one prompt", "zero_shot_single")]
+    for heads, prompts, key in rows:
         for policy in POLICIES:
-            zs = ev[heads]["real"][policy]["zero_shot"]
-            lines.append(f"| {heads} | {policy} | " + " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}"
-                                                                   for d in r["dims"]) + " |")
-    lines.append("| chance | - | " + " | ".join(_pct(1 / len(classes)) for _ in r["dims"]) + " |")
+            zs = ev[heads]["real"][policy].get(key)
+            if zs is None:
+                continue
+            lines.append(f"| {heads} | {prompts} | {policy} | "
+                         + " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in r["dims"]) + " |")
+    for policy, zs in (r.get("previous_real_zero_shot") or {}).items():
+        lines.append(f"| previous demo (fewer real sources) | one prompt | {policy} | "
+                     + " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in r["dims"]) + " |")
+    lines.append("| chance | - | - | " + " | ".join(_pct(1 / len(classes)) for _ in r["dims"]) + " |")
     zs = ev["trained"]["real"][ship]["zero_shot"][str(r["dims"][0])]
     lines += ["", f"Per class (trained, {ship}, dim {r['dims'][0]}): "
               + ", ".join(f"{c} {_pct(v)}" for c, v in zs["per_class"].items())
@@ -436,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-card", action="store_true", help="only re-render the card from WORKDIR/results.json")
     parser.add_argument("--skip-generated-pad", action="store_true",
                         help="do not evaluate the generated split with 30 s padding (its features cost ~15 min here)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job holds a core)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work, out = Path(args.workdir), Path(args.out)
     if args.render_card:
         results = json.loads((work / "results.json").read_text())
@@ -470,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     last = model.audio.layers[-1]
     raw = {}
     gen_policies = ("trim",) if args.skip_generated_pad else POLICIES
+    cache_hits = sorted(f.name for f in work.glob("frames_*.npz"))  # features an earlier run computed
     for s, policies in (("real_train", ("trim",)), ("real_test", POLICIES), ("test", ("trim",)), ("train", ("trim",)),
                         ("test", gen_policies[1:])):
         for policy in policies:
@@ -479,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = {s: cache_text(model, tokenizer, [c for _, caps in splits[s] for c in caps], work / f"text_{s}") for s in splits}
     real_labels = real.labels(corpus, "test")
     classes = sorted(set(real_labels))
-    prompt_vectors = cache_text(model, tokenizer, [real.class_prompt(c) for c in classes], work / "text_prompts")
+    prompt_vectors = cache_text(model, tokenizer, [p for c in classes for p in real.class_prompts(c)], work / "text_prompts_ensemble")
     seconds["text_features"] = time.perf_counter() - t
 
     # Validation: the last 10% of generated train clips (seen compositions) for curves; tests only for the card.
@@ -497,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     val_states, val_text = gen_train.subset(val_idx, last), text_rows(texts["train"], val_idx)
     tests = {("generated", p): ClipStates(*raw["test", p], layer=last) for p in gen_policies}
     tests |= {("real", p): ClipStates(*raw["real_test", p], layer=last) for p in POLICIES}
-    zs = (prompt_vectors, real_labels, classes)
+    zs = (prompt_vectors, real_labels, classes)  # prompt_vectors: len(real.PROMPT_TEMPLATES) rows per class
 
     def evaluate_all():
         return {split: {p: evaluate(model, tests[split, p], texts["test" if split == "generated" else "real_test"],
@@ -529,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval": {"trained": trained, "untrained": untrained},
         "chance": {"generated": chance(len(splits["test"])), "real": chance(len(splits["real_test"]))},
         "previous_generated": _previous_generated(out / "training_results.json"),
+        "previous_real_zero_shot": _previous_real_zero_shot(out / "training_results.json"),
         "curves": curves, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "corpus_reused": bool(args.corpus), "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
+        "corpus_reused": bool(args.corpus), "cache_hits": cache_hits, "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
         "real_data_card": real.data_card(_real_counts(corpus)),
     }
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -551,6 +580,17 @@ def _previous_generated(path: Path) -> dict | None:
     if "previous_generated" in old:
         return old["previous_generated"]
     return old.get("trained", {}).get(old.get("shipped_mode", ""), {}).get("trim")
+
+
+def _previous_real_zero_shot(path: Path) -> dict | None:
+    """The committed model's real-split zero-shot figures ({policy: {dim: ...}}), one prompt, for the before row."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    if "previous_real_zero_shot" in old:
+        return old["previous_real_zero_shot"]
+    real = old.get("eval", {}).get("trained", {}).get("real", {})
+    return {p: {d: {k: v[k] for k in ("top1", "balanced_top1")} for d, v in real[p]["zero_shot"].items()} for p in real} or None
 
 
 def _real_counts(corpus: Path) -> dict:

@@ -23,6 +23,9 @@ from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 STAMPS = "/usr/share/tuxpaint/stamps"
 GCOMPRIS = "/usr/share/gcompris-qt/rcc"
 ASTERISK = "/usr/share/asterisk"
+OPENSFX = "/usr/share/games/openttd/baseset/opensfx"
+LINCITY = "/usr/share/games/lincity-ng"
+SUPERTUX = "/usr/share/games/supertux2/sounds"
 # package -> (directory that proves it is installed, licence per /usr/share/doc/<pkg>/copyright, what is taken)
 PACKAGES = {
     "tuxpaint-stamps-default": (STAMPS, "GPL-2", "sound files beside the stamps: animals, household, instruments, "
@@ -38,6 +41,13 @@ PACKAGES = {
     "gcompris-qt-data": (GCOMPRIS, "GPL-3+ (sounds under Files: *; core win.wav CC-BY-3.0, not used)",
                          "sounds unpacked from its Qt .rcc bundles: farm animals, memory-game recordings, "
                          "instruments, world music excerpts (test only)"),
+    "openttd-opensfx": (OPENSFX, "CC-BY-SA-3.0 (collection; single sounds CC-BY-3.0, CC-BY-SA-3.0 or CC0-1.0, credited in "
+                        "its readme)", "sounds unpacked from opensfx.cat: trains, engines, aircraft, applause, farm "
+                        "animals, tools, wind (labelled in train/corpus/real.py)"),
+    "lincity-ng-data": (LINCITY, "GPL-2+", "building sounds (trains, traffic, crowd, fire, blacksmith; labelled in train/corpus/real.py) and "
+                        "its three music tracks, 10 s excerpts"),
+    "supertux-data": (SUPERTUX, "GPL-3+", "game sounds named for what they are: door, rain (10 s excerpts), thunder, "
+                      "waterfall, telephone, splash, explosion"),
 }
 
 # tuxpaint stamp sound (file stem) -> (class, caption phrase). Files whose content was not clear from
@@ -90,6 +100,51 @@ STAMP_SOUNDS = {
     "fireworks": ("fireworks", "fireworks exploding"), "apollo_lander": ("radio", "a crackling radio transmission"),
     "checkeredflag": ("race car", "race cars speeding past"), "firetruck": ("fire truck", "a fire truck siren wailing"),
 }
+# openttd-opensfx opensfx.cat entry (index; its name in the catalogue is the description) -> (class, caption
+# phrase). Toyland/comedy mixes, UI splats, beeps and the empty entries are not used.
+OPENSFX_SOUNDS = {
+    3: ("whistle", "a factory whistle blowing"), 4: ("train", "a steam train departing with its whistle blowing"),
+    5: ("train", "a steam train whistling as it enters a tunnel"), 6: ("ship horn", "a ship's horn blowing"),
+    7: ("ship horn", "a ferry's horn blowing"), 8: ("airplane", "a propeller plane engine starting"),
+    9: ("jet", "a jet plane taking off"), 10: ("train", "a diesel train departing with a distant horn"),
+    11: ("machinery", "heavy machinery rumbling"), 12: ("electric sparks", "electricity sparking and crackling"),
+    13: ("steam", "steam hissing from a steam engine"), 14: ("level crossing", "a railway crossing bell ringing"),
+    17: ("crash", "a vehicle crashing"), 18: ("explosion", "an explosion"), 19: ("crash", "a big crash"),
+    20: ("cash register", "a cash register ringing"), 22: ("morse code", "morse code beeping"),
+    24: ("helicopter", "a helicopter flying"), 25: ("car engine", "an old engine starting and pulling away"),
+    26: ("car engine", "a truck engine starting and an air horn"), 27: ("car engine", "a bus engine starting and driving off"),
+    28: ("car engine", "an old bus engine starting"), 29: ("applause", "an audience applauding and cheering"),
+    33: ("jackhammer", "a jackhammer drilling"), 35: ("car horn", "a car horn honking"),
+    36: ("sheep", "sheep bleating in a field"), 37: ("cow", "a cow mooing"), 38: ("horse", "a horse neighing"),
+    39: ("hammer", "hammering metal in a smithy"), 40: ("saw", "a circular saw cutting wood"),
+    46: ("bubbles", "bubbles rising in water"), 52: ("wind", "wind blowing"), 54: ("tree falling", "a tree crashing down"),
+    55: ("tree falling", "a tree being cut down"), 56: ("chainsaw", "a chainsaw running"), 57: ("wind", "a strong wind howling"),
+    59: ("jet", "a fast jet plane taking off"), 61: ("jet", "jet planes roaring past"),
+    65: ("train", "a maglev train departing a station"), 66: ("bird", "tropical birds calling"),
+    67: ("lion", "a lion roaring"), 68: ("monkey", "monkeys screaming"), 69: ("airplane", "a propeller plane taking off"),
+    71: ("train", "a train passing by"), 72: ("bird", "tropical birds calling"),
+}
+# lincity-ng-data sounds/<stem>.wav -> (class, caption phrase); building ambiences whose content the name
+# does not say (farm, market, residential, school, ...) are not used.
+LINCITY_SOUNDS = {
+    **{f"RailTrain{i}": ("train", "a train rumbling along the rails") for i in (1, 2, 3)},
+    **{f"SportsCroud{i}": ("crowd", "a crowd cheering at a sports match") for i in (1, 2, 3)},
+    **{f"TraficHigh{i}": ("traffic", "heavy road traffic with car engines") for i in (1, 2, 3)},
+    **{f"TraficLow{i}": ("traffic", "cars driving past on a road") for i in (1, 2, 3)},
+    **{f"Blacksmith{i}": ("hammer", "a blacksmith hammering on an anvil") for i in (1, 2, 3)},
+    **{f"Fire{i}": ("fire", "a fire crackling") for i in (1, 2, 3)},
+    "RocketTakeoff1": ("rocket", "a rocket taking off"), "RocketExplosion1": ("explosion", "a rocket exploding"),
+}
+# supertux-data sounds/<file> -> (class, caption phrase); cartoon effects (jumps, coins, enemies) are not used.
+SUPERTUX_SOUNDS = {
+    "door.wav": ("door", "a door opening and closing"), "thunder.wav": ("thunder", "thunder rumbling"),
+    "waterfall.wav": ("waterfall", "a waterfall rushing"), "phone.wav": ("telephone", "a telephone ringing"),
+    "splash.ogg": ("splash", "something splashing into water"), "explosion.wav": ("explosion", "an explosion"),
+    **{f"rain.wav@{i}": ("rain", "rain falling") for i in range(2)},  # 25.6 s of rain: two 10 s excerpts
+}
+LINCITY_MUSIC = ("01 - pronobozo - lincity.ogg", "02 - Robert van Herk - City Blues.ogg",
+                 "03 - Robert van Herk - Architectural Contemplations.ogg")
+MUSIC_EXCERPTS = 3  # 10 s excerpts per track
 # Whole classes never seen in training (their every recording is test-only), plus the held-out packages' classes.
 TEST_CLASSES = ("frog", "bee", "toilet", "fireworks")
 TEST_PACKAGES = ("gcompris-qt-data", "asterisk-moh-opsound-wav", "asterisk-core-sounds-fr-wav")
@@ -115,7 +170,8 @@ GCOMPRIS_SOUNDS = {
                     "flute_traversiere": ("flute", "a flute playing"), "harp": ("harp", "a harp playing")},
     "explore_world_music": {k: ("music", "a piece of music") for k in ("africa", "japan")},
 }
-MASS_NOUNS = {"music", "speech", "fireworks", "thunder", "wrapping paper", "rain", "applause"}
+MASS_NOUNS = {"music", "speech", "fireworks", "thunder", "wrapping paper", "rain", "applause", "traffic", "machinery",
+              "electric sparks", "steam", "morse code", "wind", "bubbles", "fire"}
 PER_CLASS_TEST_CAP = 4  # the big held-out packages would otherwise dominate a per-clip accuracy
 LANGS = {"": "English", "fr": "French", "ru": "Russian", "ro": "Romanian", "ca": "Catalan", "bg": "Bulgarian",
          "es": "Spanish", "be": "Belarusian", "el": "Greek", "da": "Danish", "lt": "Lithuanian", "nl": "Dutch"}
@@ -130,6 +186,16 @@ def article(label: str) -> str:
 def class_prompt(label: str) -> str:
     """Zero-shot prompt for a class name (ESC-50 style)."""
     return f"the sound of {article(label)}"
+
+
+# Prompt ensemble for zero-shot classification (CLIP/CLAP practice): a class's text vector is the mean of
+# these prompts' normalised embeddings; the first is class_prompt.
+PROMPT_TEMPLATES = ("the sound of {A}", "{A}", "a recording of {A}", "{A} can be heard", "you can hear {A}",
+                    "a short clip of {A}", "the sound of {A} nearby")
+
+
+def class_prompts(label: str) -> list[str]:
+    return [t.format(A=article(label)) for t in PROMPT_TEMPLATES]
 
 
 def missing_packages() -> list[str]:
@@ -174,6 +240,29 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
               for i in range(N_EN_SPEECH)]
     train += [{"package": "tuxpaint-stamps-default", "source": f"desc:{i}", "label": "speech", "augment": "original"}
               for i in range(N_DESC_SPEECH)]
+    # more packages' sound events (appended so the earlier clips keep their ids and seeds)
+    extra = [{"package": "openttd-opensfx", "source": f"sfx:{i}", "label": lab, "phrase": ph}
+             for i, (lab, ph) in sorted(OPENSFX_SOUNDS.items())]
+    extra += [{"package": "lincity-ng-data", "source": f"lincity:{stem}", "label": lab, "phrase": ph}
+              for stem, (lab, ph) in sorted(LINCITY_SOUNDS.items())]
+    extra = [{**item, "augment": a} for item in extra if item["label"] not in TEST_CLASSES for a in AUGMENTS]
+    partners = sorted({s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES})
+    rng_extra = np.random.default_rng([seed, 82])
+    for c in extra:
+        if c["augment"] == "mix":
+            choices = [s for s in partners if STAMP_SOUNDS[s][0] != c["label"]]
+            c["partner"] = choices[int(rng_extra.integers(len(choices)))]
+    train += extra
+    train += [{"package": "lincity-ng-data", "source": f"music:{t}:{j}", "label": "music", "augment": "original"}
+              for t in range(len(LINCITY_MUSIC)) for j in range(MUSIC_EXCERPTS)]
+    supertux = [{"package": "supertux-data", "source": f"supertux:{name}", "label": lab, "phrase": ph, "augment": a}
+                for name, (lab, ph) in sorted(SUPERTUX_SOUNDS.items()) if lab not in TEST_CLASSES for a in AUGMENTS]
+    rng_tux = np.random.default_rng([seed, 84])
+    for c in supertux:
+        if c["augment"] == "mix":
+            choices = [s for s in partners if STAMP_SOUNDS[s][0] != c["label"]]
+            c["partner"] = choices[int(rng_tux.integers(len(choices)))]
+    train += supertux
     test += [{"package": "gcompris-qt-data", "source": f"{bundle}:{stem}", "label": label, "phrase": phrase,
               "augment": "original"} for bundle, sounds in GCOMPRIS_SOUNDS.items() for stem, (label, phrase) in sounds.items()]
     test += [{"package": "asterisk-moh-opsound-wav", "source": f"moh:{i}", "label": "music", "augment": "original"}
@@ -265,6 +354,50 @@ def _gcompris(bundle: str, stem: str) -> tuple[np.ndarray, str]:
         return _decode(path), f"{bundle}.rcc:{hits[0]}"
 
 
+def _opensfx(index: int) -> tuple[np.ndarray, str]:
+    """One entry of OpenTTD's sound catalogue: a table of (offset, size) uint32 pairs, then per entry a
+    length-prefixed name and a RIFF WAV file."""
+    import io
+    import struct
+
+    import soundfile as sf
+
+    from wavlink_edge.runtime.audio import decode_audio
+
+    data = (_need("openttd-opensfx") / "opensfx.cat").read_bytes()
+    offset, size = struct.unpack_from("<II", data, 8 * index)
+    offset &= 0x7FFFFFFF
+    name_len = data[offset]
+    name = data[offset + 1 : offset + 1 + name_len].rstrip(b"\0").decode("latin-1")
+    wav = data[offset + 1 + name_len : offset + size]
+    if wav[:4] != b"RIFF":
+        raise ValueError(f"opensfx.cat entry {index} is not a WAV file")
+    x, sr = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+    title = name.split(".")[0].strip('"')[:60]
+    return decode_audio((x.mean(axis=1), sr)), f"opensfx.cat:{index}:{title}"
+
+
+def _lincity(stem: str) -> tuple[np.ndarray, str]:
+    path = _need("lincity-ng-data") / "sounds" / f"{stem}.wav"
+    return _decode(path), path.name
+
+
+def _supertux(name: str) -> tuple[np.ndarray, str]:
+    file, _, part = name.partition("@")
+    x = _decode(_need("supertux-data") / file)
+    if part:
+        x = x[int(part) * 10 * SR : (int(part) + 1) * 10 * SR]
+    return x, file
+
+
+def _lincity_music(track: int, j: int, seed: int) -> tuple[np.ndarray, str]:
+    path = _need("lincity-ng-data") / "music" / "default" / LINCITY_MUSIC[track]
+    x = _decode(path)
+    span = max(1, (len(x) - 10 * SR) // MUSIC_EXCERPTS)
+    start = j * span + int(np.random.default_rng([seed, 83, track, j]).integers(0, span))
+    return x[start : start + 10 * SR], path.name
+
+
 def _peak(x: np.ndarray, level: float = 0.5) -> np.ndarray:
     return (x * (level / max(1e-6, float(np.abs(x).max())))).astype(np.float32)
 
@@ -320,12 +453,27 @@ def _captions(rng: np.random.Generator, templates: list[str], **fields) -> list[
     return [c[0].upper() + c[1:] for c in caps]
 
 
+MUSIC_TRACK = ["instrumental music playing", "a piece of music", "the sound of music", "background music from a game",
+               "a calm instrumental tune", "music with several instruments"]
+
+
 def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
     rng = np.random.default_rng(clip["seed"])
     src = clip["source"]
-    if clip["package"] == "tuxpaint-stamps-default" and not src.startswith("desc:"):
-        path = _stamp_path(src)
-        x = _decode(path)
+    if src.startswith("music:"):
+        _, track, j = src.split(":")
+        x, name = _lincity_music(int(track), int(j), seed)
+        return _peak(x), _captions(rng, MUSIC_TRACK), {"file": name}
+    if src.startswith(("sfx:", "lincity:", "supertux:")) or (clip["package"] == "tuxpaint-stamps-default" and not src.startswith("desc:")):
+        if src.startswith("sfx:"):
+            x, fname = _opensfx(int(src[4:]))
+        elif src.startswith("lincity:"):
+            x, fname = _lincity(src[8:])
+        elif src.startswith("supertux:"):
+            x, fname = _supertux(src[9:])
+        else:
+            path = _stamp_path(src)
+            x, fname = _decode(path), path.name
         partner, phrase = None, clip["phrase"]
         if clip.get("partner"):
             partner = _decode(_stamp_path(clip["partner"]))
@@ -333,7 +481,7 @@ def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
         x, qual = _augment(x, clip["augment"], rng, partner)
         templates = EVENT_TEMPLATES + (["{P} over a background hiss", "{P} with noise behind it"] if qual == "noise" else [])
         caps = _captions(rng, templates, P=phrase, A=article(clip["label"]) if qual != "mix" else phrase)
-        return x, caps, {"file": path.name}
+        return x, caps, {"file": fname}
     if clip["package"] == "gcompris-qt-data":
         bundle, stem = src.split(":")
         x, name = _gcompris(bundle, stem)
@@ -405,8 +553,9 @@ def data_card(counts: dict) -> str:
              f"(at most {PER_CLASS_TEST_CAP} clips a class; test audio is not augmented). Train sound events are used "
              f"{len(AUGMENTS)} times each: {', '.join(AUGMENTS)} (gain, coloured noise at 5-20 dB SNR, speed x0.85-1.15 by "
              "resampling, mixed with another train event at -6 dB, placed inside 3-6 s of quiet room tone). Captions come "
-             "from the file name (hand-labelled table in train/corpus/real.py), the asterisk transcripts and the language "
-             "code of the spoken descriptions, through templates.", "",
+             "from the file name or, for openttd-opensfx, the catalogue entry's description (hand-labelled tables in "
+             "train/corpus/real.py), the asterisk transcripts and the language code of the spoken descriptions, through "
+             "templates; the lincity-ng music excerpts are used once each, not augmented.", "",
              "| split | clips | seconds | classes | packages |", "|---|---|---|---|---|"]
     for split, c in counts.items():
         lines.append(f"| real {split} | {c['clips']} | {c['seconds']} | {len(c['classes'])} | {', '.join(c['packages'])} |")
