@@ -572,25 +572,29 @@ def main(argv: list[str] | None = None) -> int:
     return _write_outputs(results, out, heads)
 
 
-def _previous_generated(path: Path) -> dict | None:
-    """The committed model's generated-split figures (trim), kept for the before/after row."""
+def _previous(path: Path, key: str, derive) -> dict | None:
+    """A figure of the committed model for the before/after rows: carried forward under `key`, or derived from
+    its own results."""
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    if "previous_generated" in old:
-        return old["previous_generated"]
-    return old.get("trained", {}).get(old.get("shipped_mode", ""), {}).get("trim")
+    return old[key] if key in old else derive(old)
+
+
+def _previous_generated(path: Path) -> dict | None:
+    """The committed model's generated-split figures (trim)."""
+    return _previous(path, "previous_generated",
+                     lambda old: old.get("trained", {}).get(old.get("shipped_mode", ""), {}).get("trim"))
 
 
 def _previous_real_zero_shot(path: Path) -> dict | None:
-    """The committed model's real-split zero-shot figures ({policy: {dim: ...}}), one prompt, for the before row."""
-    if not path.is_file():
-        return None
-    old = json.loads(path.read_text())
-    if "previous_real_zero_shot" in old:
-        return old["previous_real_zero_shot"]
-    real = old.get("eval", {}).get("trained", {}).get("real", {})
-    return {p: {d: {k: v[k] for k in ("top1", "balanced_top1")} for d, v in real[p]["zero_shot"].items()} for p in real} or None
+    """The committed model's real-split zero-shot figures ({policy: {dim: ...}}), one prompt."""
+    def derive(old):
+        real = old.get("eval", {}).get("trained", {}).get("real", {})
+        return {p: {d: {k: v[k] for k in ("top1", "balanced_top1")} for d, v in real[p]["zero_shot"].items()}
+                for p in real} or None
+
+    return _previous(path, "previous_real_zero_shot", derive)
 
 
 def _real_counts(corpus: Path) -> dict:
