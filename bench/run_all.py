@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-latency", action="store_true",
                         help="take latency.json from --out (same export) instead of measuring again")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--encoder-rounds", type=int, default=5,
-                        help="round-robin rounds of bench/encoders.py (0 = skip it)")
+    parser.add_argument("--encoder-rounds", type=int,
+                        help="interleaved rounds of bench/encoders.py (default 5, 1 with --quick; 0 = skip it)")
     args = parser.parse_args(argv)
+    if args.encoder_rounds is None:
+        args.encoder_rounds = 1 if args.quick else 5
     command = report.command_line("run_all", argv)
     out, model = Path(args.out), Path(args.model)
     checkpoint = args.checkpoint and Path(args.checkpoint)
