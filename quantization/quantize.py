@@ -58,7 +58,7 @@ AUDIO_DYNAMIC_TARGET = (0.995, 0.98)
 DYNAMIC_LADDER = ("weight_matmuls", "fc2_fp32", "fc2_edges_fp32", "mlp_edges_fp32")
 # Static calibration: percentile (99.999) over every calibration clip, padded to 30 s (ORT's histograms need
 # one shape). Measured on the demo heads against minmax over 16 clips x 2 policies, worst-dim mean / min:
-# audio 0.9931 / 0.9714 vs 0.9912 / 0.9616, text 0.9933 / 0.9636 vs 0.9917 / 0.9539 (docs/quantization.md).
+# audio 0.9931 / 0.9714 vs 0.9912 / 0.9616, text 0.9933 / 0.9636 vs 0.991 / 0.952 (docs/quantization.md).
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIBRATION_CLIPS_DEFAULT = None  # all; --calibration-limit N takes N spread evenly
 # SmoothQuant statistics (max |x| per channel, both policies) come from at most this many calibration clips:
