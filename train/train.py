@@ -357,6 +357,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _zero_shot_cells(zs: dict, dims) -> str:
+    """Top-1 over clips / mean over classes, one cell per dim."""
+    return " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in dims)
+
+
 def model_card(results: dict, path: Path) -> Path:
     from wavlink_edge.train.corpus.real import PROMPT_TEMPLATES
 
@@ -411,11 +416,9 @@ def model_card(results: dict, path: Path) -> Path:
             zs = ev[heads]["real"][policy].get(key)
             if zs is None:
                 continue
-            lines.append(f"| {heads} | {prompts} | {policy} | "
-                         + " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in r["dims"]) + " |")
+            lines.append(f"| {heads} | {prompts} | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
     for policy, zs in (r.get("previous_real_zero_shot") or {}).items():
-        lines.append(f"| previous demo (fewer real sources) | one prompt | {policy} | "
-                     + " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in r["dims"]) + " |")
+        lines.append(f"| previous demo (fewer real sources) | one prompt | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
     lines.append("| chance | - | - | " + " | ".join(_pct(1 / len(classes)) for _ in r["dims"]) + " |")
     zs = ev["trained"]["real"][ship]["zero_shot"][str(r["dims"][0])]
     lines += ["", f"Per class (trained, {ship}, dim {r['dims'][0]}): "

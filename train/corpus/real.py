@@ -221,9 +221,17 @@ def _stamp_files() -> list[str]:
     return sorted(STAMP_SOUNDS)
 
 
+def _add_mix_partners(clips: list[dict], rng: np.random.Generator) -> None:
+    """Each "mix" clip gets its partner: a train stamp sound of another class, drawn in clip order."""
+    partners = sorted(s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES)
+    for c in clips:
+        if c["augment"] == "mix":
+            choices = [s for s in partners if STAMP_SOUNDS[s][0] != c["label"]]
+            c["partner"] = choices[int(rng.integers(len(choices)))]
+
+
 def plan(seed: int = 0) -> dict[str, list[dict]]:
     """Clip plans per split: {'train': [...], 'test': [...]}; pure function of the seed and the tables."""
-    rng = np.random.default_rng([seed, 77])
     train, test = [], []
     for stem in _stamp_files():
         label, phrase = STAMP_SOUNDS[stem]
@@ -232,10 +240,7 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
             test.append({**item, "augment": "original"})
         else:
             train += [{**item, "augment": a} for a in AUGMENTS]
-    events = [c for c in train if c["augment"] == "mix"]
-    for c in events:  # mix partner: another train class
-        others = sorted({s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES and lab != c["label"]})
-        c["partner"] = others[int(rng.integers(len(others)))]
+    _add_mix_partners(train, np.random.default_rng([seed, 77]))
     train += [{"package": "asterisk-core-sounds-en-wav", "source": f"en:{i}", "label": "speech", "augment": "original"}
               for i in range(N_EN_SPEECH)]
     train += [{"package": "tuxpaint-stamps-default", "source": f"desc:{i}", "label": "speech", "augment": "original"}
@@ -246,22 +251,13 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
     extra += [{"package": "lincity-ng-data", "source": f"lincity:{stem}", "label": lab, "phrase": ph}
               for stem, (lab, ph) in sorted(LINCITY_SOUNDS.items())]
     extra = [{**item, "augment": a} for item in extra if item["label"] not in TEST_CLASSES for a in AUGMENTS]
-    partners = sorted({s for s, (lab, _) in STAMP_SOUNDS.items() if lab not in TEST_CLASSES})
-    rng_extra = np.random.default_rng([seed, 82])
-    for c in extra:
-        if c["augment"] == "mix":
-            choices = [s for s in partners if STAMP_SOUNDS[s][0] != c["label"]]
-            c["partner"] = choices[int(rng_extra.integers(len(choices)))]
+    _add_mix_partners(extra, np.random.default_rng([seed, 82]))
     train += extra
     train += [{"package": "lincity-ng-data", "source": f"music:{t}:{j}", "label": "music", "augment": "original"}
               for t in range(len(LINCITY_MUSIC)) for j in range(MUSIC_EXCERPTS)]
     supertux = [{"package": "supertux-data", "source": f"supertux:{name}", "label": lab, "phrase": ph, "augment": a}
                 for name, (lab, ph) in sorted(SUPERTUX_SOUNDS.items()) if lab not in TEST_CLASSES for a in AUGMENTS]
-    rng_tux = np.random.default_rng([seed, 84])
-    for c in supertux:
-        if c["augment"] == "mix":
-            choices = [s for s in partners if STAMP_SOUNDS[s][0] != c["label"]]
-            c["partner"] = choices[int(rng_tux.integers(len(choices)))]
+    _add_mix_partners(supertux, np.random.default_rng([seed, 84]))
     train += supertux
     test += [{"package": "gcompris-qt-data", "source": f"{bundle}:{stem}", "label": label, "phrase": phrase,
               "augment": "original"} for bundle, sounds in GCOMPRIS_SOUNDS.items() for stem, (label, phrase) in sounds.items()]
