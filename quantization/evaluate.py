@@ -90,12 +90,8 @@ def heldout_sentences() -> list[str]:
     return read_sentences(HELDOUT_DIR / "sentences.txt") + ["", "crowd noise " * 80]
 
 
-def session(path: Path, threads: int | None = None) -> OnnxSession:
+def session(path: Path, threads: int | None = None, profile_prefix: str | None = None) -> OnnxSession:
     """CPU session through the runtime's OnnxSession (`.run(feeds)` -> first output)."""
-    return session_with(path, threads)
-
-
-def session_with(path: Path, threads: int | None = None, profile_prefix: str | None = None) -> OnnxSession:
     return OnnxSession(Path(path), name=Path(path).name, threads=threads, profile_prefix=profile_prefix)
 
 

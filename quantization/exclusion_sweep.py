@@ -87,7 +87,7 @@ def dynamic_sweep(export_dir: Path, calibration_limit: int | None = 8, log=print
     fp32 = onnx.load(str(src))
     held = ev.HeldOut(export_dir, "audio", eval_limit=0)
     feeds, _ = q.calibration_feeds(export_dir, "audio", None, calibration_limit)
-    absmax = q.smoothing_stats(fp32, feeds)
+    absmax = q.smoothing_stats(fp32, feeds, front_end=True)  # the sweep also measures front-end smoothing
     heads = q._audio_heads(src)
     probe, _ = graph.conv_front_end_as_matmuls(graph.fuse_attention(fp32, heads)[0])
     int8_names = graph.per_token_candidates(probe)

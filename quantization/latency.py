@@ -69,7 +69,7 @@ def profile(export_dir: Path, artifact: str, runs: int = 7, threads: int | None 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, feed in feeds.items():
-            sess = ev.session_with(Path(export_dir) / artifact, threads, profile_prefix=str(Path(tmp) / "p"))
+            sess = ev.session(Path(export_dir) / artifact, threads, profile_prefix=str(Path(tmp) / "p"))
             for _ in range(runs + 1):
                 sess.run(feed)
             events = json.loads(Path(sess.end_profiling()).read_text())

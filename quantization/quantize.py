@@ -155,12 +155,14 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
                            "rows cut to their own length (right padding removed)"}
 
 
-def smoothing_stats(model: onnx.ModelProto, feeds) -> dict:
-    """Per-channel max |x| for both SmoothQuant folds, in one dict: the smoothable LayerNorm outputs (by tensor
-    name) and the front-end window inputs of the im2col MatMuls (by node name, graph.FRONT_END_MATMULS)."""
+def smoothing_stats(model: onnx.ModelProto, feeds, front_end: bool = False) -> dict:
+    """Per-channel max |x| for the SmoothQuant folds: the smoothable LayerNorm outputs (by tensor name) and,
+    with front_end, the window inputs of the im2col front-end MatMuls (by node name, graph.FRONT_END_MATMULS;
+    only the measured, unshipped front-end smoothing reads them, so the shipped recipe skips that pass)."""
     stats = graph.activation_absmax(model, graph.layernorm_outputs(model), feeds)
-    im2col, _ = graph.conv_front_end_as_matmuls(model)
-    stats.update(graph.matmul_input_absmax(im2col, list(graph.FRONT_END_MATMULS), feeds))
+    if front_end:
+        im2col, _ = graph.conv_front_end_as_matmuls(model)
+        stats.update(graph.matmul_input_absmax(im2col, list(graph.FRONT_END_MATMULS), feeds))
     return stats
 
 
