@@ -135,8 +135,10 @@ def test_tiny_pipeline_loss_falls(tmp_path):
         pytest.skip(f"Debian packages not installed: {', '.join(missing)}")
     assert train.main(["--tiny", "--workdir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    losses = results["curves"]["train_loss"]
+    losses = results["selection"]["curves"]["train_loss"]  # the epoch-selection run trains every epoch
     assert losses[-1] < losses[0], losses
+    assert 1 <= results["recipe"]["epochs"] == len(results["curves"]["epoch"]) <= results["selection"]["max_epochs"]
+    assert "real_val_zero_shot" in results["selection"]["curves"] and "real_val_zero_shot" not in results["curves"]
     for split in ("real", "generated"):
         for policy in train.POLICIES:
             assert set(results["eval"]["trained"][split][policy]["retrieval"]) == {"512", "256", "128", "64"}
@@ -146,3 +148,37 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     model, _ = build_default_base(heads=tmp_path / "heads.safetensors")
     assert model.config.heads == "trained" and model.config.global_token_layer == 5
     assert model.config.clip_policy == results["shipped_policy"]
+
+
+def test_validation_rows_hold_out_whole_files_and_their_mixes(tmp_path):
+    import csv
+
+    from wavlink_edge.train.corpus import real
+
+    rows = [dict(file_name=f"r{i}.flac", package="pkg", source_file=f"{name}.ogg", label=name, augment=aug,
+                 partner=partner, length_s=1.0)
+            for i, (name, aug, partner) in enumerate(
+                [(f"sound{k}", aug, f"sound{(k + 1) % 10}" if aug == "mix" else "")
+                 for k in range(10) for aug in ("original", "gain", "mix")]
+                + [("speech", "original", ""), ("music", "original", "")])]
+    with open(tmp_path / "metadata_real_train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    held, scored = real.validation_rows(tmp_path, fraction=0.2)
+    held_files = {rows[i]["source_file"] for i in np.flatnonzero(scored)}
+    assert len(held_files) == 2 and all(rows[i]["augment"] == "original" for i in np.flatnonzero(scored))
+    for r, h in zip(rows, held):
+        mixes_held = r["augment"] == "mix" and f"{r['partner']}.ogg" in held_files
+        assert h == (r["source_file"] in held_files or mixes_held), r  # every copy, and the mixes that use it
+    assert not held[-2:].any()  # speech and music stay in training
+    assert np.array_equal(real.validation_rows(tmp_path, fraction=0.2)[0], held)  # stable
+
+
+def test_choose_epochs_takes_the_smoothed_best_and_the_later_tie():
+    curves = {"epoch": [1, 2, 3, 4, 5, 6], "val_t2a_r1": [0.1, 0.2, 0.3, 0.3, 0.3, 0.3],
+              "val_a2t_r1": [0.1, 0.2, 0.3, 0.3, 0.3, 0.3], "real_val_zero_shot": [0.0, 0.1, 0.9, 0.1, 0.3, 0.3]}
+    # raw best is epoch 3 (a one-epoch spike); smoothed: 3 -> 0.667, 4 -> 0.733, 5 -> 0.533
+    assert train.choose_epochs(curves) == 4
+    flat = dict(curves, real_val_zero_shot=[0.2] * 6, val_t2a_r1=[0.3] * 6, val_a2t_r1=[0.3] * 6)
+    assert train.choose_epochs(flat) == 6

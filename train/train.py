@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,10 @@ def cache_audio(model: WavLinkModel, paths: list[str], policy: str, cache: Path,
 
 
 def cache_text(model: WavLinkModel, tokenizer_json: Path, texts: list[str], cache: Path) -> np.ndarray:
-    """Frozen sentence vectors (before the projector) of every caption."""
+    """Frozen sentence vectors (before the projector) of every caption; the cache is keyed by the texts."""
+    import hashlib
+
+    cache = cache.with_name(f"{cache.name}_{hashlib.sha256(chr(0).join(texts).encode()).hexdigest()[:12]}")
     if cache.with_suffix(".npy").is_file():
         return np.load(cache.with_suffix(".npy"))
     from wavlink_edge.runtime.text import TextTokenizer
@@ -205,7 +208,7 @@ def embed_split(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray
 
 
 def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_text: np.ndarray, n_real: int,
-          val_clips: ClipStates, val_text: np.ndarray, log=print) -> dict:
+          validation: Validation, log=print) -> dict:
     """Returns per-epoch curves. Batches group clips of similar length so little padding is computed;
     the last `n_real` clips (real recordings) appear `real_repeats` times per epoch."""
     torch.manual_seed(recipe.seed)
@@ -219,7 +222,7 @@ def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_te
     dims = list(model.config.matryoshka_dims)
     n = len(train_clips)
     pool = np.concatenate([np.arange(n)] + [np.arange(n - n_real, n)] * (recipe.real_repeats - 1))
-    curves = {"epoch": [], "train_loss": [], "val_loss": [], "val_t2a_r1": [], "seconds": []}
+    curves: dict[str, list] = {}
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
         model.train()
@@ -239,21 +242,45 @@ def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_te
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        val_loss, r1 = validation(model, val_clips, val_text, dims)
-        for key, value in zip(curves, (epoch + 1, float(np.mean(losses)), val_loss, r1, time.perf_counter() - start)):
-            curves[key].append(value)
-        log(f"epoch {epoch + 1}/{recipe.epochs}: train {np.mean(losses):.4f} val {val_loss:.4f} "
-            f"val T2A R@1 {r1:.3f} ({time.perf_counter() - start:.0f} s)")
-    model.eval()
+        model.eval()
+        scores = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **validation(model),
+                  "seconds": time.perf_counter() - start}
+        for key, value in scores.items():
+            curves.setdefault(key, []).append(value)
+        log(f"epoch {epoch + 1}/{recipe.epochs}: " + " ".join(f"{k} {v:.3f}" for k, v in list(scores.items())[1:]))
     return curves
 
 
-@torch.no_grad()
-def validation(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, dims: list[int]) -> tuple[float, float]:
-    audio, text = embed_split(model, clips, text_vectors)
-    first_caption = torch.from_numpy(text[::CAPTIONS_PER_CLIP])
-    loss = matryoshka_clip_loss(torch.from_numpy(audio), first_caption, model.logit_scale, dims).item()
-    return loss, retrieval(audio, text)["t2a"]["R@1"]
+@dataclass
+class Validation:
+    """What the curves track each epoch: generated clips held out of training (loss and R@1 both ways at full
+    width) and, when given, the real validation files (zero-shot top-1 over their classes, prompt ensemble)."""
+    clips: ClipStates
+    text: np.ndarray
+    real: tuple | None = None  # (ClipStates, pooled prompt vectors, labels, classes), as evaluate's zs
+
+    @torch.no_grad()
+    def __call__(self, model: WavLinkModel) -> dict:
+        dims = list(model.config.matryoshka_dims)
+        audio, text = embed_split(model, self.clips, self.text)
+        first_caption = torch.from_numpy(text[::CAPTIONS_PER_CLIP])
+        out = {"val_loss": matryoshka_clip_loss(torch.from_numpy(audio), first_caption, model.logit_scale, dims).item()}
+        recall = retrieval(audio, text)
+        out |= {"val_t2a_r1": recall["t2a"]["R@1"], "val_a2t_r1": recall["a2t"]["R@1"]}
+        if self.real is not None:
+            clips, prompts, labels, classes = self.real
+            audio, _ = embed_split(model, clips, self.text[:0])
+            out["real_val_zero_shot"] = zero_shot(audio, ensemble_prompts(model, prompts, len(classes), dims[0])[0],
+                                                  labels, classes, dims[0])["top1"]
+        return out
+
+
+def choose_epochs(curves: dict) -> int:
+    """The epoch count with the best validation score: real-validation zero-shot top-1 plus the generated split's
+    mean R@1, each epoch averaged with its neighbours (one real validation clip is ~3 points); the later on ties."""
+    score = np.asarray(curves.get("real_val_zero_shot", 0.0)) + (np.asarray(curves["val_t2a_r1"]) + np.asarray(curves["val_a2t_r1"])) / 2
+    smooth = np.convolve(np.pad(score, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return int(curves["epoch"][len(smooth) - 1 - int(np.argmax(smooth[::-1]))])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,25 +359,54 @@ def save_heads(model: WavLinkModel, recipe: Recipe, clip_policy: str, path: Path
     return path
 
 
-def plot_curves(curves: dict, path: Path) -> Path:
+def plot_curves(results: dict, path: Path) -> Path:
+    """Loss, generated-validation R@1 and real-validation zero-shot of the epoch-selection run, and the final run's
+    training loss; the chosen epoch count is marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_r1) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(curves["epoch"], curves["train_loss"], label="train (generated + real)")
-    ax_loss.plot(curves["epoch"], curves["val_loss"], "--", label="val (generated)")
-    ax_r1.plot(curves["epoch"], curves["val_t2a_r1"], label="val T2A R@1")
-    ax_loss.set(xlabel="epoch", ylabel="Matryoshka CLIP loss", title="loss")
-    ax_r1.set(xlabel="epoch", ylabel="R@1", title="validation text→audio R@1")
-    for ax in (ax_loss, ax_r1):
-        ax.legend()
+    final, selection = results["curves"], (results.get("selection") or {}).get("curves")
+    sel = selection or final
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(sel["epoch"], sel["train_loss"], label="train (validation files held out)" if selection else "train")
+    ax_loss.plot(sel["epoch"], sel["val_loss"], "--", label="generated validation")
+    if selection:
+        ax_loss.plot(final["epoch"], final["train_loss"], label="final run, every train file")
+    ax_val.plot(sel["epoch"], sel["val_t2a_r1"], label="generated validation T2A R@1")
+    if "val_a2t_r1" in sel:
+        ax_val.plot(sel["epoch"], sel["val_a2t_r1"], label="generated validation A2T R@1")
+    if "real_val_zero_shot" in sel:
+        ax_val.plot(sel["epoch"], sel["real_val_zero_shot"], label="real validation zero-shot top-1")
+    for ax in (ax_loss, ax_val):
+        if selection:
+            ax.axvline(results["recipe"]["epochs"], color="grey", linestyle=":", label="chosen epoch count")
+        ax.set(xlabel="epoch")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    ax_loss.set(ylabel="Matryoshka CLIP loss", title="loss")
+    ax_val.set(ylabel="fraction", title="validation (never the test splits)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _selection_lines(r: dict) -> list[str]:
+    """The card's account of how the epoch count was chosen (absent from results written before it was)."""
+    sel = r.get("selection")
+    if not sel:
+        return []
+    c, at = sel["curves"], sel["epochs"] - 1
+    return [f"- epoch count **{sel['epochs']}**, chosen out of 1-{sel['max_epochs']} on validation data only: "
+            f"{r['counts']['real_val_scored']} sound-event files of the train packages ({len(sel['real_val_classes'])} "
+            f"classes; held out with their augmented copies and the clips mixing them in, {r['counts']['real_val_held_out']} "
+            f"clips) and the {r['counts']['val']} generated validation clips; score = real-validation zero-shot top-1 + "
+            "generated mean R@1, averaged over neighbouring epochs. At that epoch: real-validation zero-shot "
+            f"{_pct(c['real_val_zero_shot'][at])} %, generated validation R@1 T2A / A2T {_pct(c['val_t2a_r1'][at])} / "
+            f"{_pct(c['val_a2t_r1'][at])} %. The shipped heads are then trained afresh on every train file (validation "
+            "files included) for that many epochs"]
 
 
 def _pct(x: float) -> str:
@@ -384,6 +440,7 @@ def model_card(results: dict, path: Path) -> Path:
         f"- Matryoshka CLIP loss at {r['dims']}, learnable temperature; AdamW lr {r['recipe']['lr']}, weight decay "
         f"{r['recipe']['weight_decay']}, batch {r['recipe']['batch_size']}, {r['recipe']['epochs']} epochs, real clips "
         f"{r['recipe']['real_repeats']}x per epoch, seed {r['recipe']['seed']}; trained on {r['recipe']['clip_policy']} states",
+        *_selection_lines(r),
         f"- input-length policy served: **{ship}**: the policy the heads were trained on, unless the other beats it on "
         "zero-shot top-1 at full width on the real test split by more than one clip (trim: the encoder runs only on the "
         "frames holding audio, >= 1 s, ~4x faster for short clips; pad: 30 s windows)",
@@ -513,19 +570,29 @@ def main(argv: list[str] | None = None) -> int:
     prompt_vectors = cache_text(model, tokenizer, [p for c in classes for p in real.class_prompts(c)], work / "text_prompts_ensemble")
     seconds["text_features"] = time.perf_counter() - t
 
-    # Validation: the last 10% of generated train clips (seen compositions) for curves; tests only for the card.
+    # Validation, never the tests: the last 10% of generated train clips (seen compositions) and a fifth of the
+    # train packages' sound-event files (real.validation_rows); the tests are only read for the card.
     n_gen = len(splits["train"])
     n_val = max(4, n_gen // 10)
     train_idx, val_idx = np.arange(n_gen - n_val), np.arange(n_gen - n_val, n_gen)
     n_real = len(splits["real_train"])
+    held_out, scored = real.validation_rows(corpus)
+    val_labels = [lab for lab, keep in zip(real.labels(corpus, "train"), scored) if keep]
+    val_classes = sorted(set(val_labels))
+    val_prompts = cache_text(model, tokenizer, [p for c in val_classes for p in real.class_prompts(c)], work / "text_prompts_validation")
 
     def text_rows(vectors, idx):
         return vectors[(idx[:, None] * CAPTIONS_PER_CLIP + np.arange(CAPTIONS_PER_CLIP)).reshape(-1)]
 
-    gen_train = ClipStates(*raw["train", "trim"])
-    train_states = ClipStates.concat([gen_train, ClipStates(*raw["real_train", "trim"])], [train_idx, np.arange(n_real)], last)
-    train_text = np.concatenate([text_rows(texts["train"], train_idx), texts["real_train"]])
-    val_states, val_text = gen_train.subset(val_idx, last), text_rows(texts["train"], val_idx)
+    gen_train, real_train = ClipStates(*raw["train", "trim"]), ClipStates(*raw["real_train", "trim"])
+
+    def fit_set(real_rows: np.ndarray) -> tuple:
+        """(clips, caption vectors, number of real clips) for train(): generated train clips, then these real rows."""
+        clips = ClipStates.concat([gen_train, real_train], [train_idx, real_rows], last)
+        return clips, np.concatenate([text_rows(texts["train"], train_idx), text_rows(texts["real_train"], real_rows)]), len(real_rows)
+
+    gen_val = (gen_train.subset(val_idx, last), text_rows(texts["train"], val_idx))
+    real_val = (real_train.subset(np.flatnonzero(scored), last), val_prompts, val_labels, val_classes) if scored.any() else None
     tests = {("generated", p): ClipStates(*raw["test", p], layer=last) for p in gen_policies}
     tests |= {("real", p): ClipStates(*raw["real_test", p], layer=last) for p in POLICIES}
     zs = (prompt_vectors, real_labels, classes)  # prompt_vectors: len(real.PROMPT_TEMPLATES) rows per class
@@ -537,25 +604,33 @@ def main(argv: list[str] | None = None) -> int:
 
     untrained = evaluate_all()
     t = time.perf_counter()
-    curves = train(model, recipe, train_states, train_text, n_real, val_states, val_text)
+    # The epoch count is chosen with the validation files held out; the shipped heads are then trained afresh on
+    # every train file for that many epochs (the validation files are a fifth of the scarce real sound events).
+    selection = train(model, recipe, *fit_set(np.flatnonzero(~held_out)), Validation(*gen_val, real=real_val))
+    final_recipe = replace(recipe, epochs=choose_epochs(selection))
+    model.load_state_dict(initial_state)
+    curves = train(model, final_recipe, *fit_set(np.arange(n_real)), Validation(*gen_val))
     seconds["train"] = time.perf_counter() - t
     # Evaluate what ships: the fp16-rounded heads loaded back into the frozen backbones.
     from wavlink_edge.export.backbones import load_heads
 
-    heads = save_heads(model, recipe, recipe.clip_policy, work / "heads.safetensors")
+    heads = save_heads(model, final_recipe, recipe.clip_policy, work / "heads.safetensors")
     model.load_state_dict(initial_state)
     load_heads(model, heads)
     trained = evaluate_all()
 
     shipped = choose_policy(trained["real"], recipe.clip_policy, len(splits["real_test"]), model.config.embed_dim)
-    heads = save_heads(model, recipe, shipped, work / "heads.safetensors")
+    heads = save_heads(model, final_recipe, shipped, work / "heads.safetensors")
     seconds["total"] = time.perf_counter() - t0
     seen = {lab for lab in real.labels(corpus, "train")}
     results = {
-        "shipped_policy": shipped, "recipe": asdict(recipe), "dims": list(model.config.matryoshka_dims),
+        "shipped_policy": shipped, "recipe": asdict(final_recipe), "dims": list(model.config.matryoshka_dims),
         "global_token_layer": model.config.global_token_layer,
         "counts": {"generated_train": n_gen, "val": n_val, "generated_test": len(splits["test"]), "real_train": n_real,
+                   "real_val_held_out": int(held_out.sum()), "real_val_scored": int(scored.sum()),
                    "real_test": len(splits["real_test"])},
+        "selection": {"max_epochs": recipe.epochs, "epochs": final_recipe.epochs, "curves": selection,
+                      "real_val_classes": val_classes},
         "real_classes": classes, "real_classes_seen": sorted(c for c in classes if c in seen),
         "eval": {"trained": trained, "untrained": untrained},
         "chance": {"generated": chance(len(splits["test"])), "real": chance(len(splits["real_test"]))},
@@ -642,7 +717,7 @@ def _write_outputs(results: dict, out: Path, heads: Path | None) -> int:
         (out / DEMO_HEADS.name).write_bytes(heads.read_bytes())
     _set_heads_policy(out / DEMO_HEADS.name, results["shipped_policy"])
     results["heads_bytes"] = (out / DEMO_HEADS.name).stat().st_size
-    plot_curves(results["curves"], out / "training_curves.png")
+    plot_curves(results, out / "training_curves.png")
     model_card(results, out / "MODEL_CARD.md")
     (out / "training_results.json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out / DEMO_HEADS.name} (policy {results['shipped_policy']}) and {out / 'MODEL_CARD.md'}")

@@ -534,9 +534,37 @@ def generate(out_dir, seed: int = 0, splits=("train", "test"), limit: int | None
     return counts
 
 
-def labels(out_dir, split: str = "test") -> list[str]:
+def metadata(out_dir, split: str = "test") -> list[dict]:
     with open(Path(out_dir) / f"metadata_real_{split}.csv", newline="") as f:
-        return [r["label"] for r in csv.DictReader(f)]
+        return list(csv.DictReader(f))
+
+
+def labels(out_dir, split: str = "test") -> list[str]:
+    return [r["label"] for r in metadata(out_dir, split)]
+
+
+VALIDATION_FRACTION = 0.2  # of the train packages' sound-event files
+
+
+def validation_rows(out_dir, fraction: float = VALIDATION_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out mask, scored mask) over metadata_real_train.csv rows: a validation split from the train packages,
+    to choose the recipe and the epoch count without looking at the test split.
+
+    Whole sound-event files are held out with every augmented copy, and so are the train clips that mix one of
+    them in (partners are named by file stem); speech and music are one class each and stay in training. Files are picked by a hash of package and
+    name, so the split does not move with the seed or the corpus size. Only the original copies are scored."""
+    import zlib
+
+    rows = metadata(out_dir, "train")
+    sources = sorted({(r["package"], r["source_file"]) for r in rows
+                      if r["label"] not in ("speech", "music") and r["augment"] == "original"},
+                     key=lambda s: zlib.crc32(f"{s[0]}/{s[1]}".encode()))
+    held = set(sources[: max(2, round(fraction * len(sources)))])
+    held_stems = {Path(name).stem for _, name in held}
+    out = np.array([(r["package"], r["source_file"]) in held or (r["augment"] == "mix" and r["partner"] in held_stems)
+                    for r in rows], dtype=bool)
+    scored = out & np.array([(r["package"], r["source_file"]) in held and r["augment"] == "original" for r in rows])
+    return out, scored
 
 
 def data_card(counts: dict) -> str:
