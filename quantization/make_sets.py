@@ -6,7 +6,7 @@ Calibration (quantization/calibration/) and held-out evaluation (quantization/he
 construction: different espeak-ng languages and sentences, different source recordings, different
 melodies and mixtures. The held-out set is used together with runtime/samples/*.flac, whose source
 recordings (freedesktop bell/complete/phone-incoming-call) are never used for calibration.
-Sources and licences are listed in each folder's README.md. Needs espeak-ng, sox and fluidsynth.
+Sources and licences are listed in each folder's README.md. Needs espeak-ng and fluidsynth.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
 HERE = Path(__file__).resolve().parent
@@ -120,11 +121,8 @@ def _run(cmd: list[str]) -> None:
 
 
 def _load16k(path: Path) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "x.wav"
-        _run(["sox", str(path), "-r", str(SR), "-c", "1", "-b", "16", str(out)])
-        audio, _ = sf.read(out, dtype="float32")
-    return audio
+    """16 kHz mono float32 through the runtime's decoder, the one place that decodes and resamples audio."""
+    return decode_audio(path)
 
 
 def speech(voice: str, text: str, speed: int = 160) -> np.ndarray:
