@@ -42,7 +42,7 @@ TRAINED_TEXT = ("the global token (inserted at the input of the last encoder lay
 
 @dataclass
 class Recipe:
-    epochs: int = 30
+    epochs: int = 40  # the most; the count trained is chosen on validation (choose_epochs)
     batch_size: int = 128
     lr: float = 1e-4
     weight_decay: float = 0.01
