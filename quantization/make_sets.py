@@ -120,16 +120,11 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _load16k(path: Path) -> np.ndarray:
-    """16 kHz mono float32 through the runtime's decoder, the one place that decodes and resamples audio."""
-    return decode_audio(path)
-
-
 def speech(voice: str, text: str, speed: int = 160) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
         _run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text])
-        return _load16k(wav)
+        return decode_audio(wav)
 
 
 def melody(notes: list[int], program: int, seconds_per_note: float = 0.4, seed: int = 0) -> np.ndarray:
@@ -146,7 +141,7 @@ def melody(notes: list[int], program: int, seconds_per_note: float = 0.4, seed: 
         mid, wav = Path(tmp) / "m.mid", Path(tmp) / "m.wav"
         mid.write_bytes(midi)
         _run(["fluidsynth", "-ni", "-g", "0.8", "-r", "44100", "-F", str(wav), str(SF2), str(mid)])
-        return _load16k(wav)
+        return decode_audio(wav)
 
 
 def _varlen(value: int) -> bytes:
@@ -200,16 +195,16 @@ def build_calibration(folder: Path) -> list[str]:
         music.append(m)
         _write(folder, f"music_{i:02d}_gm{prog}", _norm(m), [f"fluidsynth FluidR3_GM program {prog}, own melody"], rows)
     for i, p in enumerate(fd[::3][:6]):
-        _write(folder, f"event_fd_{i:02d}", _norm(_load16k(p)), [f"freedesktop {p.name}"], rows)
+        _write(folder, f"event_fd_{i:02d}", _norm(decode_audio(p)), [f"freedesktop {p.name}"], rows)
     for i, p in enumerate(icons[::3][:6]):
-        _write(folder, f"event_icon_{i:02d}", _norm(_load16k(p)), [f"sound-icons {p.name}"], rows)
+        _write(folder, f"event_icon_{i:02d}", _norm(decode_audio(p)), [f"sound-icons {p.name}"], rows)
     # mixtures: speech over music, speech over an event, a sequence of events, speech in noise
     for i in range(4):
         (v, s), m = speech_clips[i * 3], music[i % len(music)]
         _write(folder, f"mix_speech_music_{i:02d}", _mix(s, np.tile(m, 3)[: s.size], 0.35), [f"espeak-ng {v} + fluidsynth melody"], rows)
     for i in range(2):
-        ev = _load16k(fd[1 + i * 4])
-        _write(folder, f"mix_events_{i:02d}", _concat(ev, _load16k(icons[2 + i * 5]), ev),
+        ev = decode_audio(fd[1 + i * 4])
+        _write(folder, f"mix_events_{i:02d}", _concat(ev, decode_audio(icons[2 + i * 5]), ev),
                [f"freedesktop {fd[1 + i * 4].name}", f"sound-icons {icons[2 + i * 5].name}"], rows)
     v, s = speech_clips[5]
     noise = rng.standard_normal(s.size).astype(np.float32) * 0.05
@@ -221,15 +216,15 @@ def build_heldout(folder: Path) -> list[str]:
     rows: list[str] = []
     for i, (voice, text) in enumerate(HELDOUT_SPEECH):
         _write(folder, f"speech_{i:02d}_{voice.replace('+', '_')}", _norm(speech(voice, text)), [f"espeak-ng -v {voice}"], rows)
-    alarm = _load16k(FREEDESKTOP / "alarm-clock-elapsed.oga")
+    alarm = decode_audio(FREEDESKTOP / "alarm-clock-elapsed.oga")
     _write(folder, "event_alarm", _norm(alarm), ["freedesktop alarm-clock-elapsed.oga"], rows)
-    glass = _load16k(SOUND_ICONS / "glass-water-1.wav")
-    piano = _load16k(SOUND_ICONS / "piano-3.wav")
+    glass = decode_audio(SOUND_ICONS / "glass-water-1.wav")
+    piano = decode_audio(SOUND_ICONS / "piano-3.wav")
     _write(folder, "events_glass_piano", _concat(glass, piano, glass), ["sound-icons glass-water-1.wav, piano-3.wav"], rows)
     m = melody([67, 67, 74, 74, 76, 76, 74, 72, 72, 71, 71], 6)
     _write(folder, "music_harpsichord", _norm(m), ["fluidsynth FluidR3_GM program 6, own melody"], rows)
     s = speech("en-gb+m3", "Ladies and gentlemen, the next train will depart from platform four.")
-    msg = _load16k(FREEDESKTOP / "message-new-instant.oga")
+    msg = decode_audio(FREEDESKTOP / "message-new-instant.oga")
     _write(folder, "mix_announcement", _concat(msg, s), ["freedesktop message-new-instant.oga", "espeak-ng en-gb+m3"], rows)
     return rows
 

@@ -577,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     train_idx, val_idx = np.arange(n_gen - n_val), np.arange(n_gen - n_val, n_gen)
     n_real = len(splits["real_train"])
     held_out, scored = real.validation_rows(corpus)
-    val_labels = [lab for lab, keep in zip(real.labels(corpus, "train"), scored) if keep]
+    train_labels = real.labels(corpus, "train")
+    val_labels = [lab for lab, keep in zip(train_labels, scored) if keep]
     val_classes = sorted(set(val_labels))
     val_prompts = cache_text(model, tokenizer, [p for c in val_classes for p in real.class_prompts(c)], work / "text_prompts_validation")
 
@@ -622,7 +623,6 @@ def main(argv: list[str] | None = None) -> int:
     shipped = choose_policy(trained["real"], recipe.clip_policy, len(splits["real_test"]), model.config.embed_dim)
     heads = save_heads(model, final_recipe, shipped, work / "heads.safetensors")
     seconds["total"] = time.perf_counter() - t0
-    seen = {lab for lab in real.labels(corpus, "train")}
     results = {
         "shipped_policy": shipped, "recipe": asdict(final_recipe), "dims": list(model.config.matryoshka_dims),
         "global_token_layer": model.config.global_token_layer,
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                    "real_test": len(splits["real_test"])},
         "selection": {"max_epochs": recipe.epochs, "epochs": final_recipe.epochs, "curves": selection,
                       "real_val_classes": val_classes},
-        "real_classes": classes, "real_classes_seen": sorted(c for c in classes if c in seen),
+        "real_classes": classes, "real_classes_seen": sorted(set(classes) & set(train_labels)),
         "eval": {"trained": trained, "untrained": untrained},
         "chance": {"generated": chance(len(splits["test"])), "real": chance(len(splits["real_test"]))},
         "previous_generated": _previous_generated(out / "training_results.json"),

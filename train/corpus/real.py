@@ -551,8 +551,9 @@ def validation_rows(out_dir, fraction: float = VALIDATION_FRACTION) -> tuple[np.
     to choose the recipe and the epoch count without looking at the test split.
 
     Whole sound-event files are held out with every augmented copy, and so are the train clips that mix one of
-    them in (partners are named by file stem); speech and music are one class each and stay in training. Files are picked by a hash of package and
-    name, so the split does not move with the seed or the corpus size. Only the original copies are scored."""
+    them in (partners are named by file stem); speech and music are one class each and stay in training. Files
+    are picked by a hash of package and name, so the split does not move with the seed or the corpus size. Only
+    the original copies are scored."""
     import zlib
 
     rows = metadata(out_dir, "train")
@@ -563,7 +564,7 @@ def validation_rows(out_dir, fraction: float = VALIDATION_FRACTION) -> tuple[np.
     held_stems = {Path(name).stem for _, name in held}
     out = np.array([(r["package"], r["source_file"]) in held or (r["augment"] == "mix" and r["partner"] in held_stems)
                     for r in rows], dtype=bool)
-    scored = out & np.array([(r["package"], r["source_file"]) in held and r["augment"] == "original" for r in rows])
+    scored = np.array([(r["package"], r["source_file"]) in held and r["augment"] == "original" for r in rows], dtype=bool)
     return out, scored
 
 
