@@ -1,4 +1,4 @@
-"""wavlink-edge: one distribution, one namespace (wavlink_edge.*) mapped from the stage folders.
+"""wavlink-edge: one distribution, one import package (wavlink_edge), its stages as subpackages.
 
 The default install is the torch-free runtime (what a Jetson host needs). Everything that builds
 artifacts (torch, transformers, onnx, the offline weight packages) lives in extras.
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from setuptools import setup
 
-STAGES = ["runtime", "export", "quantization", "train", "bench"]
 ROOT = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "wavlink_edge" / "__init__.py").read_text()).group(1)
 
@@ -47,15 +46,11 @@ if ORT_CHOICE not in ORT_DEPS:
     raise SystemExit(f"WAVLINK_EDGE_ORT must be one of {sorted(ORT_DEPS)}, got {ORT_CHOICE!r}")
 RUNTIME_DEPS += ORT_DEPS[ORT_CHOICE]
 
-# Code of every stage ships (one namespace); data does not: the runtime reads none of its own, and the
-# build stages (export weights, calibration sets, the eval split) run from a source checkout.
-packages, package_dir = ["wavlink_edge"], {"wavlink_edge": "wavlink_edge"}
-for stage in STAGES:
-    for init in sorted((ROOT / stage).rglob("__init__.py")):
-        rel = init.parent.relative_to(ROOT)
-        name = "wavlink_edge." + ".".join(rel.parts)
-        packages.append(name)
-        package_dir[name] = str(rel)
+# The wheel carries the package root and the runtime only: the runtime imports no other stage, and the
+# build stages (export, quantization, train, bench) read their data (weights, calibration sets, the eval
+# split) from a checkout, where `wavlink_edge/` holds them (the extras install their dependencies).
+packages = ["wavlink_edge"] + sorted(
+    ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wavlink_edge" / "runtime").rglob("__init__.py"))
 
 setup(
     name="wavlink-edge",
@@ -66,7 +61,6 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=packages,
-    package_dir=package_dir,
     include_package_data=False,
     install_requires=RUNTIME_DEPS,
     extras_require={

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent / "wavlink_edge"
 ORDER = ["runtime", "export", "quantization", "train", "bench"]  # each may import those before it
 ALLOWED_UPWARD = {("export/to_onnx.py", "wavlink_edge.quantization.quantize")}
 HEAVY = ("torch", "transformers", "optimum", "ctranslate2", "onnx", "sentence_transformers", "matplotlib")

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if __package__ in (None, ""):  # run by path (`python export/to_onnx.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.audio import decode_audio

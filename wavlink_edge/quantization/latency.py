@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run by path (`python quantization/latency.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.quantization import evaluate as ev
 
 

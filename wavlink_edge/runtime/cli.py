@@ -314,12 +314,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     found = [ep for ep in entry_points(group=BENCH_ENTRY_POINTS) if ep.name == args.benchmark]
     if not found:
         raise CliError(f"no '{args.benchmark}' benchmark is registered in this install; the benchmarks come with "
-                       "a source checkout: pip install -e '.[bench]'")
+                       f"a source checkout: python bench/{args.benchmark}.py")
     try:
         run = found[0].load()
     except ImportError as exc:
-        raise CliError(f"the {args.benchmark} benchmark needs the bench extra ({exc}): "
-                       "pip install -e '.[bench]'") from None
+        raise CliError(f"the {args.benchmark} benchmark is not in this install ({exc}): the wheel carries the runtime "
+                       f"only; from a checkout, pip install -c constraints-cpu.txt '.[bench]' and run "
+                       f"python bench/{args.benchmark}.py") from None
     try:
         code = run([a for a in args.args if a != "--"])
     except SystemExit as exc:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run by path (`python bench/latency.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import flops as F
 from wavlink_edge.bench import machine, report

@@ -222,6 +222,9 @@ def end_to_end(export_dir: Path, threads: int, rounds: int = 3, count: int = 4, 
 
 _RSS_CHILD = """
 import sys, resource
+if __package__ in (None, ""):  # run by path (`python bench/encoders.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.runtime import WavLink
 wl = WavLink.from_pretrained(sys.argv[1], precision="int8", providers=["CPUExecutionProvider"], threads=int(sys.argv[3]))
 wl.embed_audio([sys.argv[2]])

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import onnx
 
+if __package__ in (None, ""):  # run by path (`python quantization/exclusion_sweep.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
 from wavlink_edge.quantization import quantize as q

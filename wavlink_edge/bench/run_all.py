@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run by path (`python bench/run_all.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.bench import encoders, latency, plots, recall, report
 
 

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+if __package__ in (None, ""):  # run by path (`python train/train.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.export.backbones import DEMO_HEADS, build_default_base
 from wavlink_edge.export.model import WavLinkModel
 

@@ -11,11 +11,15 @@ Sources and licences are listed in each folder's README.md. Needs espeak-ng and 
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+if __package__ in (None, ""):  # run by path (`python quantization/make_sets.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR

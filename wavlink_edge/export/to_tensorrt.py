@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run by path (`python export/to_tensorrt.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.export import trt_build as tb
 from wavlink_edge.runtime import trt_engine as te
 from wavlink_edge.runtime.manifest import sha256_file

@@ -12,6 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run by path (`python export/assemble.py`): import the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from wavlink_edge.export.backbones import from_backbones, load_heads
 from wavlink_edge.export.model import AUDIO_DIMS, SIZES
 from wavlink_edge.runtime.text import TextTokenizer
