@@ -18,6 +18,9 @@ RUNTIME_DEPS = [
     "soundfile>=0.12",
     "soxr>=0.3",
     "tqdm>=4.60",
+    # FFmpeg for what libsndfile cannot read (AAC/.m4a, Opus/.webm, .wma, video files). av 16 and newer
+    # ship manylinux_2_28 wheels, FFmpeg inside, for x86-64 and aarch64 (Jetson: JetPack 6 is glibc 2.35).
+    "av>=16",
 ]
 EXPORT_DEPS = [
     "torch>=2.4",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wavlink_edge.runtime import WavLink, cli
+from wavlink_edge.runtime.outputs import read_rows
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_embed_npy_keeps_order_marks_failures_and_exits_1(tiny_export, inputs, t
     expected = WavLink.from_pretrained(tiny_export, clip_policy="trim").embed_audio(
         [inputs[i] for i in (0, 2, 4)], dim=8)
     np.testing.assert_allclose(matrix[[0, 2, 4]], expected, atol=1e-5)
-    rows = [json.loads(line) for line in (tmp_path / "emb.npy.sources.jsonl").read_text().splitlines()]
+    rows = read_rows(tmp_path / "emb.npy.sources.jsonl")[1]
     assert [row["source"] for row in rows] == inputs
     assert ["error" not in row for row in rows] == [True, False, True, False, True]
     assert "file not found" in rows[3]["error"]
@@ -44,7 +45,7 @@ def test_embed_jsonl_and_npz_name_every_row(tiny_export, inputs, tmp_path, capsy
     jsonl = tmp_path / "emb.jsonl"
     assert cli.main(["embed", *inputs, "--model", str(tiny_export), "--dim", "4", "--clip-policy", "trim",
                      "--out", str(jsonl)]) == 1
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    rows = read_rows(jsonl)[1]
     assert [r["source"] for r in rows] == inputs
     assert ["embedding" in r for r in rows] == [True, False, True, False, True]
     assert len(rows[0]["embedding"]) == 4 and "file not found" in rows[3]["error"]
@@ -77,8 +78,8 @@ def test_embed_text_from_args_and_file(tiny_export, tmp_path, capsys):
     texts = ["a woman speaks", "a phone is ringing", "", "a short chime"]
     expected = WavLink.from_pretrained(tiny_export).embed_text(texts, dim=8)
     np.testing.assert_allclose(matrix, expected, atol=1e-5)
-    sidecar = (tmp_path / "text.npy.sources.jsonl").read_text().splitlines()
-    assert [json.loads(line)["text"] for line in sidecar] == ["a woman speaks", "a phone is ringing", "", "a short chime"]
+    sidecar = read_rows(tmp_path / "text.npy.sources.jsonl")[1]
+    assert [row["text"] for row in sidecar] == ["a woman speaks", "a phone is ringing", "", "a short chime"]
     assert "4 ok, 0 failed" in capsys.readouterr().err
 
 
@@ -86,7 +87,7 @@ def test_embed_text_undecodable_argument_is_a_failed_row(tiny_export, tmp_path, 
     out = tmp_path / "text.jsonl"
     # What Python makes of non-UTF-8 bytes on the command line: lone surrogates.
     assert cli.main(["embed-text", "fine", "bad \udcff", "--model", str(tiny_export), "--out", str(out)]) == 1
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = read_rows(out)[1]
     assert "embedding" in rows[0] and "not encodable as UTF-8" in rows[1]["error"]
     assert "1 ok, 1 failed" in capsys.readouterr().err
 
@@ -166,11 +167,11 @@ def test_non_utf8_file_names_are_embedded_and_kept_exactly(tiny_export, sample_c
     name = os.fsdecode(raw)  # what argv gives Python for that name: a lone surrogate
     out = tmp_path / "emb.jsonl"
     assert cli.main(["embed", name, "--model", str(tiny_export), "--dim", "4", "--out", str(out)]) == 0
-    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    (row,) = read_rows(out)[1]
     assert "embedding" in row and os.fsencode(row["source"]) == raw
     npy = tmp_path / "emb.npy"
     assert cli.main(["embed", name, "--model", str(tiny_export), "--dim", "4", "--out", str(npy)]) == 0
-    (side,) = [json.loads(line) for line in (tmp_path / "emb.npy.sources.jsonl").read_text().splitlines()]
+    (side,) = read_rows(tmp_path / "emb.npy.sources.jsonl")[1]
     assert os.fsencode(side["source"]) == raw
 
 
@@ -193,7 +194,7 @@ def test_file_lines_split_on_newlines_only(tiny_export, tmp_path, capsys):
     captions.write_bytes("\ufeffone\x0bwith VT\r\ntwo\u2028same line\n\nfour\x0c\n".encode("utf-8"))
     out = tmp_path / "text.jsonl"
     assert cli.main(["embed-text", "--file", str(captions), "--model", str(tiny_export), "--out", str(out)]) == 0
-    rows = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]  # any line reader
+    rows = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()[1:]]  # any line reader
     assert rows == ["one\x0bwith VT", "two\u2028same line", "", "four\x0c"]
 
 
@@ -218,10 +219,10 @@ def test_interrupt_keeps_finished_jsonl_rows_and_resume_completes_them(tiny_expo
     monkeypatch.setattr(WavLink, "iter_embed_audio", interrupted)
     assert cli.main(["embed", *paths[:4], "--model", str(tiny_export), "--dim", "4", "--out", str(out)]) == 130
     assert "holds the 2 finished rows" in capsys.readouterr().err
-    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == paths[:2]
+    assert [row["source"] for row in read_rows(out)[1]] == paths[:2]
     monkeypatch.setattr(WavLink, "iter_embed_audio", real)
     assert cli.main(["embed", *paths[:4], "--model", str(tiny_export), "--dim", "4", "--out", str(out), "--resume"]) == 0
-    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == paths[:3]  # 4th = 1st: done
+    assert [row["source"] for row in read_rows(out)[1]] == paths[:3]  # 4th = 1st: done
 
 
 def test_interrupted_npy_output_leaves_no_file(tiny_export, sample_clips, tmp_path, monkeypatch, capsys):
@@ -256,7 +257,7 @@ def test_one_sample_clips_fail_alone(tiny_export, sample_clips, tmp_path, capsys
     out = tmp_path / "emb.jsonl"
     assert cli.main(["embed", str(sample_clips[0]), *tiny, str(sample_clips[1]), "--model", str(tiny_export),
                      "--out", str(out)]) == 1
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = read_rows(out)[1]
     assert ["embedding" in row for row in rows] == [True, False, False, False, False, True]
     assert all("too short" in row["error"] for row in rows[1:5])
 

@@ -1,4 +1,8 @@
-"""Audio decoding: files (anything libsndfile reads) or (array, sample_rate) pairs -> 16 kHz mono float32.
+"""Audio decoding: files or (array, sample_rate) pairs -> 16 kHz mono float32.
+
+Files are read by libsndfile (WAV, FLAC, Ogg, MP3, AIFF, ...) and, where it cannot, by FFmpeg through
+PyAV (AAC in .m4a/.mp4/.mov, Opus/Vorbis in .webm, .wma, a video's audio track). Both paths hand native-
+rate blocks to the same down-mix and soxr resampler, so a format never changes how samples are resampled.
 
 Audio is produced as a stream of blocks so an hours-long file never sits in memory whole: files are read
 ``BLOCK_FRAMES`` frames at a time, down-mixed (mean over channels) and resampled with a streaming soxr
@@ -99,7 +103,8 @@ def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
     try:
         handle = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not valid UTF-8 still opens
     except Exception as exc:  # libsndfile's errors are RuntimeError/LibsndfileError/TypeError depending on version
-        raise AudioInputError(f"{source}: not a readable audio file ({_sf_reason(exc)})") from None
+        yield from _ffmpeg_blocks(path, source, _sf_reason(exc))
+        return
     with handle:
         rate, channels, announced, container = handle.samplerate, handle.channels, handle.frames, handle.format
         _check_rate_and_channels(rate, channels, source)
@@ -127,6 +132,59 @@ def _file_blocks(path: Path, source: str) -> Iterator[np.ndarray]:
     tail = resampler.process(np.zeros((0, 1), np.float32), last=True)
     if tail.size:
         yield tail
+
+
+# Containers FFmpeg may hold audio in; other files libsndfile refuses are not handed to FFmpeg, whose
+# probing would otherwise "decode" some corrupt or non-audio files as a few frames of noise.
+FFMPEG_SUFFIXES = {".m4a", ".mp4", ".m4b", ".mov", ".3gp", ".aac", ".webm", ".mkv", ".mka", ".opus", ".wma",
+                   ".wmv", ".asf", ".avi", ".flv", ".ac3", ".amr", ".mpg", ".mpeg", ".ts", ".caf"}
+
+
+def _ffmpeg_blocks(path: Path, source: str, sf_reason: str) -> Iterator[np.ndarray]:
+    """Decode with FFmpeg (PyAV): the one audio stream of a container, at its own rate, as float32 blocks."""
+    if path.suffix.lower() not in FFMPEG_SUFFIXES:
+        raise AudioInputError(f"{source}: not a readable audio file ({sf_reason})")
+    try:
+        import av
+    except ImportError:
+        raise AudioInputError(f"{source}: not a readable audio file ({sf_reason}); {path.suffix} files are decoded "
+                              "by FFmpeg through PyAV, which is not installed (pip install av)") from None
+    try:
+        with open(path, "rb") as raw, av.open(raw, mode="r") as container:  # a file object: any file name opens
+            streams = container.streams.audio
+            if len(streams) != 1:
+                other = ", ".join(f"{s.type}:{s.codec_context.name}" for s in container.streams) or "none"
+                raise AudioInputError(f"{source}: {len(streams) or 'no'} audio stream{'s' if len(streams) != 1 else ''} "
+                                      f"(streams: {other}); " + ("extract the one to embed, e.g. ffmpeg -i IN -map 0:a:0 "
+                                      "OUT.wav" if streams else "nothing to embed"))
+            stream = streams[0]
+            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            _check_rate_and_channels(rate, channels, source)
+            # Packed float32 at the stream's own rate and layout: down-mix and resampling stay ours.
+            to_float = av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=rate)
+            resampler, pending, pending_frames = _MonoResampler(rate, source), [], 0
+            block_frames = _block_frames(rate)
+            try:
+                for frame in container.decode(stream):
+                    for converted in to_float.resample(frame):
+                        pending.append(converted.to_ndarray().reshape(-1, channels))
+                        pending_frames += pending[-1].shape[0]
+                    if pending_frames >= block_frames:
+                        out = resampler.process(np.concatenate(pending))
+                        pending, pending_frames = [], 0
+                        if out.size:
+                            yield out
+            except av.FFmpegError as exc:
+                raise AudioInputError(f"{source}: decoding failed after {resampler.samples_in + pending_frames} "
+                                      f"frames ({exc})") from None
+            last = np.concatenate(pending) if pending else np.zeros((0, channels), np.float32)
+    except av.FFmpegError as exc:
+        raise AudioInputError(f"{source}: not a readable audio file ({sf_reason}; FFmpeg: {exc})") from None
+    if resampler.samples_in + last.shape[0] == 0:
+        raise AudioInputError(f"{source}: no audio samples (0 frames)")
+    out = resampler.process(last, last=True)
+    if out.size:
+        yield out
 
 
 def _array_blocks(array: object, rate: object, source: str) -> Iterator[np.ndarray]:
@@ -162,13 +220,19 @@ def _check_wav_data_size(handle: sf.SoundFile, source: str) -> None:
 
 def _check_ogg_end_of_stream(path: Path, source: str) -> None:
     """libsndfile takes an Ogg file's length from its last page, so a cut-off file reads as a shorter clip.
-    A complete stream's last page carries the end-of-stream flag (header byte 5, bit 2): check it."""
+    A complete stream's last page carries the end-of-stream flag (header byte 5, bit 2) and holds exactly
+    the bytes its segment table announces: check both (a cut inside the last page keeps its flag)."""
     with open(path, "rb") as raw:
         raw.seek(max(0, path.stat().st_size - _OGG_TAIL_BYTES))
         tail = raw.read()
     last_page = tail.rfind(b"OggS")
-    if last_page < 0 or last_page + 5 >= len(tail) or not tail[last_page + 5] & 0x04:
+    header_end = last_page + 27
+    if last_page < 0 or header_end > len(tail) or not tail[last_page + 5] & 0x04:
         raise AudioInputError(f"{source}: truncated file: the Ogg stream ends without its end-of-stream page")
+    segments = tail[last_page + 26]
+    table = tail[header_end:header_end + segments]
+    if len(table) < segments or header_end + segments + sum(table) != len(tail):
+        raise AudioInputError(f"{source}: truncated file: the Ogg stream's last page is incomplete")
 
 
 _OGG_TAIL_BYTES = 1 << 16  # an Ogg page is at most ~64 kB, so the last page header lies in this tail

@@ -1,6 +1,9 @@
 """``wavlink-edge`` command line: embed audio files or texts, quick similarity checks, benchmarks.
 
-    wavlink-edge embed clips/*.flac --model exports/wavlink-base --dim 128 --out emb.npy
+    wavlink-edge embed clips/ more.m4a --model exports/wavlink-base --dim 128 --out emb.npy
+    find /data -name '*.wav' | wavlink-edge embed - --out emb.jsonl --resume
+    wavlink-edge info exports/wavlink-base
+    wavlink-edge verify exports/wavlink-base
     wavlink-edge embed-text "a phone is ringing" --file captions.txt --out text.jsonl
     wavlink-edge similarity clip.flac "a phone is ringing" "a woman speaks"
     wavlink-edge bench latency --help
@@ -26,13 +29,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wavlink_edge import __version__
 from wavlink_edge.runtime.errors import InputError, WavLinkError
-from wavlink_edge.runtime.files import atomic_write
-from wavlink_edge.runtime.manifest import PRECISION_CHOICES
+from wavlink_edge.runtime.inputs import expand_inputs
+from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
 from wavlink_edge.runtime.model import WavLink
+from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock
+from wavlink_edge.runtime.session import quiet_onnxruntime
 
 DEFAULT_MODEL_DIR = Path("exports/wavlink-base")
-OUTPUT_SUFFIXES = (".npy", ".npz", ".jsonl")
 # Later stages register their commands here (setup.py entry points), so the runtime imports none of them.
 BENCH_ENTRY_POINTS = "wavlink_edge.bench"
 
@@ -58,7 +63,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dim (default: the full width)")
     parser.add_argument("--provider", action="append", dest="providers", metavar="NAME",
                         help="ORT execution provider, repeatable, in order (default TensorRT -> CUDA -> CPU)")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log provider and artifact choices")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="ORT intra-op threads (default: every core)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="log provider and artifact choices, and onnxruntime's own messages")
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default_batch: int) -> None:
@@ -70,10 +77,17 @@ def _add_output_options(parser: argparse.ArgumentParser, default_batch: int) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavlink-edge", description="WavLink audio-text embeddings, torch-free.")
+    parser.add_argument("--version", action="version", version=f"wavlink-edge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed audio files")
-    embed.add_argument("paths", nargs="+", help="audio files (wav, flac, ogg, mp3, ...)")
+    embed.add_argument("paths", nargs="*", help="audio files (wav, flac, ogg, mp3, m4a, webm, ...), directories "
+                       "(recursive, audio extensions, sorted), or - for paths on stdin, one per line")
+    embed.add_argument("--from-list", metavar="FILE", help="a file of paths, one per line (- for stdin)")
+    embed.add_argument("--ext", action="append", metavar="EXT",
+                       help="only these extensions from directories, lists and stdin (repeatable or comma list)")
+    embed.add_argument("--glob", metavar="PATTERN", help="only paths (or names) matching this shell pattern, "
+                       "from directories, lists and stdin")
     _add_model_options(embed)
     embed.add_argument("--clip-policy", choices=("pad", "trim"), default=None,
                        help="pad: 30 s input (paper); trim: only frames holding audio (default: the model's)")
@@ -94,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(sim)
     sim.add_argument("--clip-policy", choices=("pad", "trim"), default=None)
 
+    info = commands.add_parser("info", help="describe an export: model, dims, policy, precisions and fidelity, "
+                               "what would load here")
+    info.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    info.add_argument("--json", action="store_true", help="print the description as JSON")
+    verify = commands.add_parser("verify", help="re-hash every file of an export against its manifest now")
+    verify.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+
     bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
     bench.add_argument("benchmark", choices=("latency", "recall"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
@@ -101,122 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace) -> WavLink:
-    if not (args.model / "manifest.json").is_file():
-        hint = ("create it with `python export/to_onnx.py --size base` (needs `pip install 'wavlink-edge[export]'`)"
-                if args.model == DEFAULT_MODEL_DIR else "pass --model DIR, a directory written by export/to_onnx.py")
-        raise CliError(f"no WavLink Edge export at {args.model}: {hint}")
+    _check_model_dir(args.model)
     return WavLink.from_pretrained(args.model, precision=args.precision, providers=args.providers, dim=args.dim,
                                    clip_policy=getattr(args, "clip_policy", None),
-                                   window_hop_seconds=getattr(args, "hop", None))
+                                   window_hop_seconds=getattr(args, "hop", None), threads=args.threads)
 
 
-def _check_out(out: Path | None, resume: bool) -> None:
-    """Every output problem is found before any work is done."""
-    if out is None:
-        if resume:
-            raise CliError("--resume needs --out FILE.jsonl")
-        return
-    if out.is_dir():
-        raise CliError(f"--out {out} is a directory")
-    if out.suffix not in OUTPUT_SUFFIXES:
-        raise CliError(f"--out {out}: unsupported extension; use one of {', '.join(OUTPUT_SUFFIXES)}")
-    if resume and out.suffix != ".jsonl":
-        raise CliError(f"--resume works with .jsonl outputs (rows are appended); {out} is {out.suffix}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CliError(f"--out {out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise CliError(f"--out {out}: not writable")
+def _check_model_dir(model_dir: Path) -> None:
+    if model_dir.exists() and not model_dir.is_dir():
+        raise CliError(f"--model {model_dir} is a file, not an export directory")
+    if not (model_dir / "manifest.json").is_file():
+        hint = ("create it with `python export/to_onnx.py --size base` from a checkout"
+                if model_dir == DEFAULT_MODEL_DIR else "pass --model DIR, a directory written by export/to_onnx.py")
+        raise CliError(f"no WavLink Edge export at {model_dir}: {hint}")
 
 
-# Characters that str.splitlines() and some JSON-lines readers treat as line ends, though JSON allows them raw.
-_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+def _header(model: WavLink, tower: str, dim: int) -> dict:
+    """What a file output records of the run that wrote it (compared by --resume)."""
+    return {"model": model.spec.name, "export_sha256": model.manifest.digest, "dim": dim,
+            "precision": model.precision, "clip_policy": model.clip_policy if tower == "audio" else None,
+            "tower": tower, "wavlink_edge_version": __version__}
 
 
-def _json_row(row: dict) -> str:
-    """One JSON line; a name that is not valid UTF-8 (a non-UTF-8 file name) is kept exactly by \\u escapes."""
-    text = json.dumps(row, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(row)
-    for char, escape in _LINE_BREAKS.items():
-        text = text.replace(char, escape)
-    return text
-
-
-class RowWriter:
-    """Rows in input order, each naming its source. JSON lines go out as they complete, flushed; .npy and
-    .npz are assembled in memory and written to a temporary file renamed into place at the end."""
-
-    def __init__(self, out: Path | None, dim: int, source_key: str, resume: bool = False):
-        self.out, self.dim, self.source_key = out, dim, source_key
-        self.rows = 0
-        self.sources, self.embeddings, self.errors = [], [], []
-        self.done: set[str] = set()
-        self.stream = None
-        if out is None:
-            self.stream = sys.stdout
-        elif out.suffix == ".jsonl":
-            if resume and out.is_file():
-                self.done = self._finished_sources(out)
-            self.stream = open(out, "a" if resume else "w", encoding="utf-8")
-
-    def _finished_sources(self, out: Path) -> set[str]:
-        done = set()
-        with open(out, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    # A row cut by an earlier interrupt: drop it, so the file stays one row per line.
-                    raise CliError(f"--resume: {out} line {number} is not a complete JSON row; "
-                                   "remove that line and run again") from None
-                if "embedding" in row:
-                    done.add(row.get(self.source_key))
-        return done
-
-    def write(self, source: str, embedding: np.ndarray | None, error: str | None) -> None:
-        self.rows += 1
-        if self.stream is not None:
-            row = {self.source_key: source}
-            row.update({"error": error} if error else {"embedding": [round(float(v), 7) for v in embedding]})
-            self.stream.write(_json_row(row) + "\n")
-            self.stream.flush()
-            return
-        self.sources.append(source)
-        self.embeddings.append(embedding)
-        self.errors.append(error)
-
-    def close(self) -> None:
-        """Finish the output (npy/npz: written now, atomically); JSON lines are already out."""
-        if self.stream is not None:
-            if self.stream is not sys.stdout:
-                self.stream.close()
-            return
-        matrix = np.full((len(self.sources), self.dim), np.nan, np.float32)
-        for row, embedding in enumerate(self.embeddings):
-            if embedding is not None:
-                matrix[row] = embedding
-        if self.out.suffix == ".npz":
-            atomic_write(self.out, lambda handle: np.savez(
-                handle, embeddings=matrix, sources=np.array(self.sources, dtype=str),
-                errors=np.array([e or "" for e in self.errors], dtype=str)))
-            return
-        # Row i of the .npy <-> line i of the sidecar, a JSON row per line: any name round-trips.
-        sidecar = self.out.with_name(self.out.name + ".sources.jsonl")
-        atomic_write(sidecar, lambda handle: handle.write("".join(
-            _json_row({self.source_key: s, **({"error": e} if e else {})}) + "\n"
-            for s, e in zip(self.sources, self.errors)).encode("utf-8", "surrogateescape")))
-        atomic_write(self.out, lambda handle: np.save(handle, matrix))
-
-    def abandon(self) -> None:
-        """After an interrupt: JSON lines keep what finished; nothing half-written is left behind."""
-        if self.stream is not None and self.stream is not sys.stdout:
-            self.stream.close()
-
-
-def _run_rows(args, writer: RowWriter, total: int, unit: str, results) -> int:
+def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: list[str]) -> int:
     """Drive one embedding job: every result becomes a row; report failures and the summary."""
     failed = 0
     where = f" -> {args.out}" if args.out else ""
@@ -234,7 +162,7 @@ def _run_rows(args, writer: RowWriter, total: int, unit: str, results) -> int:
                 if args.out and args.out.suffix == ".jsonl" else "; nothing was written"
             print(f"interrupted after {writer.rows} of {total}{kept}", file=sys.stderr)
             return 130
-    writer.close()
+    writer.close(order)
     print(f"{writer.rows - failed} ok, {failed} failed{where}", file=sys.stderr)
     return 0 if failed == 0 else 1
 
@@ -244,15 +172,25 @@ def _printable(text: str) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    _check_out(args.out, args.resume)
-    model = _load_model(args)
-    writer = RowWriter(args.out, model.dim, "source", args.resume)
-    paths = [p for p in args.paths if p not in writer.done]
-    if writer.done:
-        print(f"--resume: {len(args.paths) - len(paths)} sources already in {args.out}", file=sys.stderr)
-    results = ((r.source, r.embedding, r.error)
-               for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
-    return _run_rows(args, writer, len(paths), "file", results)
+    if not args.paths and not args.from_list:
+        raise CliError("no inputs: give files, directories, - (paths on stdin) or --from-list FILE")
+    sources = expand_inputs(args.paths, args.from_list, args.ext, args.glob)
+    if not sources:
+        raise CliError("the given directories and lists hold no audio files (extensions: see --ext)")
+    check_output(args.out, args.resume, sources)
+    with _output_lock(args.out):
+        model = _load_model(args)
+        writer = RowWriter(args.out, model.dim, "source", _header(model, "audio", model.dim), args.resume)
+        paths = [p for p in sources if p not in writer.done]
+        if writer.done:
+            print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
+        results = ((r.source, r.embedding, r.error)
+                   for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
+        return _run_rows(args, writer, len(paths), "file", results, sources)
+
+
+def _output_lock(out: Path | None):
+    return exclusive_lock(out, str(out)) if out is not None else contextlib.nullcontext()
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -269,21 +207,22 @@ def read_text_lines(path: Path) -> list[str]:
 
 
 def cmd_embed_text(args: argparse.Namespace) -> int:
-    _check_out(args.out, args.resume)
+    check_output(args.out, args.resume, [str(args.file)] if args.file else [])
     texts = list(args.texts) + (read_text_lines(args.file) if args.file else [])
     if not texts:
         raise CliError("no texts given (positional TEXTS or --file)")
-    model = _load_model(args)
-    writer = RowWriter(args.out, model.dim, "text", args.resume)
-    texts = [t for t in texts if _printable(t) not in writer.done]
+    with _output_lock(args.out):
+        model = _load_model(args)
+        writer = RowWriter(args.out, model.dim, "text", _header(model, "text", model.dim), args.resume)
+        todo = [t for t in texts if _printable(t) not in writer.done]
 
-    def results():
-        for start in range(0, len(texts), args.batch_size):
-            batch = texts[start:start + args.batch_size]
-            for text, (embedding, error) in zip(batch, _embed_texts_per_item(model, batch)):
-                yield _printable(text), embedding, error
+        def results():
+            for start in range(0, len(todo), args.batch_size):
+                batch = todo[start:start + args.batch_size]
+                for text, (embedding, error) in zip(batch, _embed_texts_per_item(model, batch)):
+                    yield _printable(text), embedding, error
 
-    return _run_rows(args, writer, len(texts), "text", results())
+        return _run_rows(args, writer, len(todo), "text", results(), [_printable(t) for t in texts])
 
 
 def _embed_texts_per_item(model: WavLink, texts: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
@@ -307,6 +246,61 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     texts = model.embed_text(args.texts)
     for text, score in zip(args.texts, model.similarity(audio, texts)[0]):
         print(f"{score:+.4f}  {text}")
+    return 0
+
+
+def describe_export(model_dir: Path) -> dict:
+    """What `info` prints: the model, its files and which artifacts would load on this host."""
+    import onnxruntime as ort
+
+    manifest = Manifest.load(model_dir)
+    spec, artifacts = manifest.model, {}
+    for artifact in manifest.artifacts:
+        entry = manifest.files[artifact.file]
+        artifacts[artifact.file] = {"tower": artifact.tower, "precision": artifact.precision_key,
+                                    "bytes": entry.get("bytes"), "fidelity": entry.get("fidelity")}
+    available = ort.get_available_providers()
+    here = {}
+    for precision in ("fp32", "fp16", "int8"):
+        try:
+            here[precision] = WavLink.describe_choice(manifest, precision, available)
+        except WavLinkError as exc:
+            here[precision] = f"unavailable: {exc}"
+    return {"export": str(model_dir), "model": spec.__dict__ | {"matryoshka_dims": list(spec.matryoshka_dims)},
+            "warning": manifest.data.get("warning"), "artifacts": artifacts, "providers_here": available,
+            "would_load": here}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    _check_model_dir(args.model_dir)
+    info = describe_export(args.model_dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    spec = info["model"]
+    print(f"{spec['name']} ({spec['heads']} heads) at {info['export']}")
+    if info["warning"]:
+        print(f"  warning: {info['warning']}")
+    print(f"  dims {spec['embed_dim']} (Matryoshka {', '.join(map(str, spec['matryoshka_dims']))}); "
+          f"{spec['n_mels']} mel bins, windows of {spec['max_frames']} frames, clip policy {spec['clip_policy']}; "
+          f"text up to {spec['text_max_length']} tokens")
+    for name, artifact in info["artifacts"].items():
+        fidelity = artifact["fidelity"] or {}
+        figures = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in fidelity.items()
+                            if k in ("reference", "cosine_min", "cosine_mean", "max_abs", "forced"))
+        print(f"  {name:28s} {artifact['tower']:5s} {artifact['precision']:12s} {artifact['bytes'] / 1e6:8.1f} MB"
+              f"  {figures}")
+    print(f"  providers here: {', '.join(info['providers_here'])}")
+    for precision, choice in info["would_load"].items():
+        print(f"  --precision {precision}: {choice}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    _check_model_dir(args.model_dir)
+    manifest = Manifest.load(args.model_dir)
+    names = manifest.verify_all()
+    print(f"{len(names)} files match {args.model_dir / 'manifest.json'} (size and sha256)")
     return 0
 
 
@@ -357,15 +351,35 @@ def native_stderr_silenced(enabled: bool):
         os.close(saved)
 
 
-COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "bench": cmd_bench}
+COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "info": cmd_info,
+            "verify": cmd_verify, "bench": cmd_bench}
+
+
+class _OncePerMessage(logging.Filter):
+    """Each runtime warning reaches the terminal once, however many items raise it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = getattr(args, "verbose", False)
+    quiet_onnxruntime(verbose)
     try:
-        with native_stderr_silenced(args.command != "bench" and not getattr(args, "verbose", False)):
+        with native_stderr_silenced(args.command != "bench" and not verbose):
+            # After silencing: the handler writes to the stderr Python keeps for the terminal.
+            logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
+                                format="%(levelname)s %(name)s: %(message)s" if verbose else "warning: %(message)s")
+            logging.getLogger().handlers[0].addFilter(_OncePerMessage())
             return COMMANDS[args.command](args)
     except (CliError, WavLinkError, InputError, ValueError) as exc:
         print(f"error: {_printable(str(exc))}", file=sys.stderr)

@@ -9,17 +9,51 @@ from typing import BinaryIO, Callable
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """``write(handle)`` into a temporary file beside ``path``, then rename it into place. The file gets
-    the permissions an ordinary new file would (mkstemp makes it private)."""
+    the permissions an ordinary new file would (mkstemp makes it private). An OSError names ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temporary(path, write)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    return path
+
+
+def atomic_write_all(contents: dict[Path, bytes]) -> None:
+    """Several files as one unit, as far as a file system allows: every temporary file is written in full
+    first (a full disk fails here, before anything is replaced), then all are renamed in order."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in contents.items():
+            written.append((_write_temporary(Path(path), lambda handle, data=data: handle.write(data)), Path(path)))
+        for tmp, path in written:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+
+
+def _write_temporary(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
-    return path
+    return tmp

@@ -67,6 +67,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _FieldError(ValueError):
+    """A manifest field with a wrong type or range; the message names the field."""
+
+
+def _field(model: dict, key: str, kind: type, check=None, need: str = "", default=None):
+    if key not in model and default is not None:
+        return default
+    if key not in model:
+        raise _FieldError(f"model.{key} is missing")
+    value = model[key]
+    if not isinstance(value, kind) or isinstance(value, bool) or (check is not None and not check(value)):
+        raise _FieldError(f"model.{key} must be {need or kind.__name__}, got {value!r}")
+    return value
+
+
+def _model_spec(model: object) -> ModelSpec:
+    """The "model" section, every field type- and range-checked (a lying manifest fails here, by field name)."""
+    if not isinstance(model, dict):
+        raise _FieldError("model must be an object")
+    embed_dim = _field(model, "embed_dim", int, lambda v: 1 <= v <= 65536, "a positive integer")
+    dims = model.get("matryoshka_dims")
+    if not isinstance(dims, list) or not dims or any(isinstance(d, bool) or not isinstance(d, int) for d in dims) \
+            or len(set(dims)) != len(dims) or embed_dim not in dims or not all(1 <= d <= embed_dim for d in dims):
+        raise _FieldError(f"model.matryoshka_dims must be distinct integers in 1..embed_dim ({embed_dim}) including "
+                          f"embed_dim, got {dims!r}")
+    return ModelSpec(
+        name=_field(model, "name", str, bool, "a non-empty string"),
+        heads=_field(model, "heads", str, default="unknown"),
+        embed_dim=embed_dim, matryoshka_dims=tuple(dims),
+        n_mels=_field(model, "n_mels", int, lambda v: v in (80, 128), "80 or 128 (Whisper's mel bins)"),
+        sample_rate=_field(model, "sample_rate", int, lambda v: v == 16000, "16000 (Whisper's rate)"),
+        max_frames=_field(model, "max_frames", int, lambda v: 1 <= v <= 3000, "1..3000 (30 s of Whisper frames)"),
+        text_max_length=_field(model, "text_max_length", int, lambda v: 1 <= v <= 8192, "a positive integer"),
+        clip_policy=_field(model, "clip_policy", str, lambda v: v in ("pad", "trim"), "'pad' or 'trim'", default="pad"),
+    )
+
+
 def check_file_name(name: object) -> str:
     """A manifest key must be a plain file name: no directories, no '..', nothing absolute."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
@@ -81,16 +118,10 @@ class Manifest:
     def __init__(self, export_dir: str | Path, data: dict):
         self.export_dir = Path(export_dir)
         self.data = data
+        self._verification: VerificationCache | None = None
         where = self.export_dir / FILENAME
         try:
-            model = data["model"]
-            self.model = ModelSpec(
-                name=str(model["name"]), heads=str(model.get("heads", "unknown")),
-                embed_dim=int(model["embed_dim"]), matryoshka_dims=tuple(int(d) for d in model["matryoshka_dims"]),
-                n_mels=int(model["n_mels"]), sample_rate=int(model["sample_rate"]),
-                max_frames=int(model["max_frames"]), text_max_length=int(model["text_max_length"]),
-                clip_policy=str(model.get("clip_policy", "pad")),
-            )
+            self.model = _model_spec(data["model"])
             if not isinstance(data["artifacts"], dict):
                 raise TypeError("'artifacts' is not an object")
             for name, entry in data["artifacts"].items():
@@ -103,6 +134,8 @@ class Manifest:
                 if artifact.tower not in TOWERS or not isinstance(artifact.precision, str) \
                         or not isinstance(artifact.sha256, str) or len(artifact.sha256) != 64:
                     raise ValueError(f"artifact {artifact.file!r}: tower, precision or sha256 is invalid")
+        except _FieldError as exc:
+            raise ModelFilesError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelFilesError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
 
@@ -120,6 +153,8 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelFilesError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ModelFilesError(f"{path}: nested too deeply to be a manifest") from None
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ModelFilesError(f"{path}: format {found!r} is not {EXPORT_FORMAT!r}")
@@ -170,21 +205,47 @@ class Manifest:
         return path
 
     def read_verified(self, name: str) -> bytes:
-        """The bytes of a listed file, size- and hash-checked; loading these very bytes leaves no window for a swap."""
+        """The bytes of a listed file, size- and hash-checked; loading these very bytes leaves no window for a
+        swap. A file the verification cache vouches for (unchanged since it was hashed) is not re-hashed."""
         path, entry = self._listed(name)
-        digest, payload = hashlib.sha256(), bytearray()
         with open(path, "rb") as handle:
+            if self.verification.vouches(name, os.fstat(handle.fileno()), entry["sha256"]):
+                return handle.read()
+            digest, payload = hashlib.sha256(), bytearray()
             for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
                 payload += chunk
-        self._compare(name, entry["sha256"], digest.hexdigest())
+            self._compare(name, entry["sha256"], digest.hexdigest())
+            self.verification.remember(name, os.fstat(handle.fileno()), entry["sha256"])
         return bytes(payload)
 
     def verified_path(self, name: str) -> Path:
         """Path of a listed file after checking its size and sha256 (for loaders that must open a path)."""
         path, entry = self._listed(name)
-        self._compare(name, entry["sha256"], sha256_file(path))
+        status = path.stat()
+        if not self.verification.vouches(name, status, entry["sha256"]):
+            self._compare(name, entry["sha256"], sha256_file(path))
+            self.verification.remember(name, status, entry["sha256"])
         return path
+
+    def verify_all(self) -> list[str]:
+        """Re-hash every listed file now, whatever the cache says; the names checked."""
+        self.verification.forget()
+        names = [name for name, entry in self.files.items() if isinstance(entry, dict) and "sha256" in entry]
+        for name in names:
+            self.verified_path(name)
+        return names
+
+    @property
+    def verification(self) -> VerificationCache:
+        if self._verification is None:
+            self._verification = VerificationCache.for_export(self.export_dir, self.digest)
+        return self._verification
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest as saved: names the export (every artifact's hash is inside it)."""
+        return hashlib.sha256((json.dumps(self.data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")).hexdigest()
 
     def _listed(self, name: str) -> tuple[Path, dict]:
         entry = self.files.get(name)
@@ -232,3 +293,54 @@ class Manifest:
         """Write manifest.json atomically (a reader sees the old or the new one, never half of one)."""
         text = json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
         return atomic_write(self.export_dir / FILENAME, lambda handle: handle.write(text.encode("utf-8")))
+
+
+class VerificationCache:
+    """Which files were hashed and found right, and their (size, mtime, ctime, inode) then.
+
+    Hashing ~170 MB of fp32 graphs costs more than the first embedding, so a file is hashed on first
+    load and again only when its stat changes. ctime moves on every write and cannot be set back by a
+    user, so an edited byte is always re-hashed. Kept as ``.verified.json`` beside the manifest, or in
+    the user cache directory when the export is read-only; a cache that cannot be written only costs time.
+    """
+
+    NAME = ".verified.json"
+
+    def __init__(self, path: Path, manifest_digest: str):
+        self.path, self.manifest_digest = path, manifest_digest
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            valid = isinstance(data, dict) and data.get("manifest_sha256") == manifest_digest
+            self.entries = data["files"] if valid and isinstance(data.get("files"), dict) else {}
+        except (OSError, ValueError, RecursionError):
+            self.entries = {}
+
+    @classmethod
+    def for_export(cls, export_dir: Path, manifest_digest: str) -> VerificationCache:
+        if os.access(export_dir, os.W_OK):
+            return cls(export_dir / cls.NAME, manifest_digest)
+        key = hashlib.sha256(str(export_dir.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cls(base / "wavlink-edge" / "verified" / f"{key}.json", manifest_digest)
+
+    @staticmethod
+    def _stamp(status: os.stat_result, sha256: str) -> list:
+        return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino, status.st_dev, sha256]
+
+    def vouches(self, name: str, status: os.stat_result, sha256: str) -> bool:
+        return self.entries.get(name) == self._stamp(status, sha256)
+
+    def remember(self, name: str, status: os.stat_result, sha256: str) -> None:
+        self.entries[name] = self._stamp(status, sha256)
+        self._save()
+
+    def forget(self) -> None:
+        self.entries = {}
+
+    def _save(self) -> None:
+        text = json.dumps({"manifest_sha256": self.manifest_digest, "files": self.entries}, indent=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda handle: handle.write(text.encode("utf-8")))
+        except OSError:
+            pass  # a read-only cache only means the next load hashes again

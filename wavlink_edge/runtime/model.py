@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,9 @@ from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manif
 from wavlink_edge.runtime.session import (
     BACKENDS,
     CPU_EP,
+    PROVIDER_PREFERENCE,
     ProviderSpec,
+    Session,
     choose_providers,
     is_accelerated,
     open_session,
@@ -100,6 +102,9 @@ class WavLink:
                 or not 0 < window_hop_seconds <= window_seconds:
             raise ValueError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
         self.window_hop_samples = min(self.window_samples, int(round(window_hop_seconds * SAMPLE_RATE)))
+        if self.window_hop_samples < HOP_LENGTH:  # a hop under one frame would make windows without end
+            raise ValueError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
+                             f"got {window_hop_seconds!r}")
         self.max_batch_frames = max_batch_frames
 
     @classmethod
@@ -124,8 +129,10 @@ class WavLink:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "tensorrt" and precision == "int8_dynamic":
             raise ValueError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+            raise ValueError(f"threads must be an integer in 1..1024, got {threads!r}")
+        if isinstance(max_batch_frames, bool) or not isinstance(max_batch_frames, int) or max_batch_frames < 1:
+            raise ValueError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
@@ -140,18 +147,34 @@ class WavLink:
                     log.warning("%s tower: %s did not start, using %s on the CPU instead of %s", tower,
                                 provider_name(chosen[0]), fallback.file, artifact.file)
                     artifact, session = fallback, open_session(backend, manifest, fallback, [CPU_EP], threads)
+            _check_graph_matches_manifest(manifest, tower, artifact.file, session)
             log.info("%s tower: %s (%s, %s backend, %s)", tower, artifact.file, artifact.precision_key, backend,
-                     getattr(session, "providers", ["tensorrt"])[0])
+                     session.providers[0])
             if artifact.below_fidelity_gate:
                 log.warning("%s was written below its fidelity gate (--force): see its manifest fidelity",
                             artifact.file)
             sessions[tower] = session
-        tokenizer = TextTokenizer.from_json(manifest.read_verified("tokenizer.json").decode("utf-8"))
+        try:
+            tokenizer = TextTokenizer.from_json(manifest.read_verified("tokenizer.json").decode("utf-8"))
+        except ModelFilesError:
+            raise
+        except Exception as exc:  # the tokenizers library raises bare Exceptions for malformed JSON
+            raise ModelFilesError(f"{manifest.export_dir / 'tokenizer.json'}: not a usable tokenizer "
+                                  f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
         if manifest.model.heads != "trained":
             log.warning("%s has %s heads: embeddings are not meaningful for retrieval", manifest.model.name,
                         manifest.model.heads)
         return cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
                    window_hop_seconds, max_batch_frames)
+
+    @staticmethod
+    def describe_choice(manifest: Manifest, precision: str, available: Sequence[str]) -> str:
+        """Which artifacts ``from_pretrained(precision=...)`` would load with the default providers, and where."""
+        chosen = [name for name in PROVIDER_PREFERENCE if name in available]
+        accelerated = is_accelerated(chosen)
+        files = [_pick_artifact(manifest, tower, precision, accelerated).file for tower in ("audio", "text")]
+        return f"{' + '.join(files)} on {chosen[0] if chosen else 'no provider'}" + (
+            " (CPU if it does not start)" if accelerated else "")
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
@@ -246,7 +269,7 @@ class WavLink:
         dim = self._check_dim(dim)
         if isinstance(texts, (str, bytes)):
             texts = [texts]
-        if texts is None or not isinstance(texts, Iterable):
+        if texts is None or not isinstance(texts, Iterable) or isinstance(texts, (Mapping, set, frozenset)):
             raise TextInputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
         texts = [_as_text(text, i) for i, text in enumerate(texts)]
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -281,6 +304,18 @@ class WavLink:
                 f"clip_policy={self.clip_policy!r}, providers={getattr(self.audio_session, 'providers', '?')})")
 
 
+def _check_graph_matches_manifest(manifest: Manifest, tower: str, file: str, session: Session) -> None:
+    """The manifest's widths must be the graph's: a lying manifest fails at load, naming the field."""
+    shapes = session.io_shapes()
+    where = f"{manifest.export_dir / 'manifest.json'}"
+    width = shapes["output"][-1] if shapes["output"] else None
+    if isinstance(width, int) and width > 0 and width != manifest.model.embed_dim:
+        raise ModelFilesError(f"{where}: model.embed_dim is {manifest.model.embed_dim} but {file} outputs {width} dims")
+    mels = shapes.get("input_features", (None, None))[1] if tower == "audio" else None
+    if isinstance(mels, int) and mels > 0 and mels != manifest.model.n_mels:
+        raise ModelFilesError(f"{where}: model.n_mels is {manifest.model.n_mels} but {file} takes {mels} mel bins")
+
+
 def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:
     if precision.startswith("int8_"):
         return manifest.find_artifact(tower, "int8", precision.split("_", 1)[1])
@@ -299,8 +334,9 @@ def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: 
 
 def _as_items(inputs):
     """A lone path or (array, sample_rate) pair is one item, not a sequence of characters or parts."""
-    if isinstance(inputs, (str, os.PathLike)) or is_array_pair(inputs):
-        return [inputs]
+    if isinstance(inputs, (str, os.PathLike)) or is_array_pair(inputs) or (
+            isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], np.ndarray)):
+        return [inputs]  # a pair with a bad rate is still one item, refused by name when decoded
     return inputs
 
 

@@ -10,9 +10,10 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import Protocol, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +31,16 @@ ACCELERATED_EPS = (TENSORRT_EP, CUDA_EP)
 BACKENDS = ("onnxruntime", "tensorrt")
 
 ProviderSpec = Union[str, tuple]  # "NameExecutionProvider" or (name, options) as ORT takes them
+
+
+class Session(Protocol):
+    """What every backend session offers the model: ORT's ``OnnxSession`` and TensorRT's ``TensorRTSession``."""
+
+    providers: list[str]  # what actually runs it, first = main ("tensorrt" for a direct engine)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def io_shapes(self) -> dict[str, tuple]: ...
 
 
 def tensorrt_provider_options(cache_dir: Path, precision: str) -> dict:
@@ -68,7 +79,7 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, c
     """
     available = ort.get_available_providers()
     if requested:
-        chosen = list(requested)
+        chosen = [_as_provider(p) for p in _as_provider_list(requested)]
         missing = [provider_name(p) for p in chosen if provider_name(p) not in available]
         if missing:
             raise WavLinkError(f"providers {missing} are not in this onnxruntime build (available: {available}); "
@@ -86,6 +97,29 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, c
 
 def provider_name(provider: ProviderSpec) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
+
+
+def _as_provider_list(requested) -> list:
+    if isinstance(requested, (str, bytes)) or not isinstance(requested, Sequence):
+        raise ValueError(f"providers must be a list of provider names, e.g. [{CPU_EP!r}], got {requested!r}")
+    return list(requested)
+
+
+def _as_provider(provider) -> ProviderSpec:
+    """"Name", ("Name",) or ("Name", {options}): ORT takes only the first and the last form."""
+    if isinstance(provider, str):
+        return provider
+    if isinstance(provider, tuple) and len(provider) == 1 and isinstance(provider[0], str):
+        return provider[0]
+    if isinstance(provider, tuple) and len(provider) == 2 and isinstance(provider[0], str) and isinstance(provider[1], dict):
+        return provider
+    raise ValueError(f"provider {provider!r} is not a name or a (name, options dict) pair")
+
+
+def quiet_onnxruntime(verbose: bool) -> None:
+    """onnxruntime prints a provider that fails to start (no CUDA libraries) in red, at ERROR level, before
+    falling back; we report the fallback ourselves in one line, so its own text is for --verbose only."""
+    ort.set_default_logger_severity(0 if verbose and log.isEnabledFor(logging.DEBUG) else 2 if verbose else 4)
 
 
 def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
@@ -109,25 +143,46 @@ class OnnxSession:
         if profile_prefix:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
-        options.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
+        # ORT's own warnings (unused initialisers) and provider start-up errors are noise for users: the
+        # fallback is reported below in one line; --verbose (quiet_onnxruntime) lets ORT's text through.
+        options.log_severity_level = 3 if log.isEnabledFor(logging.INFO) else 4
         self.name = name or (Path(model).name if not isinstance(model, bytes) else "model")
         try:
-            self._session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                 providers=list(providers))
+            with warnings.catch_warnings():  # ORT warns of a provider it lacks; we say it once, below
+                warnings.simplefilter("ignore", UserWarning)
+                self._session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                     providers=list(providers))
         except Exception as exc:  # ORT raises several Fail/InvalidGraph types; the message is what matters
             raise WavLinkError(f"{self.name}: onnxruntime could not load the model: {exc}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         wanted = [provider_name(p) for p in providers]
         self.providers = self._session.get_providers()
-        if wanted and self.providers[0] != wanted[0]:
-            # ORT silently skips a provider whose libraries fail to load (no CUDA driver, TRT missing).
-            log.warning("%s: %s could not be initialised, running on %s", self.name, wanted[0], self.providers)
+        not_started = [p for p in wanted if p not in self.providers]
+        if not_started:
+            # ORT skips a provider whose libraries fail to load (no CUDA driver, TRT missing): one line, once.
+            _warn_once(f"{', '.join(not_started)} could not be started here (run with --verbose for onnxruntime's "
+                       f"reason); running on {self.providers[0]}")
+
+    def io_shapes(self) -> dict[str, tuple]:
+        """Declared shapes of the graph's inputs and first output (ints, or names for dynamic axes)."""
+        shapes = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
+        shapes["output"] = tuple(self._session.get_outputs()[0].shape)
+        return shapes
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, feeds)[0]
 
     def end_profiling(self) -> str:
         return self._session.end_profiling()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, providers: Sequence[ProviderSpec],

@@ -161,6 +161,13 @@ class TensorRTSession:
         # One context, stream and buffer set: concurrent runs would overwrite each other's inputs.
         self._lock = threading.Lock()
         self.max_batch = min(shapes[2][0] for shapes in self.profile.shapes.values())
+        self.providers = ["tensorrt"]
+
+    def io_shapes(self) -> dict[str, tuple]:
+        """Declared shapes (-1 for dynamic axes) of the inputs and the first output, like OnnxSession's."""
+        shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.inputs}
+        shapes["output"] = tuple(self.engine.get_tensor_shape(self.outputs[0]))
+        return shapes
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
