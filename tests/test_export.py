@@ -264,7 +264,7 @@ def test_export_refuses_a_foreign_out_directory_and_a_locked_one(tmp_path, base_
     with open(tmp_path / ".exp.lock", "w") as lock:  # another export holds the lock
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert to_onnx_main(["--size", "base", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
-    assert "another export" in capsys.readouterr().err and not out.exists()
+    assert "another wavlink-edge run is writing" in capsys.readouterr().err and not out.exists()
 
 
 def test_manifest_hashes_are_of_the_validated_bytes(tmp_path, base_model):

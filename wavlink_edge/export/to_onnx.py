@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -29,8 +28,10 @@ if __package__ in (None, ""):  # run by path (`python export/to_onnx.py`): impor
 from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
-from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.manifest import Manifest, VerificationCache
+from wavlink_edge.runtime.outputs import exclusive_lock
 from wavlink_edge.runtime.session import OnnxSession
 from wavlink_edge.runtime.text import TextTokenizer
 from wavlink_edge.runtime.vectors import cosine
@@ -232,42 +233,78 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
 
 
 @contextlib.contextmanager
-def exclusive_output(out: Path, force: bool = False):
-    """Build into a fresh directory beside ``out``; yield it; swap it in only if the block succeeds.
+def exclusive_output(out: Path, force: bool = False, log=print):
+    """Build into a fresh directory beside ``out``; yield it; then move what was built into ``out``.
 
-    ``out`` is locked for the duration (two exports into one directory would mix their files), and a
-    non-empty ``out`` that is not a WavLink export is refused unless ``force``: it may hold the
-    user's own files.
+    ``out`` is locked for the duration with the lock quantization takes too (two writers would mix
+    their files). An existing export is updated in place: its fp32 files and manifest are replaced;
+    artifacts quantized from an fp32 graph that did not change are kept, and the others are dropped
+    (said, with the reason); files the export did not list (TensorRT caches, the user's) are never
+    touched. A non-empty ``out`` that is not a WavLink export is refused unless ``force``. Build
+    directories left by a killed run are removed first.
     """
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file() and not force:
+    if out.is_dir() and any(p.name != VerificationCache.NAME for p in out.iterdir()) \
+            and not (out / "manifest.json").is_file() and not force:
         raise ExportError(f"--out {out} is not empty and is not a WavLink export; refusing to replace its files "
                           "(choose another directory, or pass --force)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ExportError(f"another export into {out} is running (lock {lock_path})") from None
+    with exclusive_lock(out, f"the export {out}"):
+        for stale in [*out.parent.glob(f".{out.name}.building-*"), *out.parent.glob(f".{out.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: their writer is gone
         building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
         building.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary directory
         try:
             yield building
-            if out.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.replace(out, retired / out.name)
-                os.replace(building, out)
-                shutil.rmtree(retired, ignore_errors=True)
+            if (out / "manifest.json").is_file():
+                _update_in_place(building, out, log)
             else:
-                os.replace(building, out)
+                out.mkdir(exist_ok=True)
+                for path in sorted(building.iterdir(), key=lambda p: p.name == "manifest.json"):
+                    os.replace(path, out / path.name)  # the manifest last: it lists only files already there
         finally:
             shutil.rmtree(building, ignore_errors=True)
-            lock_path.unlink(missing_ok=True)
+
+
+def _update_in_place(building: Path, out: Path, log) -> None:
+    """Move the new fp32 export over ``out`` and merge manifests, keeping still-valid derived artifacts."""
+    new = Manifest.load(building)
+    try:
+        old = Manifest.load(out)
+    except WavLinkError:
+        old = None  # unreadable: nothing of it can be vouched for; its listed files stay on disk, unlisted
+    kept, dropped = {}, []
+    if old is not None:
+        for artifact in old.artifacts:
+            if artifact.precision == "fp32" or artifact.file in new.files:
+                continue
+            source = f"{artifact.tower}.onnx"
+            if old.files.get(source, {}).get("sha256") == new.files.get(source, {}).get("sha256"):
+                kept[artifact.file] = old.files[artifact.file]
+                for data_file in artifact.external_data:
+                    kept[data_file] = old.files[data_file]
+            else:
+                dropped.append(artifact)
+        for section, value in old.data.items():  # e.g. the quantization section of kept artifacts
+            if kept and section not in new.data:
+                new.data[section] = value
+    for name, entry in kept.items():
+        new.files[name] = entry
+    for path in sorted(building.iterdir(), key=lambda p: p.name == "manifest.json"):
+        if path.name != "manifest.json":
+            os.replace(path, out / path.name)
+    new.export_dir = out
+    new.save()
+    for artifact in dropped:
+        for name in (artifact.file, *artifact.external_data):
+            (out / name).unlink(missing_ok=True)
+        log(f"  dropped {artifact.file}: it was quantized from the previous {artifact.tower}.onnx, which changed")
+    if kept:
+        log(f"  kept {', '.join(sorted(n for n in kept if n.endswith('.onnx')))}: their fp32 source is byte-identical")
 
 
 def load_model(size: str, checkpoint: str | None, install_weights: bool = False):
@@ -319,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {out} was left as it was", file=sys.stderr)
         return 130
-    except (ExportError, OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (ExportError, WavLinkError, OSError, ValueError, RuntimeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     v = manifest["validation"]

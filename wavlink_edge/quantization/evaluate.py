@@ -13,8 +13,8 @@ import numpy as np
 
 from wavlink_edge.runtime import vectors
 from wavlink_edge.runtime.audio import decode_audio
-from wavlink_edge.runtime.features import SAMPLE_RATE, clip_features
-from wavlink_edge.runtime.manifest import Manifest, sha256_file  # noqa: F401  (re-exported: ev.sha256_file)
+from wavlink_edge.runtime.features import clip_features
+from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import OnnxSession
 from wavlink_edge.runtime.text import TextTokenizer
 
@@ -25,7 +25,6 @@ HELDOUT_DIR = HERE / "heldout"
 SAMPLES_DIR = REPO / "runtime" / "samples"
 EVAL_SPLIT_DIR = REPO / "bench" / "data" / "wavlink_eval"  # benchmark eval split, used when present
 AUDIO_SUFFIXES = (".ogg", ".oga", ".flac", ".wav")
-SR = SAMPLE_RATE
 
 
 def load_manifest(export_dir: Path) -> dict:

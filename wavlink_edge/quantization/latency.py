@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run by path (`python quantization/latency.py`):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wavlink_edge.quantization import evaluate as ev
+from wavlink_edge.runtime.features import SAMPLE_RATE
 
 
 def inputs(export_dir: Path) -> dict:
@@ -29,7 +30,7 @@ def inputs(export_dir: Path) -> dict:
     from wavlink_edge.runtime.features import clip_features
 
     speech = ev.load_audio(ev.SAMPLES_DIR / "speech_en_female.flac")
-    clip5 = np.resize(speech, 5 * ev.SR)  # 5 s: the sample repeated or cut
+    clip5 = np.resize(speech, 5 * SAMPLE_RATE)  # 5 s: the sample repeated or cut
     mel30 = clip_features(speech, n_mels, "pad")[None]
     mel5 = clip_features(clip5, n_mels, "trim")[None]
     text = ev.text_feeds(["a woman speaks over a slow piano melody while rain falls"], Path(export_dir) / "tokenizer.json")[0][1]

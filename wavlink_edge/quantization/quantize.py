@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run by path (`python quantization/quantize.py`)
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
 from wavlink_edge.runtime.errors import WavLinkError
-from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.manifest import INT8_VARIANTS, Manifest, sha256_file
+from wavlink_edge.runtime.outputs import exclusive_lock
 
 TOWERS = ("audio", "text")
 GATES = {"fp16": 0.999, "int8": 0.99}
@@ -388,7 +389,7 @@ class _Run:
         fidelity["forced"] = not fidelity["passed"]
         os.replace(tmp_path, dst)
         entry = manifest.record(name, None, tower=tower, precision=precision, **({"variant": variant} if variant else {}),
-                                source={"file": src.name, "sha256": ev.sha256_file(src)},
+                                source={"file": src.name, "sha256": sha256_file(src)},
                                 **(extra or {}), fidelity=fidelity, recipe=recipe)
         manifest.save()
         self.results[name] = entry
@@ -404,8 +405,8 @@ class _Run:
         if not entry or not (entry.get("fidelity") or {}).get("passed") or entry["fidelity"].get("forced"):
             return False
         path = manifest.path(name)
-        return (path.is_file() and ev.sha256_file(path) == entry.get("sha256")
-                and (entry.get("source") or {}).get("sha256") == ev.sha256_file(src))
+        return (path.is_file() and sha256_file(path) == entry.get("sha256")
+                and (entry.get("source") or {}).get("sha256") == sha256_file(src))
 
     def tmp(self, name: str) -> Path:
         return self.export_dir / f".tmp-{os.getpid()}-{name}"
@@ -455,11 +456,28 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
         raise QuantizationError(f"unknown calibration method {calibration_method!r}: use {', '.join(CALIBRATION_METHODS)}")
     if static_set is not None and static_set not in recipes.STATIC_SETS:
         raise QuantizationError(f"unknown static set {static_set!r}: use {', '.join(recipes.STATIC_SETS)}")
+    bad_variants = [v for v in int8_variants if v not in INT8_VARIANTS]
+    if bad_variants or not int8_variants:
+        raise QuantizationError(f"unknown int8 variant(s) {bad_variants or list(int8_variants)}: use "
+                                f"{', '.join(INT8_VARIANTS)}")
+    if eval_dir is not None and not Path(eval_dir).is_dir():
+        raise QuantizationError(f"--eval-dir {eval_dir}: not a directory")
+    with exclusive_lock(export_dir.absolute(), f"the export {export_dir}"):  # the lock export/to_onnx.py takes
+        return _quantize_locked(export_dir, precisions, calibration_dir, calibration_method, force, towers, static_set,
+                                calibration_limit, eval_dir, eval_limit, log, fast, int8_variants)
+
+
+def _quantize_locked(export_dir: Path, precisions, calibration_dir, calibration_method, force, towers, static_set,
+                     calibration_limit, eval_dir, eval_limit, log, fast, int8_variants) -> dict:
     manifest = ev.load_manifest(export_dir)
-    for tower in towers:
-        entry = manifest["artifacts"].get(f"{tower}.onnx")
-        if entry is None or ev.sha256_file(export_dir / f"{tower}.onnx") != entry["sha256"]:
-            raise QuantizationError(f"{tower}.onnx is missing or does not match its manifest sha256")
+    needed = [f"{tower}.onnx" for tower in towers] + (["tokenizer.json"] if "text" in towers else [])
+    for name in needed:
+        entry = manifest["artifacts"].get(name)
+        if entry is None or not (export_dir / name).is_file():
+            raise QuantizationError(f"{export_dir / name} is missing (or not in its manifest): re-export the model "
+                                    "with export/to_onnx.py")
+        if sha256_file(export_dir / name) != entry["sha256"]:
+            raise QuantizationError(f"{export_dir / name} does not match its manifest sha256: re-export the model")
 
     if fast:
         calibration_limit = min(calibration_limit or FAST_CALIBRATION_CLIPS, FAST_CALIBRATION_CLIPS)
@@ -540,6 +558,16 @@ def _artifact_int8_static(run: _Run, src: Path, tower: str, calibration_dir, met
         run.commit(tmp, tower, "int8", "static", fid, recipe, {"batch_independent": True, "format": "QDQ"})
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
@@ -547,12 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tower", default="audio,text", help="comma list of audio, text")
     parser.add_argument("--calibration-dir", type=Path, help="your own audio (+ optional sentences.txt) for static INT8")
     parser.add_argument("--calibration-method", default=DEFAULT_CALIBRATION_METHOD, choices=CALIBRATION_METHODS)
-    parser.add_argument("--calibration-limit", type=int, default=0,
+    parser.add_argument("--calibration-limit", type=_non_negative_int, default=0,
                         help=f"static calibration clips (default 0 = all; SmoothQuant statistics use at most {SMOOTHING_CLIPS})")
     parser.add_argument("--static-set", choices=recipes.STATIC_SETS,
                         help="pin the static exclusion set instead of walking the ladder")
     parser.add_argument("--eval-dir", type=Path, help="extra held-out clips (default bench/data/wavlink_eval if present)")
-    parser.add_argument("--eval-limit", type=int, default=8, help="clips taken from the eval dir (default 8)")
+    parser.add_argument("--eval-limit", type=_non_negative_int, default=8, help="clips taken from the eval dir (default 8)")
     parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
     parser.add_argument("--int8-variants", default="dynamic,static", help="comma list of dynamic, static (int8 only)")
     parser.add_argument("--fast", action="store_true",
