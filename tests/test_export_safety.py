@@ -112,3 +112,13 @@ def test_a_killed_export_leaves_the_previous_one_and_its_leftovers_are_cleaned(t
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".verified.json"} == before
     assert _export(checkpoint, out) == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_killed_quantization_leaves_nothing_the_next_run_keeps(tmp_path, base_model):
+    out = tmp_path / "exp"
+    assert _export(_checkpoint(tmp_path / "ck", base_model[1], 0), out) == 0
+    (out / ".tmp-99999-text_fp16.onnx").write_bytes(b"half a graph")  # a SIGKILLed run's candidate
+    before = Manifest.load(out).files.copy()
+    assert q.main([str(out), "--precision", "fp16", "--tower", "text", "--fast", "--force"]) == 0
+    assert not list(out.glob(".tmp-*"))
+    assert set(Manifest.load(out).files) == set(before) | {"text_fp16.onnx"}

@@ -274,3 +274,28 @@ def test_cli_version_model_file_and_warnings_once(tiny_export, clips, tmp_path, 
         code, err = run(capsys, "embed-text", "a", "", " ", "--model", tiny_export)
     assert code == 0
     assert err.count("untrained heads") == 1 and err.count("empty or whitespace only") == 1
+
+
+# -- SIGKILL -------------------------------------------------------------------------------------------
+
+def test_a_killed_embed_leaves_whole_rows_and_resume_completes(tiny_export, clips, tmp_path, capsys):
+    import signal
+    import time
+
+    out = tmp_path / "emb.jsonl"
+    paths = [str(shutil.copy(clips[i % len(clips)], tmp_path / f"c{i:03d}.flac")) for i in range(60)]
+    proc = subprocess.Popen([sys.executable, "-m", "wavlink_edge", "embed", *paths, "--model", str(tiny_export),
+                             "--batch-size", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while (not out.exists() or out.read_bytes().count(b"\n") < 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed mid-way")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (tmp_path / ".emb.npy.leftover.tmp").write_bytes(b"half")  # what a kill during an .npy rename leaves
+    code, _ = run(capsys, "embed", *paths, "--model", tiny_export, "--batch-size", "1", "--out", out, "--resume")
+    assert code == 0
+    assert [r["source"] for r in read_rows(out)[1]] == paths
+    assert run(capsys, "embed", clips[0], "--model", tiny_export, "--out", tmp_path / "emb.npy")[0] == 0
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.lock"))

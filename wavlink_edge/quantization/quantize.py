@@ -469,6 +469,8 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
 
 def _quantize_locked(export_dir: Path, precisions, calibration_dir, calibration_method, force, towers, static_set,
                      calibration_limit, eval_dir, eval_limit, log, fast, int8_variants) -> dict:
+    for stale in export_dir.glob(".tmp-*"):  # a killed run's candidates: we hold the lock, their writer is gone
+        stale.unlink(missing_ok=True)
     manifest = ev.load_manifest(export_dir)
     needed = [f"{tower}.onnx" for tower in towers] + (["tokenizer.json"] if "text" in towers else [])
     for name in needed:

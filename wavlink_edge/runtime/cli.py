@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
 from wavlink_edge.runtime.model import WavLink
-from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock
+from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock, sidecar_path
 from wavlink_edge.runtime.session import quiet_onnxruntime
 
 DEFAULT_MODEL_DIR = Path("exports/wavlink-base")
@@ -189,8 +190,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return _run_rows(args, writer, len(paths), "file", results, sources)
 
 
+@contextlib.contextmanager
 def _output_lock(out: Path | None):
-    return exclusive_lock(out, str(out)) if out is not None else contextlib.nullcontext()
+    """The output's lock for the run; temporaries a killed earlier run left beside it are removed."""
+    if out is None:
+        yield
+        return
+    with exclusive_lock(out, str(out)):
+        for name in (out.name, sidecar_path(out).name):
+            for stale in out.parent.glob(f".{glob_escape(name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        yield
 
 
 def read_text_lines(path: Path) -> list[str]:
