@@ -135,3 +135,15 @@ def test_trim_matches_whisper_feature_extractor(extractors, seconds):
     keep = trim_frames(n)
     np.testing.assert_allclose(clip_features(audio, 80, "trim"), _reference(extractors, audio, 80)[:, :keep],
                                atol=TOLERANCE, rtol=0)
+
+
+def test_the_window_comes_from_the_model():
+    """A model with a shorter window (the manifest's max_frames) gets features of that window, not 30 s sliced."""
+    audio = (0.1 * np.random.default_rng(3).standard_normal(SAMPLE_RATE * 3)).astype(np.float32)
+    pad = clip_features(audio, 80, "pad", window_frames=100)
+    assert pad.shape == (80, 100)
+    np.testing.assert_array_equal(pad, log_mel_spectrogram(audio[:SAMPLE_RATE], 80, pad_to_seconds=1.0))
+    assert clip_features(audio[:8000], 80, "trim", window_frames=100).shape == (80, 100)
+    np.testing.assert_array_equal(clip_features(audio, 80, "trim"), clip_features(audio, 80, "trim", CHUNK_FRAMES))
+    with pytest.raises(ValueError, match="window_frames"):
+        clip_features(audio, 80, "pad", window_frames=3001)

@@ -109,7 +109,7 @@ def validation_clips(n_mels: int, max_frames: int) -> list[tuple[str, np.ndarray
     for path in sorted(SAMPLES_DIR.glob("*.flac")):
         audio = decode_audio(path)
         for policy in CLIP_POLICIES:
-            clips.append((f"{path.name}:{policy}", clip_features(audio, n_mels, policy)[:, :max_frames]))
+            clips.append((f"{path.name}:{policy}", clip_features(audio, n_mels, policy, max_frames)))
     if not clips:
         raise ExportError(f"no validation clips in {SAMPLES_DIR}")
     return clips

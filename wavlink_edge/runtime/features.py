@@ -92,7 +92,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, pad_to_seconds: flo
     return _finish(_mel_power(padded, n_frames, n_mels), n_frames)
 
 
-def _trimmed_prefix(audio: np.ndarray, n_mels: int) -> np.ndarray | None:
+def _trimmed_prefix(audio: np.ndarray, n_mels: int, window_samples: int = CHUNK_SAMPLES) -> np.ndarray | None:
     """The first trim_frames(len) frames of the 30 s padded features, computing only the frames needed.
 
     Frame i of the centred STFT reads padded samples [160 i - 200, 160 i + 200). So the kept frames need
@@ -103,11 +103,11 @@ def _trimmed_prefix(audio: np.ndarray, n_mels: int) -> np.ndarray | None:
     computation would matter: the caller then computes all 3000 frames.
     """
     n = audio.size
-    keep = trim_frames(n)
+    keep = trim_frames(n, window_samples // HOP_LENGTH)
     sees_audio = (n + N_FFT // 2 - 1) // HOP_LENGTH + 1  # frames i with 160 i - 200 < n
     n_frames = max(keep, sees_audio)
     end = HOP_LENGTH * (n_frames - 1) + N_FFT // 2  # last sample (exclusive) the last frame reads
-    if end > CHUNK_SAMPLES:
+    if end > window_samples:
         return None
     signal = np.zeros(end, np.float64)
     signal[:n] = audio
@@ -115,34 +115,40 @@ def _trimmed_prefix(audio: np.ndarray, n_mels: int) -> np.ndarray | None:
     return _finish(_mel_power(padded, n_frames, n_mels), keep)
 
 
-def trim_frames(n_samples: int) -> int:
-    """Frames the "trim" policy keeps for a clip of n_samples: those holding audio, even, 1 s to 30 s."""
+def trim_frames(n_samples: int, window_frames: int = CHUNK_FRAMES) -> int:
+    """Frames the "trim" policy keeps for a clip of n_samples: those holding audio, even, 1 s up to the
+    window (30 s for Whisper)."""
     frames = -(-n_samples // HOP_LENGTH)
     frames += frames % 2  # the encoder's stride-2 conv halves it
-    return int(min(CHUNK_FRAMES, max(MIN_TRIM_FRAMES, frames)))
+    return int(min(window_frames, max(min(MIN_TRIM_FRAMES, window_frames), frames)))
 
 
 CLIP_POLICIES = ("pad", "trim")
 MIN_WINDOW_SAMPLES = SAMPLE_RATE  # a trailing partial window shorter than 1 s adds noise, not content
 
 
-def clip_features(audio: np.ndarray, n_mels: int, policy: str) -> np.ndarray:
-    """Encoder input for one <= 30 s window under a clip policy.
+def clip_features(audio: np.ndarray, n_mels: int, policy: str, window_frames: int = CHUNK_FRAMES) -> np.ndarray:
+    """Encoder input for one window (``window_frames``: the model's ``max_frames``, 3000 = 30 s for
+    Whisper) under a clip policy.
 
-    ``pad``: the paper's input, log-mel of the window padded to 30 s (3000 frames). ``trim``: the same
+    ``pad``: the paper's input, log-mel of the window padded to its full length. ``trim``: the same
     features cut to ``trim_frames`` -- a prefix of the padded ones (same per-clip log floor), never
     re-padded, so results do not depend on how inputs are batched. Only the kept frames (and the few
     past them that see audio) are computed: a 5 s clip costs a sixth of a 30 s one.
     """
     if policy not in CLIP_POLICIES:
         raise ValueError(f"unknown clip policy {policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
+    if not 1 <= window_frames <= CHUNK_FRAMES:
+        raise ValueError(f"window_frames must be in 1..{CHUNK_FRAMES}, got {window_frames}")
+    window_samples = window_frames * HOP_LENGTH
     if policy == "trim":
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        prefix = _trimmed_prefix(audio, n_mels) if audio.size <= CHUNK_SAMPLES else None
+        prefix = _trimmed_prefix(audio, n_mels, window_samples) if audio.size <= window_samples else None
         if prefix is not None:  # only the frames the clip keeps (and those that set its floor)
             return prefix
-        return np.ascontiguousarray(log_mel_spectrogram(audio, n_mels)[:, : trim_frames(audio.size)])
-    return log_mel_spectrogram(audio, n_mels)
+        full = log_mel_spectrogram(audio, n_mels, window_samples / SAMPLE_RATE)
+        return np.ascontiguousarray(full[:, : trim_frames(audio.size, window_frames)])
+    return log_mel_spectrogram(audio, n_mels, window_samples / SAMPLE_RATE)
 
 
 def iter_windows(blocks, hop_samples: int = CHUNK_SAMPLES, window_samples: int = CHUNK_SAMPLES,

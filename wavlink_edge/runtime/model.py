@@ -235,8 +235,7 @@ class WavLink:
         windows = 0
         for window in iter_windows(iter_audio_blocks(item, source), self.window_hop_samples, self.window_samples):
             windows += 1
-            features = clip_features(window, self.spec.n_mels, self.clip_policy)
-            yield features[:, : self.spec.max_frames] if self.clip_policy == "pad" else features
+            yield clip_features(window, self.spec.n_mels, self.clip_policy, self.spec.max_frames)
         if windows == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
 
