@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run by path (`python quantization/quantize.py`)
 
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
+from wavlink_edge.runtime.cli import int_at_least
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.manifest import INT8_VARIANTS, Manifest, sha256_file
 from wavlink_edge.runtime.outputs import exclusive_lock
@@ -571,16 +572,6 @@ def _artifact_int8_static(run: _Run, src: Path, tower: str, calibration_dir, met
         run.commit(tmp, tower, "int8", "static", fid, recipe, {"batch_independent": True, "format": "QDQ"})
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
@@ -588,12 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tower", default="audio,text", help="comma list of audio, text")
     parser.add_argument("--calibration-dir", type=Path, help="your own audio (+ optional sentences.txt) for static INT8")
     parser.add_argument("--calibration-method", default=DEFAULT_CALIBRATION_METHOD, choices=CALIBRATION_METHODS)
-    parser.add_argument("--calibration-limit", type=_non_negative_int, default=0,
+    parser.add_argument("--calibration-limit", type=int_at_least(0), default=0,
                         help=f"static calibration clips (default 0 = all; SmoothQuant statistics use at most {SMOOTHING_CLIPS})")
     parser.add_argument("--static-set", choices=recipes.STATIC_SETS,
                         help="pin the static exclusion set instead of walking the ladder")
     parser.add_argument("--eval-dir", type=Path, help="extra held-out clips (default bench/data/wavlink_eval if present)")
-    parser.add_argument("--eval-limit", type=_non_negative_int, default=8, help="clips taken from the eval dir (default 8)")
+    parser.add_argument("--eval-limit", type=int_at_least(0), default=8, help="clips taken from the eval dir (default 8)")
     parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
     parser.add_argument("--int8-variants", default="dynamic,static", help="comma list of dynamic, static (int8 only)")
     parser.add_argument("--fast", action="store_true",
