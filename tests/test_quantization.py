@@ -234,7 +234,8 @@ def test_shipped_audio_dynamic_is_per_token_and_batch_exact(quantized):
     model = onnx.load(str(out / "audio_int8_dynamic.onnx"))
     ops = recipes.count_ops(model)
     assert "Scan" not in ops and "DynamicQuantizeLinear" not in ops
-    assert ops["MatMulIntegerToFloat"] >= 24 and ops["MultiHeadAttention"] == 6
+    # 7-bit weights: the ladder keeps first and last layers fp32 (fc2_edges_fp32) -> 22 of the 38 int8
+    assert ops["MatMulIntegerToFloat"] >= 20 and ops["MultiHeadAttention"] == 6
     sess = ev.session(out / "audio_int8_dynamic.onnx")
     mel = _audio_batch()
     together = sess.run({"input_features": mel})

@@ -101,7 +101,7 @@ def per_token_candidates(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if _is_weight_matmul(n, inits)]
 
 
-def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 8) -> tuple[onnx.ModelProto, int]:
+def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 7) -> tuple[onnx.ModelProto, int]:
     """Weight MatMuls -> int8 GEMMs with one activation scale per token (per row of the flattened input).
 
     ORT's dynamic quantization (DynamicQuantizeLinear) takes one scale per tensor, i.e. per batch, so a
