@@ -9,6 +9,7 @@ normalise.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -101,6 +102,15 @@ class WavLink:
             raise ValueError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
         self.window_hop_samples = min(self.window_samples, int(round(window_hop_seconds * SAMPLE_RATE)))
         self.max_batch_frames = max_batch_frames
+        self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the artifacts in use, the clip policy and the window hop: two models with the same digest
+        give the same vectors for the same input (what an index compares before taking a query)."""
+        parts = [f"{tower}:{a.precision_key}:{a.sha256}" for tower, a in sorted(self.artifacts.items())]
+        parts += [f"clip_policy:{self.clip_policy}", f"hop:{self.window_hop_samples}"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, precision: str = "fp32",
@@ -129,7 +139,7 @@ class WavLink:
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
-        sessions = {}
+        sessions, artifacts = {}, {}
         for tower in ("audio", "text"):
             artifact = _pick_artifact(manifest, tower, precision, accelerated)
             session = open_session(backend, manifest, artifact, chosen, threads)
@@ -145,13 +155,15 @@ class WavLink:
             if artifact.below_fidelity_gate:
                 log.warning("%s was written below its fidelity gate (--force): see its manifest fidelity",
                             artifact.file)
-            sessions[tower] = session
+            sessions[tower], artifacts[tower] = session, artifact
         tokenizer = TextTokenizer.from_json(manifest.read_verified("tokenizer.json").decode("utf-8"))
         if manifest.model.heads != "trained":
             log.warning("%s has %s heads: embeddings are not meaningful for retrieval", manifest.model.name,
                         manifest.model.heads)
-        return cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
-                   window_hop_seconds, max_batch_frames)
+        model = cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
+                    window_hop_seconds, max_batch_frames)
+        model.artifacts = artifacts
+        return model
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
