@@ -219,6 +219,24 @@ class WavLink:
             rows.append(result.embedding)
         return np.stack(rows) if rows else np.zeros((0, self._check_dim(dim)), np.float32)
 
+    def window_features(self, item: AudioInput, source: str | None = None) -> list[np.ndarray]:
+        """Every encoder input of one item: for pipelines that decode on other workers than the encoder
+        (runtime/ray_pipeline.py). Needs no session. Raises AudioInputError naming the item."""
+        return list(self._features(item, source or describe_source(item, 0)))
+
+    def embed_windows(self, items: Sequence[Sequence[np.ndarray]], dim: int | None = None,
+                      batch_size: int = 8) -> list[np.ndarray]:
+        """Embeddings of items given as their ``window_features``, batched and averaged as ``iter_embed_audio`` does."""
+        dim = self._check_dim(dim)
+        batcher = WindowBatcher(batch_size, self.max_batch_frames)
+        states = {}
+        for index, windows in enumerate(items):
+            states[index] = _ItemState(str(index), windows_queued=len(windows), decoded=True)
+            for features in windows:
+                self._encode(batcher.add(index, features), states)
+        self._encode(batcher.flush(), states)
+        return [self._result(index, states[index], dim).embedding for index in range(len(items))]
+
     def _features(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
         """Encoder inputs of one item, a window at a time; an item with no samples left is an error."""
         windows = 0
