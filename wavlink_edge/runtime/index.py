@@ -243,22 +243,24 @@ class WavLinkIndex:
                     progress(source, error)
         finally:
             # Also on Ctrl-C: keep what was embedded; the next run embeds only the rest.
-            self._append(new_entries, new_vectors)
+            self.add_vectors(new_entries, new_vectors)
             report.added = len(new_entries) - report.changed
             report.seconds = time.perf_counter() - started
             self.save()
         return report
 
-    def _append(self, entries: list[dict], vectors: list[np.ndarray]) -> None:
+    def add_vectors(self, entries: list[dict], vectors) -> None:
+        """Append rows (entries {"source", "size", "mtime_ns"} and their full-width vectors from this index's
+        model) and put them in the graph; ``save`` writes them. ``update`` is the usual way in."""
         first = len(self.entries)
-        if entries:
-            self.entries += entries
-            self.vectors = np.concatenate([self.vectors, np.stack(vectors)])
+        if len(entries):
+            self.entries += list(entries)
+            self.vectors = np.concatenate([self.vectors, np.asarray(vectors, np.float32).reshape(len(entries), -1)])
         if not self.entries:
             self.ann = None
         elif self.ann is None:
             self.ann = self._build_ann(self.vectors)
-        elif entries:
+        elif len(entries):
             self.ann.add(self._graph_vectors(self.vectors[first:]))
 
     def _graph_vectors(self, vectors: np.ndarray) -> np.ndarray:
