@@ -164,3 +164,16 @@ def test_cli_index_and_search(tiny_export, library, tmp_path, capsys):
     assert cli.main(["search", str(out), "x", "--precision", "fp16"]) == 2  # tiny export has no fp16: one line
     assert cli.main(["index", str(folder), "--model", str(tiny_export), "--out", str(out), "--clip-policy", "pad"]) == 2
     assert "not comparable" in capsys.readouterr().err
+
+
+def test_cli_search_with_another_export_is_refused(tiny_export, library, tmp_path, capsys):
+    folder, _ = library
+    out = tmp_path / "idx"
+    assert cli.main(["index", str(folder), "--model", str(tiny_export), "--out", str(out)]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    meta["model"]["window_hop_seconds"] = 30.0  # as a base-model index records it: the tiny model cannot take it
+    meta["model"]["name"] = "wavlink-base-demo"
+    (out / "index.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert cli.main(["search", str(out), "a dog", "--model", str(tiny_export)]) == 2
+    assert "built with wavlink-base-demo" in capsys.readouterr().err

@@ -55,3 +55,13 @@ def test_thread_share_and_bad_counts():
         list(embed_parallel("unused", ["x"], workers=0))
     with pytest.raises(SystemExit, match="2"):
         cli.main(["embed", "x.wav", "--workers", "0"])
+
+
+def test_resume_with_workers_embeds_only_the_rest(tiny_export, inputs, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    good = [p for p in inputs if p.endswith(".wav") and "junk" not in p][:6]
+    assert cli.main(["embed", *good[:2], "--model", str(tiny_export), "--out", str(out)]) == 0
+    assert cli.main(["embed", *good, "--model", str(tiny_export), "--out", str(out), "--resume",
+                     "--workers", "2", "--batch-size", "2"]) == 0
+    assert "--resume: 2 sources already" in capsys.readouterr().err
+    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == good

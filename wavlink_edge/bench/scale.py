@@ -92,6 +92,43 @@ def ray_throughput(model_dir: Path, clips: list[str], reference: np.ndarray) -> 
     return rows
 
 
+def frontend_cost(model: WavLink, clips: list[str]) -> dict:
+    """Decode + log-mel per clip in this process (ORT idle): the CPU share a GPU encoder still needs."""
+    frames, started = [], time.perf_counter()
+    for clip in clips:
+        frames += [w.shape[-1] for w in model.window_features(clip, clip)]
+    seconds = time.perf_counter() - started
+    return {"clips": len(clips), "ms_per_clip": round(1e3 * seconds / len(clips), 1),
+            "mean_frames": round(float(np.mean(frames)), 1)}
+
+
+# Peak dense tensor throughput (FP16, TFLOP/s) as NVIDIA's datasheets state them; projections assume a
+# fraction of it is reached. Not measured here: no GPU was available to this work.
+# Orin: 170 sparse INT8 TOPS for its GPU -> 85 dense -> 42.5 FP16; L4: 242 sparse FP16; H100 SXM: 1979 sparse FP16.
+GPU_PEAKS = {"Jetson AGX Orin 64GB": 42.5, "NVIDIA L4": 121, "NVIDIA H100 SXM": 989}
+ASSUMED_UTILISATION = 0.25
+
+
+def projections(doc: dict, config: dict) -> dict:
+    """Clips per second and days for 1 M and 100 M clips: measured on this CPU, estimated for GPUs from the
+    encoder's analytic FLOPs at the measured mean frame count."""
+    from wavlink_edge.bench.flops import wavlink_audio_flops
+
+    frames = int(round(doc["frontend"]["mean_frames"] / 2) * 2)
+    flops = wavlink_audio_flops(config, frames)
+    best_cpu = max(r["files_per_s"] for r in doc["throughput"] if r["engine"] == "plain")
+    rows = [{"host": f"this CPU ({doc['machine']['cores']} cores, measured)", "clips_per_s": best_cpu}]
+    for name, tflops in GPU_PEAKS.items():
+        rows.append({"host": f"{name} (estimate: {tflops:g} TFLOP/s fp16 x {ASSUMED_UTILISATION:.0%})",
+                     "clips_per_s": round(tflops * 1e12 * ASSUMED_UTILISATION / flops, 1),
+                     "cpu_cores_for_front_end": round(tflops * 1e12 * ASSUMED_UTILISATION / flops
+                                                      * doc["frontend"]["ms_per_clip"] / 1e3, 1)})
+    for row in rows:
+        row["days_1M"] = round(1e6 / row["clips_per_s"] / 86400, 2)
+        row["days_100M"] = round(1e8 / row["clips_per_s"] / 86400, 1)
+    return {"frames": frames, "gflop_per_clip": round(flops / 1e9, 2), "rows": rows}
+
+
 def synthetic(parents: np.ndarray, count: int, rng: np.random.Generator, sigma: float = 0.03) -> np.ndarray:
     a, b = rng.integers(0, len(parents), count), rng.integers(0, len(parents), count)
     mix = rng.uniform(0, 1, (count, 1)).astype(np.float32)
@@ -258,6 +295,14 @@ def markdown(doc: dict) -> str:
         knob = f"efSearch {p['ef']}" if "ef" in p else f"{p['candidates']} candidates re-ranked"
         lines.append(f"| {p['search_dim']} | {knob} | {p['recall_at_10']} | {p['recall_text_queries']} | {p['p50_ms']} | {p['p99_ms']} |")
     lines.append(f"| exact | numpy | {ix['exact']['recall_at_10']} | | {ix['exact']['p50_ms']} | {ix['exact']['p99_ms']} |")
+    if doc.get("projection"):
+        pr = doc["projection"]
+        lines += ["", f"## Projection (front end {doc['frontend']['ms_per_clip']} ms/clip measured; encoder "
+                  f"{pr['gflop_per_clip']} GFLOP/clip at {pr['frames']} frames, analytic)", "",
+                  "| host | clips/s | days for 1 M | days for 100 M | CPU cores to feed it |", "|---|---|---|---|---|"]
+        for r in pr["rows"]:
+            lines.append(f"| {r['host']} | {r['clips_per_s']} | {r['days_1M']} | {r['days_100M']} | "
+                         f"{r.get('cpu_cores_for_front_end', '')} |")
     if doc.get("libraries"):
         lines += ["", "## Library choice (same vectors, M 32, efConstruction 128, efSearch 64)", "",
                   "| library | dim | build s | p50 ms | p99 ms | recall@10 | bytes |", "|---|---|---|---|---|---|---|"]
@@ -277,10 +322,15 @@ def main(argv=None) -> int:
     parser.add_argument("--libraries", type=int, default=0, metavar="N",
                         help="also compare faiss and usearch on the first N synthetic vectors")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render scale.md/png from scale.json (measuring the front end if it lacks it)")
     args = parser.parse_args(argv)
     data = load_builtin()
     clips = data.audio[: args.clips]
     model = WavLink.from_pretrained(args.model)
+    if args.report_only:
+        doc = json.loads((args.out / "scale.json").read_text())
+        return report(doc, model, clips, args.out)
     doc = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "model": {"name": model.spec.name, "heads": model.spec.heads, "digest": model.digest},
            "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]}}
@@ -294,9 +344,16 @@ def main(argv=None) -> int:
         rng = np.random.default_rng(1)
         doc["libraries"] = library_bench(synthetic(parents, args.libraries, rng), synthetic(parents, 200, rng))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (args.out / "scale.md").write_text(markdown(doc))
-    plot(doc, args.out / "scale.png")
+    return report(doc, model, clips, args.out)
+
+
+def report(doc: dict, model: WavLink, clips: list[str], out: Path) -> int:
+    if "frontend" not in doc:
+        doc["frontend"] = frontend_cost(model, clips)
+    doc["projection"] = projections(doc, json.loads(model.manifest.read_verified("config.json")))
+    (out / "scale.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "scale.md").write_text(markdown(doc))
+    plot(doc, out / "scale.png")
     print(markdown(doc))
     return 0
 

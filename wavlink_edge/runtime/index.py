@@ -319,9 +319,14 @@ class WavLinkIndex:
     def load_model(self, export_dir: str | Path | None = None, precision: str | None = None, providers=None) -> WavLink:
         """The model this index was built with (its recorded export directory, precision and clip policy)."""
         built = self.meta["model"]
-        return WavLink.from_pretrained(export_dir or built["export_dir"], precision=precision or built["precision"],
-                                       providers=providers, clip_policy=built["clip_policy"],
-                                       window_hop_seconds=built["window_hop_seconds"])
+        export_dir, precision = export_dir or built["export_dir"], precision or built["precision"]
+        try:
+            return WavLink.from_pretrained(export_dir, precision=precision, providers=providers,
+                                           clip_policy=built["clip_policy"], window_hop_seconds=built["window_hop_seconds"])
+        except ValueError:
+            # Another model whose windows cannot take this index's settings: load it as it is, so that
+            # check_model names both models instead of a hop error.
+            return WavLink.from_pretrained(export_dir, precision=precision, providers=providers)
 
     def memory_bytes(self) -> dict:
         return {"vectors": int(self.vectors.nbytes),
