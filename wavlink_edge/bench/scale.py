@@ -102,34 +102,41 @@ def frontend_cost(model: WavLink, clips: list[str]) -> dict:
             "mean_frames": round(float(np.mean(frames)), 1)}
 
 
-# Peak dense tensor throughput (FP16, TFLOP/s) as NVIDIA's datasheets state them; projections assume a
-# fraction of it is reached. Not measured here: no GPU was available to this work.
-# Orin: 170 sparse INT8 TOPS for its GPU -> 85 dense -> 42.5 FP16; L4: 242 sparse FP16; H100 SXM: 1979 sparse FP16.
-GPU_PEAKS = {"Jetson AGX Orin 64GB": 42.5, "NVIDIA L4": 121, "NVIDIA H100 SXM": 989}
+# Per GPU: peak dense FP16 tensor TFLOP/s as NVIDIA's datasheets state them (Orin: 170 sparse INT8 TOPS for its
+# GPU -> 85 dense -> 42.5 FP16; L4: 242 sparse FP16; H100 SXM: 1979 sparse FP16) and the CPU cores beside it
+# (Orin: its 12 Cortex-A78AE; an L4 server: 16 assumed; a DGX H100: 112 cores / 8 GPUs = 14). Projections take a
+# fraction of the peak and the front-end cost measured here per core: estimates, no GPU was available to this work.
+GPUS = {"Jetson AGX Orin 64GB": (42.5, 12), "NVIDIA L4": (121, 16), "NVIDIA H100 SXM": (989, 14)}
 ASSUMED_UTILISATION = 0.25
 
 
 def projections(doc: dict, config: dict) -> dict:
-    """Clips per second and days for 1 M and 100 M clips: measured on this CPU, estimated for GPUs from the
-    encoder's analytic FLOPs at the measured mean frame count."""
+    """Clips per second and days for 1 M and 100 M clips: measured on this CPU; for GPUs, the lower of the
+    encoder bound (analytic FLOPs at the measured mean frame count) and the front-end bound (cores beside
+    the GPU / measured decode + log-mel cost per clip)."""
     from wavlink_edge.bench.flops import wavlink_audio_flops
 
     frames = int(round(doc["frontend"]["mean_frames"] / 2) * 2)
     flops = wavlink_audio_flops(config, frames)
     best_cpu = max(r["files_per_s"] for r in doc["throughput"] if r["engine"] == "plain")
     rows = [{"host": f"this CPU ({doc['machine']['cores']} cores, measured)", "clips_per_s": best_cpu}]
-    for name, tflops in GPU_PEAKS.items():
-        rows.append({"host": f"{name} (estimate: {tflops:g} TFLOP/s fp16 x {ASSUMED_UTILISATION:.0%})",
-                     "clips_per_s": round(tflops * 1e12 * ASSUMED_UTILISATION / flops, 1),
-                     "cpu_cores_for_front_end": round(tflops * 1e12 * ASSUMED_UTILISATION / flops
-                                                      * doc["frontend"]["ms_per_clip"] / 1e3, 1)})
+    for name, (tflops, cores) in GPUS.items():
+        encoder = tflops * 1e12 * ASSUMED_UTILISATION / flops
+        front_end = cores / (doc["frontend"]["ms_per_clip"] / 1e3)
+        rows.append({"host": f"{name} (estimate)", "encoder_bound": round(encoder, 1),
+                     "front_end_bound": round(front_end, 1), "cores": cores, "clips_per_s": round(min(encoder, front_end), 1)})
     for row in rows:
         row["days_1M"] = round(1e6 / row["clips_per_s"] / 86400, 2)
         row["days_100M"] = round(1e8 / row["clips_per_s"] / 86400, 1)
-    return {"frames": frames, "gflop_per_clip": round(flops / 1e9, 2), "rows": rows}
+    return {"frames": frames, "gflop_per_clip": round(flops / 1e9, 2), "utilisation": ASSUMED_UTILISATION, "rows": rows}
 
 
 def synthetic(parents: np.ndarray, count: int, rng: np.random.Generator, sigma: float = 0.03) -> np.ndarray:
+    if count > 100_000:  # in parts: the temporaries of one 1 M x 512 pass would need several GB
+        out = np.empty((count, parents.shape[1]), np.float32)
+        for start in range(0, count, 100_000):
+            out[start:start + 100_000] = synthetic(parents, min(100_000, count - start), rng, sigma)
+        return out
     a, b = rng.integers(0, len(parents), count), rng.integers(0, len(parents), count)
     mix = rng.uniform(0, 1, (count, 1)).astype(np.float32)
     noise = rng.standard_normal((count, parents.shape[1]), dtype=np.float32) * sigma
@@ -149,7 +156,8 @@ def timed_search(index: WavLinkIndex, queries: np.ndarray, **options) -> tuple[l
     return hits, times
 
 
-def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[str], workdir: Path) -> dict:
+def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[str], workdir: Path,
+                graph_dims: tuple[int, ...] | None = None) -> dict:
     rng = np.random.default_rng(0)
     vectors = synthetic(parents, count, rng)
     queries = np.concatenate([model.embed_text(captions[:200], dim=model.spec.embed_dim),
@@ -158,7 +166,7 @@ def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[
     truth = np.argsort(-exact_scores, axis=1)[:, :K]
     entries = [{"source": f"synthetic/{i:06d}", "size": 0, "mtime_ns": 0} for i in range(count)]
     doc = {"vectors": count, "dim": int(vectors.shape[1]), "queries": len(queries), "graphs": [], "points": []}
-    for search_dim in (model.spec.embed_dim, model.spec.embed_dim // 4):
+    for search_dim in graph_dims or (model.spec.embed_dim, model.spec.embed_dim // 4):
         index = WavLinkIndex.create(workdir / f"idx{search_dim}", model, search_dim=search_dim)
         started = time.perf_counter()
         index.add_vectors(entries, vectors)
@@ -277,6 +285,19 @@ def plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def index_markdown(ix: dict) -> list[str]:
+    lines = ["", f"## Index: {ix['vectors']:,} vectors of {ix['dim']} dims, {ix['queries']} queries, recall@10 vs exact",
+             "", "| graph dim | build s | ann bytes | vectors bytes | open s |", "|---|---|---|---|---|"]
+    for g in ix["graphs"]:
+        lines.append(f"| {g['search_dim']} | {g['build_s']} | {g['memory']['ann']:,} | {g['memory']['vectors']:,} | {g['open_s']} |")
+    lines += ["", "| graph dim | knob | recall@10 | text queries | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    for p in ix["points"]:
+        knob = f"efSearch {p['ef']}" if "ef" in p else f"{p['candidates']} candidates re-ranked"
+        lines.append(f"| {p['search_dim']} | {knob} | {p['recall_at_10']} | {p['recall_text_queries']} | {p['p50_ms']} | {p['p99_ms']} |")
+    lines.append(f"| exact | numpy | {ix['exact']['recall_at_10']} | | {ix['exact']['p50_ms']} | {ix['exact']['p99_ms']} |")
+    return lines
+
+
 def markdown(doc: dict) -> str:
     lines = [f"# Corpus scale — {doc['model']['name']} ({doc['model']['heads']} heads)", "",
              f"`{doc['command']}` on {doc['machine']['cpu']} ({doc['machine']['cores']} cores, shared with other jobs).",
@@ -285,24 +306,18 @@ def markdown(doc: dict) -> str:
     for r in doc["throughput"]:
         lines.append(f"| {r['engine']} | {r['workers']} | {r['files']} | {r['seconds']} | {r['files_per_s']} | "
                      f"{r['max_abs_vs_1_worker']:.1e} |")
-    ix = doc["index"]
-    lines += ["", f"## Index: {ix['vectors']:,} vectors of {ix['dim']} dims, {ix['queries']} queries, recall@10 vs exact",
-              "", "| graph dim | build s | ann bytes | vectors bytes | open s |", "|---|---|---|---|---|"]
-    for g in ix["graphs"]:
-        lines.append(f"| {g['search_dim']} | {g['build_s']} | {g['memory']['ann']:,} | {g['memory']['vectors']:,} | {g['open_s']} |")
-    lines += ["", "| graph dim | knob | recall@10 | text queries | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
-    for p in ix["points"]:
-        knob = f"efSearch {p['ef']}" if "ef" in p else f"{p['candidates']} candidates re-ranked"
-        lines.append(f"| {p['search_dim']} | {knob} | {p['recall_at_10']} | {p['recall_text_queries']} | {p['p50_ms']} | {p['p99_ms']} |")
-    lines.append(f"| exact | numpy | {ix['exact']['recall_at_10']} | | {ix['exact']['p50_ms']} | {ix['exact']['p99_ms']} |")
+    lines += index_markdown(doc["index"])
     if doc.get("projection"):
         pr = doc["projection"]
-        lines += ["", f"## Projection (front end {doc['frontend']['ms_per_clip']} ms/clip measured; encoder "
-                  f"{pr['gflop_per_clip']} GFLOP/clip at {pr['frames']} frames, analytic)", "",
-                  "| host | clips/s | days for 1 M | days for 100 M | CPU cores to feed it |", "|---|---|---|---|---|"]
+        lines += ["", f"## Projection (front end {doc['frontend']['ms_per_clip']} ms/clip on one core, measured; encoder "
+                  f"{pr['gflop_per_clip']} GFLOP/clip at {pr['frames']} frames, analytic; GPUs at "
+                  f"{pr['utilisation']:.0%} of datasheet FP16 peak: estimates)", "",
+                  "| host | encoder bound clips/s | front-end bound clips/s (cores) | clips/s | days for 1 M | days for 100 M |",
+                  "|---|---|---|---|---|---|"]
         for r in pr["rows"]:
-            lines.append(f"| {r['host']} | {r['clips_per_s']} | {r['days_1M']} | {r['days_100M']} | "
-                         f"{r.get('cpu_cores_for_front_end', '')} |")
+            bound = f"{r['front_end_bound']} ({r['cores']})" if "cores" in r else ""
+            lines.append(f"| {r['host']} | {r.get('encoder_bound', '')} | {bound} | {r['clips_per_s']} | "
+                         f"{r['days_1M']} | {r['days_100M']} |")
     if doc.get("libraries"):
         lines += ["", "## Library choice (same vectors, M 32, efConstruction 128, efSearch 64)", "",
                   "| library | dim | build s | p50 ms | p99 ms | recall@10 | bytes |", "|---|---|---|---|---|---|---|"]
@@ -322,6 +337,9 @@ def main(argv=None) -> int:
     parser.add_argument("--libraries", type=int, default=0, metavar="N",
                         help="also compare faiss and usearch on the first N synthetic vectors")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--index-only", action="store_true",
+                        help="only the index part (parents: the clips embedded once by 2 workers); writes scale_index_N.json/md")
+    parser.add_argument("--graph-dims", default=None, help="comma-separated graph dims (default: full and full/4)")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render scale.md/png from scale.json (measuring the front end if it lacks it)")
     args = parser.parse_args(argv)
@@ -334,12 +352,23 @@ def main(argv=None) -> int:
     doc = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "model": {"name": model.spec.name, "heads": model.spec.heads, "digest": model.digest},
            "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]}}
+    captions = [caps[0] for caps in data.captions]
+    graph_dims = tuple(int(d) for d in args.graph_dims.split(",")) if args.graph_dims else None
+    if args.index_only:
+        parents = np.stack([r[1] for r in embed_parallel(args.model, clips, workers=2)])
+        with tempfile.TemporaryDirectory() as workdir:
+            doc["index"] = index_bench(model, parents, args.vectors, captions, Path(workdir), graph_dims)
+        name = f"scale_index_{args.vectors}"
+        (args.out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (args.out / f"{name}.md").write_text("\n".join([f"# Index at {args.vectors:,} vectors — {model.spec.name}", "",
+                                                        f"`{doc['command']}` on {doc['machine']['cpu']}."]
+                                                       + index_markdown(doc["index"])) + "\n")
+        return 0
     doc["throughput"], parents = throughput(args.model, clips, args.rounds)
     if not args.no_ray:
         doc["throughput"] += ray_throughput(args.model, clips, parents)
-    captions = [caps[0] for caps in data.captions]
     with tempfile.TemporaryDirectory() as workdir:
-        doc["index"] = index_bench(model, parents, args.vectors, captions, Path(workdir))
+        doc["index"] = index_bench(model, parents, args.vectors, captions, Path(workdir), graph_dims)
     if args.libraries:
         rng = np.random.default_rng(1)
         doc["libraries"] = library_bench(synthetic(parents, args.libraries, rng), synthetic(parents, 200, rng))
