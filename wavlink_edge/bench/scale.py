@@ -143,6 +143,15 @@ def synthetic(parents: np.ndarray, count: int, rng: np.random.Generator, sigma: 
     return normalize(mix * parents[a] + (1 - mix) * parents[b] + noise)
 
 
+def exact_top(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Rows of the K best vectors per query (unordered), 50 queries at a time to bound memory."""
+    parts = []
+    for start in range(0, len(queries), 50):
+        scores = queries[start:start + 50] @ vectors.T
+        parts.append(np.argpartition(-scores, K - 1, axis=1)[:, :K])
+    return np.concatenate(parts)
+
+
 def recall(hits: list[list], truth: np.ndarray) -> float:
     return float(np.mean([len({h.row for h in q} & set(t)) / K for q, t in zip(hits, truth)]))
 
@@ -162,8 +171,7 @@ def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[
     vectors = synthetic(parents, count, rng)
     queries = np.concatenate([model.embed_text(captions[:200], dim=model.spec.embed_dim),
                               synthetic(parents, 200, rng)])
-    exact_scores = queries @ vectors.T
-    truth = np.argsort(-exact_scores, axis=1)[:, :K]
+    truth = exact_top(queries, vectors)
     entries = [{"source": f"synthetic/{i:06d}", "size": 0, "mtime_ns": 0} for i in range(count)]
     doc = {"vectors": count, "dim": int(vectors.shape[1]), "queries": len(queries), "graphs": [], "points": []}
     for search_dim in graph_dims or (model.spec.embed_dim, model.spec.embed_dim // 4):
@@ -174,9 +182,11 @@ def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[
         started = time.perf_counter()
         index.save()
         save = time.perf_counter() - started
+        index = vectors = None  # at 1 M vectors, one copy at a time
         started = time.perf_counter()
         index = WavLinkIndex.open(workdir / f"idx{search_dim}")
         open_seconds = time.perf_counter() - started
+        vectors = index.vectors
         sizes = {p.name: p.stat().st_size for p in (workdir / f"idx{search_dim}").iterdir()}
         doc["graphs"].append({"search_dim": search_dim, "build_s": round(build, 1), "save_s": round(save, 2),
                               "open_s": round(open_seconds, 2), "bytes": sizes, "memory": index.memory_bytes()})
@@ -202,14 +212,14 @@ def library_bench(vectors: np.ndarray, queries: np.ndarray) -> list[dict]:
     import faiss
 
     rows = []
-    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
+    truth = exact_top(queries, vectors)
     try:
         import usearch.index as usearch_index
     except ImportError:
         usearch_index = None
     for dim in (vectors.shape[1], vectors.shape[1] // 4):
         x, q = normalize(vectors[:, :dim]), normalize(queries[:, :dim])
-        exact = np.argsort(-(q @ x.T), axis=1)[:, :K] if dim != vectors.shape[1] else truth
+        exact = exact_top(q, x) if dim != vectors.shape[1] else truth
         started = time.perf_counter()
         f = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         f.hnsw.efConstruction = 128

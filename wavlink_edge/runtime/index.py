@@ -149,8 +149,7 @@ class WavLinkIndex:
                 raise IndexFileError(f"{path}/{name}: sha256 differs from index.json (damaged or half-written); "
                                   "rebuild with wavlink-edge index")
         entries = [json.loads(line) for line in data.get("entries.jsonl", b"").decode("utf-8").splitlines()]
-        vectors = np.load(io.BytesIO(data["vectors.npy"]), allow_pickle=False) if "vectors.npy" in data \
-            else np.zeros((0, meta["model"]["dim"]), np.float32)
+        vectors = _npy_view(data["vectors.npy"]) if "vectors.npy" in data else np.zeros((0, meta["model"]["dim"]), np.float32)
         if vectors.shape != (len(entries), meta["model"]["dim"]):
             raise IndexFileError(f"{path}: vectors.npy is {vectors.shape}, expected ({len(entries)}, {meta['model']['dim']})")
         index = cls(path, meta, entries, vectors)
@@ -165,7 +164,7 @@ class WavLinkIndex:
             "utf-8", "surrogateescape")}
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(self.vectors, np.float32), allow_pickle=False)
-        payloads["vectors.npy"] = buffer.getvalue()
+        payloads["vectors.npy"] = buffer.getbuffer()  # no second copy of a GB-sized matrix
         if self.ann is not None:
             payloads["ann.faiss"] = _faiss().serialize_index(self.ann).tobytes()
         for name, payload in payloads.items():
@@ -333,6 +332,17 @@ class WavLinkIndex:
     def memory_bytes(self) -> dict:
         return {"vectors": int(self.vectors.nbytes),
                 "ann": int(_faiss().serialize_index(self.ann).nbytes) if self.ann is not None else 0}
+
+
+def _npy_view(data: bytes) -> np.ndarray:
+    """A float32 .npy read as a view of its (already verified) bytes: no second copy, no pickle."""
+    stream = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream)
+    if fortran or dtype != np.float32 or len(shape) != 2:
+        raise IndexFileError(f"vectors.npy holds {dtype} {shape}; expected a C-order float32 matrix")
+    return np.frombuffer(data, np.float32, count=shape[0] * shape[1], offset=stream.tell()).reshape(shape)
 
 
 # -- command line (hooked into runtime/cli.py) ---------------------------------------------------------
