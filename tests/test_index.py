@@ -146,7 +146,8 @@ def test_cli_index_and_search(tiny_export, library, tmp_path, capsys):
     junk = folder / "junk.wav"
     junk.write_text("not audio")
     out = tmp_path / "idx"
-    assert cli.main(["index", str(folder), "--model", str(tiny_export), "--out", str(out), "--dim", "16"]) == 1
+    assert cli.main(["index", str(folder), "--model", str(tiny_export), "--out", str(out), "--dim", "16",
+                     "--workers", "2", "--batch-size", "3"]) == 1
     err = capsys.readouterr().err
     assert f"failed: {junk}" in err and "8 files (8 added" in err and "1 failed" in err
     junk.unlink()
