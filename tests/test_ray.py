@@ -50,3 +50,8 @@ def test_ray_output_checks(tiny_export, tmp_path, capsys):
     assert "must be a new or empty directory" in capsys.readouterr().err
     assert cli.main(["embed", "a.wav", "--model", str(tiny_export), "--engine", "ray"]) == 2
     assert "give --out DIR" in capsys.readouterr().err
+    assert cli.main(["embed", "a.wav", "--model", str(tmp_path), "--engine", "ray", "--out", str(tmp_path / "o")]) == 2
+    assert "manifest" in capsys.readouterr().err
+    assert cli.main(["embed", "a.wav", "--model", str(tiny_export), "--dim", "5", "--engine", "ray",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "not one of this model's Matryoshka dims" in capsys.readouterr().err

@@ -102,6 +102,9 @@ def embed_to_parquet(export_dir: str | Path, paths: list[str], out: str | Path, 
     import onnxruntime as ort
 
     export_dir = str(Path(export_dir).resolve())
+    spec = Manifest.load(export_dir).model  # a missing export or a wrong dim: one line here, not a remote traceback
+    if dim is not None and dim not in spec.matryoshka_dims:
+        raise ValueError(f"dim {dim} is not one of this model's Matryoshka dims {', '.join(map(str, spec.matryoshka_dims))}")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env=None if address else {"env_vars": {"OMP_NUM_THREADS": "1"}})
