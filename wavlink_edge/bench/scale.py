@@ -179,10 +179,11 @@ def index_bench(model: WavLink, parents: np.ndarray, count: int, captions: list[
         started = time.perf_counter()
         index.add_vectors(entries, vectors)
         build = time.perf_counter() - started
+        vectors = None  # the index holds its own copy: one at a time at 1 M vectors
         started = time.perf_counter()
         index.save()
         save = time.perf_counter() - started
-        index = vectors = None  # at 1 M vectors, one copy at a time
+        index = None
         started = time.perf_counter()
         index = WavLinkIndex.open(workdir / f"idx{search_dim}")
         open_seconds = time.perf_counter() - started

@@ -160,16 +160,22 @@ class WavLinkIndex:
     def save(self) -> None:
         """Write every file atomically, index.json last (it names the others' sha256)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        payloads = {"entries.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries).encode(
-            "utf-8", "surrogateescape")}
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(self.vectors, np.float32), allow_pickle=False)
-        payloads["vectors.npy"] = buffer.getbuffer()  # no second copy of a GB-sized matrix
+        entries = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries).encode("utf-8", "surrogateescape")
+        writers = {"entries.jsonl": lambda out: out.write(entries),
+                   # np.save writes a non-file in 16 MB pieces: a GB-sized matrix is never copied whole
+                   "vectors.npy": lambda out: np.save(out, np.ascontiguousarray(self.vectors, np.float32),
+                                                      allow_pickle=False)}
         if self.ann is not None:
-            payloads["ann.faiss"] = _faiss().serialize_index(self.ann).tobytes()
-        for name, payload in payloads.items():
-            atomic_write(self.path / name, lambda handle, payload=payload: handle.write(payload))
-        self.meta["files"] = {name: hashlib.sha256(payload).hexdigest() for name, payload in payloads.items()}
+            writers["ann.faiss"] = lambda out: out.write(_faiss().serialize_index(self.ann))
+        self.meta["files"] = {}
+        for name, write in writers.items():
+            digest = hashlib.sha256()
+
+            def hashed(handle, write=write, digest=digest):
+                write(_HashingWriter(handle, digest))
+
+            atomic_write(self.path / name, hashed)
+            self.meta["files"][name] = digest.hexdigest()
         self.meta["count"] = len(self.entries)
         atomic_write(self.path / "index.json", lambda h: h.write(json.dumps(self.meta, indent=1).encode("utf-8")))
 
@@ -332,6 +338,17 @@ class WavLinkIndex:
     def memory_bytes(self) -> dict:
         return {"vectors": int(self.vectors.nbytes),
                 "ann": int(_faiss().serialize_index(self.ann).nbytes) if self.ann is not None else 0}
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through it on its way to ``handle``."""
+
+    def __init__(self, handle, digest):
+        self.handle, self.digest = handle, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
 
 
 def _npy_view(data: bytes) -> np.ndarray:
