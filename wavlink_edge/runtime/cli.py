@@ -31,6 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wavlink_edge import __version__
+from wavlink_edge.runtime import index as index_commands
+from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--hop", type=float, default=None,
                        help="window hop in seconds for audio longer than one window (default: the window, 30 s)")
     _add_output_options(embed, 8)
+    parallel.add_options(embed, _positive_int)
 
     text = commands.add_parser("embed-text", help="embed texts")
     text.add_argument("texts", nargs="*", help="texts to embed")
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
     bench.add_argument("benchmark", choices=("latency", "recall"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
+    COMMANDS.update(index_commands.add_commands(commands, _add_model_options, _positive_int))
     return parser
 
 
@@ -186,6 +190,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     sources = expand_inputs(args.paths, args.from_list, args.ext, args.glob)
     if not sources:
         raise CliError("the given directories and lists hold no audio files (extensions: see --ext)")
+    if args.engine == "ray":
+        from wavlink_edge.runtime.ray_pipeline import cmd_embed_ray
+        return cmd_embed_ray(args, sources)
     check_output(args.out, args.resume, sources)
     with _output_lock(args.out):
         model = _load_model(args)
@@ -195,6 +202,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
         results = ((r.source, r.embedding, r.error)
                    for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
+        if args.workers > 1:
+            results = parallel.cli_results(args, paths)
         return _run_rows(args, writer, len(paths), "file", results, sources)
 
 

@@ -9,6 +9,7 @@ normalise.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -106,6 +107,15 @@ class WavLink:
             raise ValueError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
                              f"got {window_hop_seconds!r}")
         self.max_batch_frames = max_batch_frames
+        self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the artifacts in use, the clip policy and the window hop: two models with the same digest
+        give the same vectors for the same input (what an index compares before taking a query)."""
+        parts = [f"{tower}:{a.precision_key}:{a.sha256}" for tower, a in sorted(self.artifacts.items())]
+        parts += [f"clip_policy:{self.clip_policy}", f"hop:{self.window_hop_samples}"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, precision: str = "fp32",
@@ -136,7 +146,7 @@ class WavLink:
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
-        sessions = {}
+        sessions, artifacts = {}, {}
         for tower in ("audio", "text"):
             artifact = _pick_artifact(manifest, tower, precision, accelerated)
             session = open_session(backend, manifest, artifact, chosen, threads)
@@ -153,7 +163,7 @@ class WavLink:
             if artifact.below_fidelity_gate:
                 log.warning("%s was written below its fidelity gate (--force): see its manifest fidelity",
                             artifact.file)
-            sessions[tower] = session
+            sessions[tower], artifacts[tower] = session, artifact
         try:
             tokenizer = TextTokenizer.from_json(manifest.read_verified("tokenizer.json").decode("utf-8"))
         except ModelFilesError:
@@ -164,8 +174,10 @@ class WavLink:
         if manifest.model.heads != "trained":
             log.warning("%s has %s heads: embeddings are not meaningful for retrieval", manifest.model.name,
                         manifest.model.heads)
-        return cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
-                   window_hop_seconds, max_batch_frames)
+        model = cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
+                    window_hop_seconds, max_batch_frames)
+        model.artifacts = artifacts
+        return model
 
     @staticmethod
     def describe_choice(manifest: Manifest, precision: str, available: Sequence[str]) -> str:
@@ -229,6 +241,24 @@ class WavLink:
                 raise AudioInputError(result.error)
             rows.append(result.embedding)
         return np.stack(rows) if rows else np.zeros((0, self._check_dim(dim)), np.float32)
+
+    def window_features(self, item: AudioInput, source: str | None = None) -> list[np.ndarray]:
+        """Every encoder input of one item: for pipelines that decode on other workers than the encoder
+        (runtime/ray_pipeline.py). Needs no session. Raises AudioInputError naming the item."""
+        return list(self._features(item, source or describe_source(item, 0)))
+
+    def embed_windows(self, items: Sequence[Sequence[np.ndarray]], dim: int | None = None,
+                      batch_size: int = 8) -> list[np.ndarray]:
+        """Embeddings of items given as their ``window_features``, batched and averaged as ``iter_embed_audio`` does."""
+        dim = self._check_dim(dim)
+        batcher = WindowBatcher(batch_size, self.max_batch_frames)
+        states = {}
+        for index, windows in enumerate(items):
+            states[index] = _ItemState(str(index), windows_queued=len(windows), decoded=True)
+            for features in windows:
+                self._encode(batcher.add(index, features), states)
+        self._encode(batcher.flush(), states)
+        return [self._result(index, states[index], dim).embedding for index in range(len(items))]
 
     def _features(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
         """Encoder inputs of one item, a window at a time; an item with no samples left is an error."""
