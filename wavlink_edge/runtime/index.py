@@ -33,13 +33,13 @@ import numpy as np
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import SAMPLE_RATE
 from wavlink_edge.runtime.files import atomic_write
+from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES
 from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.vectors import normalize
 
 INDEX_FORMAT = "wavlink-edge-index"
 INDEX_VERSION = 1
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a", ".caf", ".w64")
 FILES = ("entries.jsonl", "vectors.npy", "ann.faiss")
 # HNSW parameters (faiss defaults: M 32, efConstruction 40, efSearch 16). On 100 000 vectors (bench/results/scale.md)
 # efSearch 128 gave recall@10 0.975 at 0.8 ms p50 (64: 0.942 at 0.6 ms); a 128-dim graph needed 400 candidates
@@ -85,14 +85,8 @@ def model_identity(model: WavLink) -> dict:
 
 
 def audio_files(paths: list[str | os.PathLike]) -> list[str]:
-    """Files as given and audio files under given directories (sorted), as absolute paths, each once."""
-    found = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-        else:
-            found.append(str(path))
-    return list(dict.fromkeys(os.path.abspath(p) for p in found))
+    """Files as given and audio files under given directories (as ``embed`` finds them), absolute, each once."""
+    return list(dict.fromkeys(os.path.abspath(p) for p in expand_inputs([os.fspath(p) for p in paths])))
 
 
 class WavLinkIndex:
