@@ -234,6 +234,26 @@ def layernorm_outputs(model: onnx.ModelProto) -> list[str]:
             and _layernorm_targets(model, n, consumers, inits)]
 
 
+def materialise_identity_initializers(model: onnx.ModelProto) -> int:
+    """Give each parameter its own initializer again. torch's exporter stores equal parameters once and
+    feeds the others through Identity nodes (freshly initialised LayerNorms are all ones and zeros, as in
+    a random-weight model), so a fold that rescales one LayerNorm would otherwise find no initializer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    keep, done = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            done += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return done
+
+
 def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
     """SmoothQuant-style migration of activation outlier channels into the weights, folded exactly.
 
@@ -247,6 +267,7 @@ def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0
     from onnx import numpy_helper
 
     model = copy_model(model)
+    materialise_identity_initializers(model)
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
