@@ -186,22 +186,42 @@ def probe(features: np.ndarray, labels, folds: np.ndarray, c: float = 1.0) -> di
     from sklearn.preprocessing import StandardScaler
 
     labels = np.asarray(labels)
-    scores = {}
+    scores, predicted = {}, np.full(len(labels), None, dtype=object)
     for fold in sorted(set(folds.tolist()) - {-1}):
         test = folds == fold
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
         clf.fit(features[~test], labels[~test])
-        scores[int(fold)] = float((clf.predict(features[test]) == labels[test]).mean())
+        predicted[test] = clf.predict(features[test])
+        scores[int(fold)] = float((predicted[test] == labels[test]).mean())
     acc = np.array(list(scores.values()))
     return {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()), "per_fold": scores,
-            "chance": float(1 / len(set(labels.tolist())))}
+            "chance": float(1 / len(set(labels.tolist()))), "predicted": predicted}
+
+
+def group_accuracy(data: LabelledSet, predicted, groups_csv: Path, column: str) -> dict:
+    """Accuracy of the held-out predictions per value of `column` in a csv whose `file` column names each
+    clip relative to the data folder (bench/arrange_real.py writes meta.csv with `demo_split`)."""
+    with open(groups_csv, newline="") as f:
+        group = {row["file"]: row[column] for row in csv.DictReader(f)}
+    root = Path(groups_csv).parent
+    out = {}
+    for value in sorted(set(group.values())):
+        rows = [i for i, p in enumerate(data.paths) if group.get(Path(p).relative_to(root).as_posix()) == value
+                and predicted[i] is not None]
+        if rows:
+            out[value] = {"accuracy": float(np.mean([predicted[i] == data.labels[i] for i in rows])), "n": len(rows)}
+    return out
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | pooling | dims | accuracy (mean ± std over folds) |", "|---|---|---|---|"]
+    groups = sorted({g for r in rows for g in r.get("by_group", {})})
+    lines = ["| model | pooling | dims | accuracy (mean ± std over folds) |" + "".join(f" {g} clips |" for g in groups),
+             "|---|---|---|---|" + "---|" * len(groups)]
     for r in rows:
+        cells = "".join(f" {100 * r['by_group'][g]['accuracy']:.1f} % (n {r['by_group'][g]['n']}) |"
+                        if g in r.get("by_group", {}) else " – |" for g in groups)
         lines.append(f"| {r['model']} ({r['heads']} heads) | {r['pooling']} | {r['dims']} | "
-                     f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} % |")
+                     f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} % |" + cells)
     return "\n".join(lines)
 
 
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", choices=CLIP_POLICIES, help="input policy (default: each model's own)")
     parser.add_argument("-C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--groups", help="csv (file, <column>) giving each clip a group: accuracy is also reported per group")
+    parser.add_argument("--group-column", default="demo_split")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -226,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for model in args.model:
             features, about = embed(model, data.paths, args.policy, args.threads, log)
-            rows.append({**about, **probe(features, data.labels, folds, args.C)})
+            result = probe(features, data.labels, folds, args.C)
+            predicted = result.pop("predicted")
+            if args.groups:
+                result["by_group"] = group_accuracy(data, predicted, Path(args.groups), args.group_column)
+            rows.append({**about, **result})
             log(f"  {about['model']}: {100 * rows[-1]['accuracy_mean']:.1f} % ({about['seconds']} s to embed)")
     except (ProbeError, WavLinkError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
