@@ -86,13 +86,17 @@ def test_main_probes_a_runtime_export_and_names_bad_files(tmp_path, tiny_export,
     (root / "groups.csv").write_text("file,demo_split\n" + "".join(
         f"audio/{n},{'test' if n.startswith('1-') else 'train'}\n" for n in names))
     assert probe.main(["--model", str(tiny_export), "--data", str(root), "--out", str(out),
-                       "--groups", str(root / "groups.csv")]) == 0
+                       "--groups", str(root / "groups.csv"), "--cache", str(tmp_path / "cache")]) == 0
     stdout = capsys.readouterr().out
     assert "esc50: 10 clips, 2 classes" in stdout and "wavlink-tiny-random" in stdout and "test clips" in stdout
     result = json.loads(out.read_text())["results"][0]
     assert result["dims"] == 32 and set(result["per_fold"]) == {"1", "2", "3", "4", "5"}
     assert result["by_group"]["test"]["n"] == 2 and result["by_group"]["train"]["n"] == 8
     assert result["by_group"]["test"]["accuracy"] == result["per_fold"]["1"]  # fold 1 is the "test" group here
+    data = probe.read_dataset(root)
+    fresh, _ = probe.embed(tiny_export, data.paths)
+    again, about = probe.embed(tiny_export, data.paths, cache=tmp_path / "cache")
+    assert about.get("cached") and np.array_equal(fresh, again)
     (root / "audio" / "1-00-A-0.wav").write_bytes(b"not audio")
     assert probe.main(["--model", str(tiny_export), "--data", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -137,13 +138,23 @@ def read_dataset(root: str | Path, layout: str = "auto") -> LabelledSet:
 # ---------------------------------------------------------------- embeddings
 
 def embed(model_dir: str | Path, paths: list[Path], policy: str | None = None, threads: int | None = None,
-          log=None) -> tuple[np.ndarray, dict]:
+          log=None, cache: Path | None = None) -> tuple[np.ndarray, dict]:
     """Frozen fp32 audio embeddings [N, D], one clip per run, through the runtime's decoder, front end and
-    hash-checked session; returns them and a description of the model."""
+    hash-checked session; returns them and a description of the model. With `cache`, features are kept
+    in an .npy named by the artifact's sha256, the policy and the clip list (and the clips' sizes)."""
     manifest = Manifest.load(model_dir)
     artifact = manifest.find_artifact("audio", "fp32")
-    session = open_session("onnxruntime", manifest, artifact, [CPU_EP], threads)
     policy = policy or manifest.model.clip_policy
+    about = {"model": manifest.model.name, "heads": manifest.model.heads, "dims": manifest.model.embed_dim,
+             "pooling": manifest.data["model"].get("pooling", "global token (projected, L2-normalised)"), "policy": policy}
+    cached = None
+    if cache:
+        key = hashlib.sha256(json.dumps([artifact.sha256, policy, [(str(p), Path(p).stat().st_size) for p in paths]])
+                             .encode()).hexdigest()[:20]
+        cached = Path(cache) / f"{key}.npy"
+        if cached.is_file():
+            return np.load(cached), {**about, "seconds": 0.0, "cached": True}
+    session = open_session("onnxruntime", manifest, artifact, [CPU_EP], threads)
     rows, start = [], time.perf_counter()
     for i, path in enumerate(paths):
         try:
@@ -153,10 +164,11 @@ def embed(model_dir: str | Path, paths: list[Path], policy: str | None = None, t
         rows.append(session.run({"input_features": clip_features(audio, manifest.model.n_mels, policy)[None]})[0])
         if log and (i + 1) % 50 == 0:
             log(f"  {manifest.model.name}: {i + 1}/{len(paths)} clips, {time.perf_counter() - start:.0f} s")
-    about = {"model": manifest.model.name, "heads": manifest.model.heads, "dims": manifest.model.embed_dim,
-             "pooling": manifest.data["model"].get("pooling", "global token (projected, L2-normalised)"),
-             "policy": policy, "seconds": round(time.perf_counter() - start, 1)}
-    return np.stack(rows).astype(np.float64), about
+    features = np.stack(rows).astype(np.float64)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, features)
+    return features, {**about, "seconds": round(time.perf_counter() - start, 1)}
 
 
 # ---------------------------------------------------------------- the probe
@@ -236,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", choices=CLIP_POLICIES, help="input policy (default: each model's own)")
     parser.add_argument("-C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--cache", type=Path, help="keep each model's features here (reruns skip the encoder)")
     parser.add_argument("--groups", help="csv (file, <column>) giving each clip a group: accuracy is also reported per group")
     parser.add_argument("--group-column", default="demo_split")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{data.name}: {len(data.paths)} clips, {len(data.classes)} classes, {how}")
         rows = []
         for model in args.model:
-            features, about = embed(model, data.paths, args.policy, args.threads, log)
+            features, about = embed(model, data.paths, args.policy, args.threads, log, args.cache)
             result = probe(features, data.labels, folds, args.C)
             predicted = result.pop("predicted")
             if args.groups:
