@@ -232,7 +232,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cells = "".join(f" {100 * r['by_group'][g]['accuracy']:.1f} % (n {r['by_group'][g]['n']}) |"
                         if g in r.get("by_group", {}) else " – |" for g in groups)
-        lines.append(f"| {r['model']} ({r['heads']} heads) | {r['pooling']} | {r['dims']} | "
+        heads = "" if r["heads"].startswith("none") else f" ({r['heads']} heads)"
+        lines.append(f"| {r['model']}{heads} | {r['pooling']} | {r['dims']} | "
                      f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} % |" + cells)
     return "\n".join(lines)
 

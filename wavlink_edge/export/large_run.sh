@@ -21,6 +21,6 @@ run export "$PY" export/to_onnx.py --size large --checkpoint "$S/ckpt-large" --o
 run quantize "$PY" quantization/quantize.py "$S/wavlink-large" --precision fp16,int8 --int8-variants dynamic \
     --fast --calibration-limit 2
 run ct2 ct2-transformers-converter --model "$S/whisper-large-v3-random" --output_dir "$S/ct2-large-int8" \
-    --quantization int8 --force
+    --quantization int8 --low_cpu_mem_usage --force
 run bench "$PY" bench/large.py --model "$S/wavlink-large" --ct2 "$S/ct2-large-int8" --out "$S/bench-large.json"
 grep -H -E "Elapsed|Maximum resident" "$S"/logs/*.log
