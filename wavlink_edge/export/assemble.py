@@ -15,8 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run by path (`python export/assemble.py`): import the package of this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from wavlink_edge.export.backbones import from_backbones, load_heads
-from wavlink_edge.export.model import AUDIO_DIMS, SIZES
+from wavlink_edge.export.backbones import check_audio_size, check_heads_file, from_backbones, load_heads, whisper_dims
+from wavlink_edge.export.model import SIZES
 from wavlink_edge.runtime.text import TextTokenizer
 
 
@@ -35,11 +35,7 @@ def check_out(out: Path, inputs: list[Path], force: bool) -> None:
 
 def check_size(model, size: str, tokenizer_json: Path) -> None:
     """The backbones must have the shapes of the size asked for, and the tokenizer must fit the text model."""
-    want, got = AUDIO_DIMS[size], model.config.audio
-    fields = ("n_mels", "d_model", "n_heads", "n_layers")
-    if any(getattr(want, f) != getattr(got, f) for f in fields):
-        raise ValueError(f"--whisper is not a {size} encoder: " + ", ".join(
-            f"{f} {getattr(got, f)} (a {size} has {getattr(want, f)})" for f in fields if getattr(want, f) != getattr(got, f)))
+    check_audio_size(size, model.config.audio, "--whisper")
     vocab = TextTokenizer.configured(tokenizer_json, 8, 0).tokenizer.get_vocab_size()
     table = model.text.backbone.config.vocab_size
     if vocab > table:
@@ -58,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = [Path(args.whisper), Path(args.text)] + ([Path(args.heads)] if args.heads else [])
         check_out(Path(args.out), inputs, args.force)
+        if args.heads:
+            check_heads_file(args.heads)
+        if (Path(args.whisper) / "config.json").is_file():  # the shape from the config: refused before GBs are read
+            check_audio_size(args.size, whisper_dims(args.whisper), f"--whisper {args.whisper}")
         model, tokenizer = from_backbones(args.size, args.whisper, args.text)
         if args.heads:
             load_heads(model, args.heads)

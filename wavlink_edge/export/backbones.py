@@ -43,6 +43,11 @@ SOURCES_BASE = [
 ]
 
 
+# export/make_random_large.py leaves this file in the directories it fills with random weights: the
+# model's name then says so, and so does everything that shows the name (manifest, CLI, docs).
+RANDOM_MARKER = "RANDOM_WEIGHTS.md"
+
+
 class MissingWeightsError(RuntimeError):
     pass
 
@@ -139,6 +144,17 @@ def _seed_heads(model: WavLinkModel) -> None:
 HEADS_REQUIRED = ("audio.global_token", "audio.projector.weight", "text.projector.weight")
 
 
+def check_heads_file(heads_file: str | Path, required=HEADS_REQUIRED) -> None:
+    """Refuse a heads file missing the token or a projector (cheap: reads only its header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(heads_file), "pt") as f:
+        names = set(f.keys())
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ValueError(f"heads file {heads_file} lacks {', '.join(missing)}: not a trained-heads file")
+
+
 def load_heads(model: WavLinkModel, heads_file: str | Path) -> list[str]:
     """Overlay trained parameters (global token, projectors, optionally the last audio layer).
 
@@ -149,12 +165,8 @@ def load_heads(model: WavLinkModel, heads_file: str | Path) -> list[str]:
 
     with safe_open(str(heads_file), "pt") as f:
         meta = f.metadata() or {}
-        names = set(f.keys())
     own = model.state_dict()
-    required = [n for n in HEADS_REQUIRED + ("audio.projector.bias", "text.projector.bias") if n in own]
-    missing = [n for n in required if n not in names]
-    if missing:
-        raise ValueError(f"heads file {heads_file} lacks {', '.join(missing)}: not a trained-heads file")
+    check_heads_file(heads_file, [n for n in HEADS_REQUIRED + ("audio.projector.bias", "text.projector.bias") if n in own])
     token_layer = int(meta.get("global_token_layer", model.config.global_token_layer))
     if not 0 <= token_layer < model.config.audio.n_layers:
         raise ValueError(f"heads file {heads_file}: global_token_layer {token_layer} outside this model's layers")
@@ -188,6 +200,28 @@ def build_default_base(install_weights: bool = False, heads: str | Path | None =
     return model.eval(), text_dir / "tokenizer.json"
 
 
+def whisper_dims(whisper_dir: str | Path) -> AudioDims:
+    """Encoder shape from an HF Whisper config.json (any of the Whisper model classes writes the same keys)."""
+    path = Path(whisper_dir) / "config.json"
+    wcfg = json.loads(path.read_text())
+    keys = {"n_mels": "num_mel_bins", "n_ctx": "max_source_positions", "d_model": "d_model",
+            "n_heads": "encoder_attention_heads", "n_layers": "encoder_layers", "ffn_dim": "encoder_ffn_dim"}
+    missing = [k for k in keys.values() if k not in wcfg]
+    if wcfg.get("model_type") != "whisper" or missing:
+        raise ValueError(f"{path}: not a Whisper config (model_type {wcfg.get('model_type')!r}"
+                         + (f", missing {', '.join(missing)})" if missing else ")"))
+    return AudioDims(**{field: int(wcfg[key]) for field, key in keys.items()})
+
+
+def check_audio_size(size: str, audio: AudioDims, where: str | Path) -> None:
+    """Refuse an encoder whose config does not have the published shape of `size` (before any weight is read)."""
+    want = AUDIO_DIMS[size]
+    wrong = [f"{f} {getattr(audio, f)} (a {size} has {getattr(want, f)})"
+             for f in ("n_mels", "d_model", "n_heads", "n_layers", "ffn_dim", "n_ctx") if getattr(audio, f) != getattr(want, f)]
+    if wrong:
+        raise ValueError(f"{where} is not a {size} encoder: {', '.join(wrong)}")
+
+
 def from_backbones(size: str, whisper_dir: str | Path, text_dir: str | Path) -> tuple[WavLinkModel, Path]:
     """Assemble a WavLink model from local HF directories (Whisper + CLIP text, or a BERT encoder).
 
@@ -197,10 +231,7 @@ def from_backbones(size: str, whisper_dir: str | Path, text_dir: str | Path) -> 
     for d in (whisper_dir, text_dir):
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json)")
-    wcfg = json.loads((whisper_dir / "config.json").read_text())
-    audio = AudioDims(n_mels=wcfg["num_mel_bins"], n_ctx=wcfg["max_source_positions"], d_model=wcfg["d_model"],
-                      n_heads=wcfg["encoder_attention_heads"], n_layers=wcfg["encoder_layers"],
-                      ffn_dim=wcfg["encoder_ffn_dim"])
+    audio = whisper_dims(whisper_dir)
     tcfg = json.loads((text_dir / "config.json").read_text())
     if tcfg.get("model_type") in ("clip", "clip_text_model"):
         text_backbone = tcfg.get("text_config", tcfg) if tcfg.get("model_type") == "clip" else tcfg
@@ -210,13 +241,20 @@ def from_backbones(size: str, whisper_dir: str | Path, text_dir: str | Path) -> 
                         pad_token_id=text_backbone.get("pad_token_id", 1))
     else:
         embed_dim, text = EMBED_DIM[size], _bert_spec(text_dir)
-    config = WavLinkConfig(size=size, name=f"wavlink-{size}", embed_dim=embed_dim,
-                           matryoshka_dims=matryoshka_dims(embed_dim), audio=audio, text=text,
-                           sources=[{"what": f"audio backbone from {whisper_dir}"}, {"what": f"text backbone from {text_dir}"}])
+    random = [d for d in (whisper_dir, text_dir) if (d / RANDOM_MARKER).is_file()]
+    sources = [{"what": f"audio backbone from {whisper_dir}"}, {"what": f"text backbone from {text_dir}"}]
+    for source, d in zip(sources, (whisper_dir, text_dir)):
+        if d in random:
+            source["what"] += f" (RANDOM weights: {RANDOM_MARKER})"
+    config = WavLinkConfig(size=size, name=f"wavlink-{size}" + ("-random-weights" if random else ""), embed_dim=embed_dim,
+                           matryoshka_dims=matryoshka_dims(embed_dim), audio=audio, text=text, sources=sources)
     model = WavLinkModel(config)
     _seed_heads(model)
+    # WhisperForConditionalGeneration (an AuT fine-tune; its decoder is skipped), WhisperModel, or a bare
+    # WhisperEncoder saved alone (no prefix)
     loaded = model.load_weights(_load_safetensors_dir(whisper_dir),
-                                prefix_map={"model.encoder.": "audio.", "encoder.": "audio."}, strict_keys=False)
+                                prefix_map={"model.encoder.": "audio.", "encoder.": "audio.", "model.decoder.": "skip.",
+                                            "decoder.": "skip.", "": "audio."}, strict_keys=False)
     text_state = _load_safetensors_dir(text_dir)
     if text.kind == "clip":
         # transformers 5 flattened CLIPTextModel (no inner `text_model.`); checkpoints still carry it.

@@ -10,7 +10,10 @@ node's default 1/sqrt(head_dim), so the result is the same computation.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import tempfile
+from pathlib import Path
 
 import onnx
 from onnx import helper
@@ -18,6 +21,30 @@ from onnx import helper
 MS_DOMAIN = "com.microsoft"
 _LAYER = re.compile(r"^/audio/layers\.(\d+)/self_attn/")
 FRONT_END_MATMULS = ("/audio/conv1/MatMul", "/audio/conv2/MatMul")  # names given by conv_front_end_as_matmuls
+INLINE_WEIGHT_BYTES = 1_800_000_000  # protobuf cannot serialise a message over 2 GB (large-v3 in fp32)
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy. CopyFrom works past protobuf's 2 GB limit, where a serialise/parse round trip fails."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+@contextlib.contextmanager
+def ort_session(model: onnx.ModelProto, options):
+    """An ORT CPU session of an in-memory model: from its bytes, or, past 2 GB of weights, from a
+    temporary file with external data (kept until the block ends)."""
+    import onnxruntime as ort
+
+    if sum(len(i.raw_data) for i in model.graph.initializer) < INLINE_WEIGHT_BYTES:
+        yield ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return
+    with tempfile.TemporaryDirectory(prefix="wavlink-graph-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        yield ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -49,7 +76,7 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
 
     Returns (model, number of blocks fused). Fails loudly if a block does not have the exported shape.
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)
     by_name = {n.name: n for n in model.graph.node}
     layers = sorted({int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))})
     if not layers:
@@ -118,7 +145,7 @@ def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 7) -> 
     import numpy as np
     from onnx import numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     qmax_w = 2 ** (weight_bits - 1) - 1
@@ -207,6 +234,26 @@ def layernorm_outputs(model: onnx.ModelProto) -> list[str]:
             and _layernorm_targets(model, n, consumers, inits)]
 
 
+def materialise_identity_initializers(model: onnx.ModelProto) -> int:
+    """Give each parameter its own initializer again. torch's exporter stores equal parameters once and
+    feeds the others through Identity nodes (freshly initialised LayerNorms are all ones and zeros, as in
+    a random-weight model), so a fold that rescales one LayerNorm would otherwise find no initializer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    keep, done = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            done += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return done
+
+
 def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
     """SmoothQuant-style migration of activation outlier channels into the weights, folded exactly.
 
@@ -219,7 +266,8 @@ def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0
     import numpy as np
     from onnx import numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)
+    materialise_identity_initializers(model)
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
@@ -261,19 +309,19 @@ def activation_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: 
     from onnx import helper as h
 
     # several outputs are read here; the runtime's OnnxSession returns the first only
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe = copy_model(model)
     del probe.graph.output[:]
     probe.graph.output.extend([h.make_empty_tensor_value_info(n) for n in names])
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     out = {n: None for n in names}
-    for _, feed in feeds:
-        for n, v in zip(names, sess.run(names, feed)):
-            m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
-            out[n] = m if out[n] is None else np.maximum(out[n], m)
+    with ort_session(probe, opts) as sess:
+        for _, feed in feeds:
+            for n, v in zip(names, sess.run(names, feed)):
+                m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
+                out[n] = m if out[n] is None else np.maximum(out[n], m)
     return out
 
 
@@ -289,7 +337,7 @@ def conv_front_end_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     import numpy as np
     from onnx import numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     by_name = {n.name: n for n in g.node}
@@ -374,7 +422,7 @@ def smooth_matmul_inputs(model: onnx.ModelProto, act_absmax: dict, alpha: float 
     import numpy as np
     from onnx import numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)
     inits = {i.name: i for i in model.graph.initializer}
     nodes, done = [], 0
     for node in model.graph.node:

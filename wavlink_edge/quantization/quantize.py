@@ -92,7 +92,8 @@ def make_fp16(src: Path, dst: Path) -> dict:
     """fp16 weights and compute, fp32 inputs/outputs; blocked ops stay fp32 (GPU / TensorRT artifact)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
+    # by path: ORT then runs shape inference on the file (infer_shapes_path), which works past protobuf's 2 GB
+    model = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
     onnx.save(model, str(dst))
     return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
             "kept_fp32_ops": FP16_OP_BLOCK_LIST}

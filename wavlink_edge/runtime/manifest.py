@@ -99,7 +99,8 @@ def _model_spec(model: object) -> ModelSpec:
         n_mels=_field(model, "n_mels", int, lambda v: v in (80, 128), "80 or 128 (Whisper's mel bins)"),
         sample_rate=_field(model, "sample_rate", int, lambda v: v == 16000, "16000 (Whisper's rate)"),
         max_frames=_field(model, "max_frames", int, lambda v: 1 <= v <= 3000, "1..3000 (30 s of Whisper frames)"),
-        text_max_length=_field(model, "text_max_length", int, lambda v: 1 <= v <= 8192, "a positive integer"),
+        # 0: an audio-only export (export/mean_pool.py) with no text tower
+        text_max_length=_field(model, "text_max_length", int, lambda v: 0 <= v <= 8192, "an integer in 0..8192"),
         clip_policy=_field(model, "clip_policy", str, lambda v: v in ("pad", "trim"), "'pad' or 'trim'", default="pad"),
     )
 
