@@ -52,7 +52,7 @@ def _selection_lines(r: dict) -> list[str]:
         return []
     c, at = sel["curves"], sel["epochs"] - 1
     return [f"- epoch count **{sel['epochs']}**, chosen out of 1-{sel['max_epochs']} on validation data only: "
-            f"{r['counts']['real_val_scored']} sound-event files of the train packages ({len(sel['real_val_classes'])} "
+            f"{r['counts']['real_val_scored']} sound-event files of the surveyed train packages ({len(sel['real_val_classes'])} "
             f"classes; held out with their augmented copies and the clips mixing them in, {r['counts']['real_val_held_out']} "
             f"clips) and the {r['counts']['val']} generated validation clips; score = real-validation zero-shot top-1 + "
             "generated mean R@1, averaged over neighbouring epochs. At that epoch: real-validation zero-shot "
@@ -70,6 +70,64 @@ def _zero_shot_cells(zs: dict, dims) -> str:
     return " | ".join(f"{_pct(zs[str(d)]['top1'])} / {_pct(zs[str(d)]['balanced_top1'])}" for d in dims)
 
 
+HEADS_NAMES = {"trained": "trained (this run)", "previous": "committed before this run", "untrained": "untrained"}
+GOALS = [("real zero-shot top-1, dim 512", "real", "zero_shot", "512", "top1", 0.60),
+         ("real zero-shot class-balanced, dim 512", "real", "zero_shot", "512", "balanced_top1", 0.50),
+         ("real zero-shot top-1, dim 64", "real", "zero_shot", "64", "top1", None),
+         ("real zero-shot class-balanced, dim 64", "real", "zero_shot", "64", "balanced_top1", None),
+         ("real caption retrieval T2A R@10, dim 512", "real", "retrieval", "512", ("t2a", "R@10"), 0.80),
+         ("real caption retrieval A2T R@10, dim 512", "real", "retrieval", "512", ("a2t", "R@10"), 0.80),
+         ("generated T2A R@1, dim 512", "generated", "retrieval", "512", ("t2a", "R@1"), 0.129 - 0.02),
+         ("generated A2T R@1, dim 512", "generated", "retrieval", "512", ("a2t", "R@1"), 0.173 - 0.02)]
+
+
+def _heads(ev: dict) -> list[str]:
+    return [h for h in ("trained", "previous", "untrained") if h in ev]
+
+
+def _with_interval(res: dict, key) -> tuple[float, list | None]:
+    if isinstance(key, tuple):
+        return res[key[0]][key[1]], res[key[0]].get(f"{key[1]}_ci")
+    return res[key], res.get(f"{key}_ci")
+
+
+def headline_lines(evals: dict, policy: str, names: dict) -> list[str]:
+    """The headline figures at `policy` with bootstrap 95 % intervals, one column per evaluated heads
+    (evals: {heads: evaluate_tests(...)}), and the goals they are held to."""
+    lines = [f"## Headline figures (test splits, policy {policy}; [bootstrap 95 % interval over clips, "
+             "1000 resamples])", "", "| figure | goal | " + " | ".join(names[h] for h in evals) + " |",
+             "|---|---|" + "---|" * len(evals)]
+    for name, split, kind, dim, key, goal in GOALS:
+        cells = []
+        for ev in evals.values():
+            value, ci = _with_interval(ev[split][policy][kind][dim], key)
+            cells.append(f"{_pct(value)}" + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""))
+        goal_text = "within 3 points of dim 512" if goal is None else f">= {_pct(goal)}"
+        lines.append(f"| {name} | {goal_text} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _headline_lines(r: dict) -> list[str]:
+    lines = headline_lines({h: r["eval"][h] for h in _heads(r["eval"]) if h != "untrained"}, r["shipped_policy"], HEADS_NAMES)
+    sel = r.get("ship")
+    if sel and sel.get("validation_previous"):
+        lines += ["", "Shipped only if better on validation (never the tests): score = real-validation zero-shot "
+                  "top-1 + generated-validation mean R@1, the committed heads scored on the same validation files "
+                  f"(all from packages they never trained on): this recipe {_validation(sel['validation_new'])}, committed "
+                  f"heads {_validation(sel['validation_previous'])}: "
+                  + ("**shipped**." if sel["better_on_validation"] else "**not shipped** (the committed heads stay).")]
+    return lines + [""]
+
+
+def _validation(scores: dict) -> str:
+    return (f"{_pct(scores.get('real_val_zero_shot', 0.0))} % zero-shot, R@1 T2A / A2T {_pct(scores['val_t2a_r1'])} / "
+            f"{_pct(scores['val_a2t_r1'])} %")
+
+
+def _peaks(r: dict) -> str:
+    return "; ".join(f"{stage} {v['self']} (workers {v['workers']})" for stage, v in r.get("peak_rss_gb", {}).items()) or "not recorded"
+
+
 def model_card(results: dict, path: Path) -> Path:
     from wavlink_edge.train.corpus.real import PROMPT_TEMPLATES
 
@@ -81,9 +139,10 @@ def model_card(results: dict, path: Path) -> Path:
         f"# {DEMO_NAME}: WavLink-base demo heads trained in this repo",
         "",
         "**A demo model, not the paper's: trained on generated audio (train/corpus) plus real recordings from "
-        "Debian packages (counts below); its real test split is small (see the counts). Backbones are real and "
-        "frozen:** Whisper-base encoder (OpenAI, MIT, CTranslate2 weights) and all-MiniLM-L6-v2 (Apache-2.0).",
+        "Debian packages (counts below). Backbones are real and frozen:** Whisper-base encoder (OpenAI, MIT, "
+        "CTranslate2 weights) and all-MiniLM-L6-v2 (Apache-2.0).",
         "",
+        *_headline_lines(r),
         "## Recipe",
         f"- trained: {TRAINED_TEXT}",
         f"- the global token is trained, but it joins the frames at the input of the last layer "
@@ -101,7 +160,8 @@ def model_card(results: dict, path: Path) -> Path:
         f"(compositions never in training; bench/data/wavlink_eval) and {real_n} real clips (held-out packages and classes); "
         "5 captions per clip",
         f"- weights: `{DEMO_HEADS.name}` (fp16 safetensors, {r['heads_bytes'] / 1e6:.1f} MB), curves: `training_curves.png`",
-        f"- whole pipeline (`python train/train.py`): {r['seconds']['total']:.0f} s on this machine ({r['seconds']}); "
+        f"- whole pipeline (`python train/train.py`): {r['seconds']['total']:.0f} s on this machine ({r['seconds']}; "
+        f"peak resident memory after each stage, GB: {_peaks(r)}); "
         + ("corpus reused from `--corpus`; " if r.get("corpus_reused") else "")
         + (f"audio features {', '.join(r['cache_hits'])} (and the corpus they came from) were cache hits in the workdir "
            "(an earlier run of the same command computed them), so this is not a from-scratch time; " if r.get("cache_hits")
@@ -118,14 +178,13 @@ def model_card(results: dict, path: Path) -> Path:
         "| heads | prompts | policy | " + " | ".join(f"dim {d}" for d in r["dims"]) + " |",
         "|---|---|---|" + "---|" * len(r["dims"]),
     ]
-    rows = [("trained", "ensemble", "zero_shot"), ("trained", "one prompt", "zero_shot_single"),
-            ("untrained", "ensemble", "zero_shot"), ("untrained", "one prompt", "zero_shot_single")]
+    rows = [(h, p, k) for h in _heads(ev) for p, k in (("ensemble", "zero_shot"), ("one prompt", "zero_shot_single"))]
     for heads, prompts, key in rows:
         for policy in POLICIES:
             zs = ev[heads]["real"][policy].get(key)
             if zs is None:
                 continue
-            lines.append(f"| {heads} | {prompts} | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
+            lines.append(f"| {HEADS_NAMES[heads]} | {prompts} | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
     for policy, zs in (r.get("previous_real_zero_shot") or {}).items():
         lines.append(f"| previous demo (fewer real sources) | one prompt | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
     lines.append("| chance | - | - | " + " | ".join(_pct(1 / len(classes)) for _ in r["dims"]) + " |")
@@ -134,22 +193,23 @@ def model_card(results: dict, path: Path) -> Path:
               + ", ".join(f"{c} {_pct(v)}" for c, v in zs["per_class"].items())
               + f". Test classes with real train recordings (from other packages' files): "
               f"{', '.join(r['real_classes_seen']) or 'none'}; with none: "
-              f"{', '.join(c for c in classes if c not in r['real_classes_seen'])} (speech, music and the piano, guitar, "
-              "string, brass and flute families do occur in the generated corpus; the others occur in no training data).", ""]
+              f"{', '.join(c for c in classes if c not in r['real_classes_seen'])} (speech, music and some instrument "
+              "families do occur in the generated corpus; the others occur in no training data).", ""]
     for split, title in (("real", f"Real test split retrieval ({real_n} clips)"),
                          ("generated", f"Generated test split retrieval ({r['counts']['generated_test']} clips)")):
         lines += [f"## {title} (R@1 / R@5 / R@10, %)", "",
                   "| heads | policy | dim | T2A R@1 | T2A R@5 | T2A R@10 | A2T R@1 | A2T R@5 | A2T R@10 |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        rows = [(h, p, ev[h][split][p]["retrieval"]) for h in ("trained", "untrained") for p in POLICIES if p in ev[h][split]]
+        rows = [(h, p, ev[h][split][p]["retrieval"]) for h in _heads(ev) for p in POLICIES if p in ev[h][split]]
         if split == "generated" and r.get("previous_generated"):
             rows.append(("previous demo (generated data only)", "trim", r["previous_generated"]))
         for label, policy, table in rows:
+            label = HEADS_NAMES.get(label, label)
             for dim, m in table.items():
                 lines.append(f"| {label} | {policy} | {dim} | " + " | ".join(_pct(m[d][f"R@{k}"]) for d in ("t2a", "a2t") for k in (1, 5, 10)) + " |")
         ch = r["chance"][split]
         if any(p not in ev["trained"][split] for p in POLICIES):
-            lines.append("| (pad not evaluated in this run: `--skip-generated-pad`) | | | | | | | | |")
+            lines.append("| (pad not evaluated in this run: `--pad`) | | | | | | | | |")
         lines += ["| chance | - | any | " + " | ".join(_pct(ch[d][f"R@{k}"]) for d in ("t2a", "a2t") for k in (1, 5, 10)) + " |", ""]
     lines += [r["real_data_card"], "The generated corpus's sources (espeak-ng, festival, fluidsynth and soundfonts, "
               "sound themes, game sounds) and licences are in the DATA_CARD.md it writes (train/corpus/datacard.py).", "",

@@ -159,14 +159,16 @@ class Features:
     scored: np.ndarray  # of those, the ones validation scores
 
 
-def audio_features(model: WavLinkModel, corpus: Path, work: Path, generated_pad: bool) -> tuple[dict, dict]:
-    """(clip lists per split, frame states per (split, policy)), from the cache or computed once."""
+def audio_features(model: WavLinkModel, corpus: Path, work: Path, pad: str = "all") -> tuple[dict, dict]:
+    """(clip lists per split, frame states per (split, policy)), from the cache or computed once. Training uses
+    trim; the test splits are also cached padded to 30 s (pad="all"), only the real one (pad="real") or neither
+    (pad="none": a padded clip costs ~10x a trimmed one)."""
     from wavlink_edge.train.corpus import load_split
 
     splits = {s: load_split(corpus, s) for s in ("train", "test", "real_train", "real_test")}
     states = {}
-    for s, policies in (("real_train", ("trim",)), ("real_test", POLICIES), ("test", ("trim",)), ("train", ("trim",)),
-                        ("test", ("pad",) if generated_pad else ())):
+    for s, policies in (("real_train", ("trim",)), ("real_test", POLICIES if pad != "none" else ("trim",)),
+                        ("test", ("trim",)), ("train", ("trim",)), ("test", ("pad",) if pad == "all" else ())):
         for policy in policies:
             states[s, policy] = cache_audio(model, [p for p, _ in splits[s]], policy, work / f"frames_{s}_{policy}",
                                             work / "frozen_layers.onnx")
@@ -180,12 +182,41 @@ def text_features(model: WavLinkModel, tokenizer: Path, corpus: Path, work: Path
     labels = real.labels(corpus, "test")
     classes = sorted(set(labels))
     prompts = cache_text(model, tokenizer, [p for c in classes for p in real.class_prompts(c)], work / "text_prompts_ensemble")
-    held_out, scored = real.validation_rows(corpus)
+    # validation files come from the surveyed packages that earlier heads never trained on (sound-icons and
+    # tuxpaint-data files occur in the generated corpus), so the committed heads can be scored on the same files
+    held_out, scored = real.validation_rows(corpus, packages=set(real.surveyed.LICENCES) - {"sound-icons", "tuxpaint-data"})
     val_labels = [lab for lab, keep in zip(real.labels(corpus, "train"), scored) if keep]
     val_classes = sorted(set(val_labels))
     val_prompts = cache_text(model, tokenizer, [p for c in val_classes for p in real.class_prompts(c)],
                              work / "text_prompts_validation")
     return Features(splits, states, texts, classes, labels, prompts, val_classes, val_labels, val_prompts, held_out, scored)
+
+
+@dataclass
+class TestSets:
+    """The test splits: clips[(split, policy)] (split 'real' or 'generated'), caption vectors per split, and
+    zs = (prompt vectors, labels, classes) of the real split's zero-shot classification."""
+    clips: dict
+    texts: dict
+    zs: tuple
+
+
+def test_sets(model: WavLinkModel, tokenizer: Path, corpus: Path, generated: Path, work: Path, pad: str) -> TestSets:
+    """The test splits alone (for scoring heads without training): the real test split of `corpus` and the
+    generated test split in `generated` (a corpus, or the committed bench/data/wavlink_eval)."""
+    from wavlink_edge.train.corpus import load_split, real
+
+    states, texts = {}, {}
+    for split, directory, name in (("real", corpus, "real_test"), ("generated", generated, "test")):
+        clips = load_split(directory, "test" if split == "generated" else name)
+        for policy in POLICIES if pad == "all" or (pad == "real" and split == "real") else ("trim",):
+            states[split, policy] = ClipStates(*cache_audio(model, [p for p, _ in clips], policy, work / f"frames_{name}_{policy}",
+                                                            work / "frozen_layers.onnx"), layer=model.audio.layers[-1])
+        texts[split] = cache_text(model, tokenizer, [c for _, caps in clips for c in caps], work / f"text_{name}")
+    labels = real.labels(corpus, "test")
+    classes = sorted(set(labels))
+    prompts = cache_text(model, tokenizer, [p for c in classes for p in real.class_prompts(c)], work / "text_prompts_ensemble")
+    return TestSets(states, texts, (prompts, labels, classes))
 
 
 class TrainingSets:
@@ -202,14 +233,12 @@ class TrainingSets:
         self.gen_val = (self.gen_train.subset(val_idx, layer), caption_rows(f.texts["train"], val_idx))
         self.real_val = ((self.real_train.subset(np.flatnonzero(f.scored), layer), f.val_prompts, f.val_labels, f.val_classes)
                          if f.scored.any() else None)
-        self.tests = {("generated" if s == "test" else "real", p): ClipStates(*v, layer=layer)
-                      for (s, p), v in f.states.items() if s in ("test", "real_test")}
+        self.tests = TestSets({("generated" if s == "test" else "real", p): ClipStates(*v, layer=layer)
+                               for (s, p), v in f.states.items() if s in ("test", "real_test")},
+                              {"generated": f.texts["test"], "real": f.texts["real_test"]}, (f.prompts, f.labels, f.classes))
 
     def fit(self, real_rows: np.ndarray) -> tuple:
         """(clips, caption vectors, number of real clips) for loop.train: generated train clips, then these real rows."""
         clips = ClipStates.concat([self.gen_train, self.real_train], [self.train_idx, real_rows], self.layer)
         text = np.concatenate([caption_rows(self.f.texts["train"], self.train_idx), caption_rows(self.f.texts["real_train"], real_rows)])
         return clips, text, len(real_rows)
-
-    def test_text(self, split: str) -> np.ndarray:
-        return self.f.texts["test" if split == "generated" else "real_test"]

@@ -23,34 +23,39 @@ def ensemble_prompts(model: WavLinkModel, vectors: np.ndarray, n_classes: int, d
     return F.normalize(p.mean(dim=1), dim=-1).numpy(), p[:, 0].numpy()
 
 
-def zero_shot_at(model: WavLinkModel, audio: np.ndarray, zs: tuple, dim: int) -> tuple[dict, dict]:
+def zero_shot_at(model: WavLinkModel, audio: np.ndarray, zs: tuple, dim: int, interval: bool = False) -> tuple[dict, dict]:
     """(prompt-ensemble, first-prompt) zero-shot results at `dim`; zs = (pooled prompt vectors, labels, classes)."""
     vectors, labels, classes = zs
     ens, single = ensemble_prompts(model, vectors, len(classes), dim)
     a = metrics.truncate(audio, dim)
-    return tuple(metrics.zero_shot(a, metrics.truncate(p, dim), labels, classes) for p in (ens, single))
+    return tuple(metrics.zero_shot(a, metrics.truncate(p, dim), labels, classes, interval) for p in (ens, single))
 
 
-def evaluate(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, zs: tuple | None = None) -> dict:
+def evaluate(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, zs: tuple | None = None,
+             interval: bool = False) -> dict:
     """{'retrieval': {dim: ...}, 'zero_shot': {dim: ...}, 'zero_shot_single': {dim: ...}}: 'zero_shot' uses the
-    prompt ensemble, '_single' its first prompt (zs as in zero_shot_at)."""
+    prompt ensemble, '_single' its first prompt (zs as in zero_shot_at); with interval, bootstrap 95 % intervals."""
     audio, text = embed_split(model, clips, text_vectors)
     dims = model.config.matryoshka_dims
-    out = {"retrieval": {str(d): metrics.recall(metrics.truncate(audio, d), metrics.truncate(text, d), CAPTIONS_PER_CLIP)
-                         for d in dims}}
+    out = {"retrieval": {str(d): metrics.recall(metrics.truncate(audio, d), metrics.truncate(text, d), CAPTIONS_PER_CLIP,
+                                                interval=interval) for d in dims}}
     if zs is not None:
         out["zero_shot"], out["zero_shot_single"] = {}, {}
         for d in dims:
-            out["zero_shot"][str(d)], out["zero_shot_single"][str(d)] = zero_shot_at(model, audio, zs, d)
+            out["zero_shot"][str(d)], out["zero_shot_single"][str(d)] = zero_shot_at(model, audio, zs, d, interval)
     return out
 
 
-def evaluate_tests(model: WavLinkModel, sets) -> dict:
-    """{'real'|'generated': {policy: evaluate(...)}} over the test splits of a data.TrainingSets."""
-    zs = (sets.f.prompts, sets.f.labels, sets.f.classes)
-    return {split: {p: evaluate(model, sets.tests[split, p], sets.test_text(split), zs if split == "real" else None)
-                    for p in POLICIES if (split, p) in sets.tests}
+def evaluate_tests(model: WavLinkModel, tests, interval: bool = True) -> dict:
+    """{'real'|'generated': {policy: evaluate(...)}} over the test splits (data.TestSets)."""
+    return {split: {p: evaluate(model, tests.clips[split, p], tests.texts[split], tests.zs if split == "real" else None, interval)
+                    for p in POLICIES if (split, p) in tests.clips}
             for split in ("real", "generated")}
+
+
+def validation_score(scores: dict) -> float:
+    """One number for a validation pass: real-validation zero-shot top-1 plus the generated split's mean R@1."""
+    return scores.get("real_val_zero_shot", 0.0) + (scores["val_t2a_r1"] + scores["val_a2t_r1"]) / 2
 
 
 @dataclass
@@ -84,5 +89,5 @@ def choose_policy(real_eval: dict, trained_policy: str, n_clips: int, dim: int) 
         recall = res["retrieval"][str(dim)]
         return res["zero_shot"][str(dim)]["top1"], recall["t2a"]["R@1"] + recall["a2t"]["R@1"]
 
-    best = max(POLICIES, key=score)
+    best = max((p for p in POLICIES if p in real_eval), key=score)
     return best if score(best)[0] - score(trained_policy)[0] > 1.0 / n_clips + 1e-9 else trained_policy

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,7 +31,7 @@ if __package__ in (None, ""):  # run by path (`python train/train.py`): import t
 from wavlink_edge.export.backbones import DEMO_HEADS, load_heads
 from wavlink_edge.train import card, data, metrics
 from wavlink_edge.train.corpus import real
-from wavlink_edge.train.evaluate import Validation, choose_policy, evaluate_tests
+from wavlink_edge.train.evaluate import Validation, choose_policy, evaluate_tests, validation_score
 from wavlink_edge.train.heads import base_model, save_heads
 from wavlink_edge.train.loop import Recipe, choose_epochs, train
 
@@ -45,8 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", "--tiny", action="store_true", help="tens of clips, a few epochs: the CI smoke run")
     parser.add_argument("--out", default=str(DEMO_HEADS.parent), help="where the heads, card and curves go")
     parser.add_argument("--render-card", action="store_true", help="only re-render the card from WORKDIR/results.json")
-    parser.add_argument("--skip-generated-pad", action="store_true",
-                        help="do not evaluate the generated split with 30 s padding (its features cost ~15 min here)")
+    parser.add_argument("--pad", choices=("all", "real", "none"), default="all",
+                        help="test splits also evaluated padded to 30 s: both, the real one only, or neither (a padded "
+                             "clip's features cost ~10x a trimmed one's)")
+    parser.add_argument("--skip-generated-pad", dest="pad", action="store_const", const="real", help="= --pad real")
+    parser.add_argument("--evaluate", metavar="HEADS", help="train nothing: score this heads file on the test splits "
+                        "(the real one rendered into WORKDIR/corpus, the generated one from --generated-test)")
+    parser.add_argument("--generated-test", default=str(Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"),
+                        help="with --evaluate: the generated test split (default: the committed bench/data/wavlink_eval)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job holds a core)")
     return parser.parse_args(argv)
 
@@ -57,44 +65,51 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.workdir), Path(args.out)
     if args.render_card:
         return render_card(work, out)
+    if args.evaluate:
+        return evaluate_heads(Path(args.evaluate), work, Path(args.generated_test), args.pad)
     load_start = os.getloadavg()[0]
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    seconds = {}
+    stages = Stages()
     corpus = Path(args.corpus) if args.corpus else work / "corpus"
-    data.build_corpus(corpus, args.quick, args.n_train, args.n_test)
-    seconds["corpus"] = time.perf_counter() - t0
+    with stages("corpus"):
+        data.build_corpus(corpus, args.quick, args.n_train, args.n_test)
 
     model, tokenizer = base_model()
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}
     recipe = Recipe(epochs=3 if args.quick else args.epochs, batch_size=16 if args.quick else Recipe.batch_size,
                     real_repeats=args.real_repeats)
-    t = time.perf_counter()
     cache_hits = sorted(f.name for f in work.glob("frames_*.npz"))  # features an earlier run computed
-    splits, states = data.audio_features(model, corpus, work, generated_pad=not args.skip_generated_pad)
-    seconds["audio_features"] = time.perf_counter() - t
-    t = time.perf_counter()
-    features = data.text_features(model, tokenizer, corpus, work, splits, states)
-    seconds["text_features"] = time.perf_counter() - t
+    with stages("audio_features"):
+        splits, states = data.audio_features(model, corpus, work, args.pad)
+    with stages("text_features"):
+        features = data.text_features(model, tokenizer, corpus, work, splits, states)
     sets = data.TrainingSets(features, model.audio.layers[-1])
+    validation = Validation(*sets.gen_val, real=sets.real_val)
 
-    untrained = evaluate_tests(model, sets)
-    t = time.perf_counter()
-    # The epoch count is chosen with the validation files held out; the shipped heads are then trained afresh on
-    # every train file for that many epochs (the validation files are a fifth of the scarce real sound events).
-    selection = train(model, recipe, *sets.fit(np.flatnonzero(~features.held_out)), Validation(*sets.gen_val, real=sets.real_val))
-    final_recipe = replace(recipe, epochs=choose_epochs(selection))
-    model.load_state_dict(initial_state)
-    curves = train(model, final_recipe, *sets.fit(np.arange(len(splits["real_train"]))), Validation(*sets.gen_val))
-    seconds["train"] = time.perf_counter() - t
-    # Evaluate what ships: the fp16-rounded heads loaded back into the frozen backbones.
-    heads = save_heads(model, final_recipe, recipe.clip_policy, work / "heads.safetensors")
-    model.load_state_dict(initial_state)
-    load_heads(model, heads)
-    trained = evaluate_tests(model, sets)
-    shipped = choose_policy(trained["real"], recipe.clip_policy, len(splits["real_test"]), model.config.embed_dim)
-    heads = save_heads(model, final_recipe, shipped, work / "heads.safetensors")
-    seconds["total"] = time.perf_counter() - t0
+    untrained = evaluate_tests(model, sets.tests)
+    with stages("train"):
+        # The epoch count is chosen with the validation files held out; the shipped heads are then trained afresh
+        # on every train file for that many epochs.
+        selection = train(model, recipe, *sets.fit(np.flatnonzero(~features.held_out)), validation)
+        final_recipe = replace(recipe, epochs=choose_epochs(selection))
+        model.load_state_dict(initial_state)
+        curves = train(model, final_recipe, *sets.fit(np.arange(len(splits["real_train"]))), Validation(*sets.gen_val))
+    with stages("evaluation"):
+        # Evaluate what ships: the fp16-rounded heads loaded back into the frozen backbones.
+        heads = save_heads(model, final_recipe, recipe.clip_policy, work / "heads.safetensors")
+        model.load_state_dict(initial_state)
+        load_heads(model, heads)
+        trained = evaluate_tests(model, sets.tests)
+        shipped = choose_policy(trained["real"], recipe.clip_policy, len(splits["real_test"]), model.config.embed_dim)
+        heads = save_heads(model, final_recipe, shipped, work / "heads.safetensors")
+        # The committed heads on the same validation files (none of them in its training data) and tests.
+        previous = None
+        if (out / DEMO_HEADS.name).is_file():
+            model.load_state_dict(initial_state)
+            load_heads(model, out / DEMO_HEADS.name)
+            previous = {"validation": validation(model), "eval": evaluate_tests(model, sets.tests)}
+    chosen = {k: v[final_recipe.epochs - 1] for k, v in selection.items()}
+    better = previous is None or validation_score(chosen) > validation_score(previous["validation"])
 
     results = {
         "shipped_policy": shipped, "recipe": asdict(final_recipe), "dims": list(model.config.matryoshka_dims),
@@ -106,18 +121,64 @@ def main(argv: list[str] | None = None) -> int:
                       "real_val_classes": features.val_classes},
         "real_classes": features.classes,
         "real_classes_seen": sorted(set(features.classes) & set(real.labels(corpus, "train"))),
-        "eval": {"trained": trained, "untrained": untrained},
+        "eval": {"trained": trained, "untrained": untrained, **({"previous": previous["eval"]} if previous else {})},
+        "ship": {"better_on_validation": better, "validation_new": chosen,
+                 "validation_previous": previous and previous["validation"]},
         "chance": {s: metrics.chance(len(splits[k]), data.CAPTIONS_PER_CLIP) for s, k in (("generated", "test"), ("real", "real_test"))},
         "previous_generated": card.previous_generated(out / "training_results.json"),
         "previous_real_zero_shot": card.previous_real_zero_shot(out / "training_results.json"),
-        "curves": curves, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "curves": curves, "seconds": stages.seconds, "peak_rss_gb": stages.peak_rss_gb,
         "corpus_reused": bool(args.corpus), "cache_hits": cache_hits,
         "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
         "real_data_card": real.data_card(card.real_counts(corpus)),
     }
     (work / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
-    return 0 if args.quick else card.write_outputs(results, out, heads)
+    if args.quick:
+        return 0
+    if not better:
+        print(f"the new heads score {validation_score(chosen):.3f} on validation, the committed ones "
+              f"{validation_score(previous['validation']):.3f}: not shipped; card and heads in {work / 'candidate'}")
+        out = work / "candidate"
+    return card.write_outputs(results, out, heads)
+
+
+class Stages:
+    """Wall time and peak resident memory of each stage (this process and, separately, its finished workers)."""
+
+    def __init__(self):
+        self.start, self.seconds, self.peak_rss_gb = time.perf_counter(), {}, {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t, 1)
+        self.seconds["total"] = round(time.perf_counter() - self.start, 1)
+        self.peak_rss_gb[name] = {who: round(resource.getrusage(w).ru_maxrss / 1e6, 2)  # ru_maxrss is in kB on Linux
+                                  for who, w in (("self", resource.RUSAGE_SELF), ("workers", resource.RUSAGE_CHILDREN))}
+
+
+def evaluate_heads(heads: Path, work: Path, generated: Path, pad: str) -> int:
+    """Score a heads file on the test splits with intervals, into WORKDIR/evaluation.json; nothing is trained."""
+    stages = Stages()
+    corpus = work / "corpus"
+    with stages("corpus"):
+        if not (corpus / "captions_real_test.csv").is_file():
+            real.generate(corpus, seed=data.SEED, splits=("test",))
+    model, tokenizer = base_model()
+    with stages("features"):
+        tests = data.test_sets(model, tokenizer, corpus, generated, work, pad)
+    load_heads(model, heads)
+    with stages("evaluation"):
+        scores = evaluate_tests(model, tests)
+    results = {"heads": str(heads), "clip_policy": model.config.clip_policy, "dims": list(model.config.matryoshka_dims),
+               "real_classes": tests.zs[2], "real_classes_seen": None, "counts": {"real_test": len(tests.zs[1])},
+               "eval": {"heads": scores}, "seconds": stages.seconds, "peak_rss_gb": stages.peak_rss_gb}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "evaluation.json").write_text(json.dumps(results, indent=2))
+    print("\n".join(card.headline_lines({"heads": scores}, model.config.clip_policy, {"heads": heads.name})))
+    return 0
 
 
 def report(results: dict) -> None:
