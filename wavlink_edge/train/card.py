@@ -107,6 +107,26 @@ def headline_lines(evals: dict, policy: str, names: dict) -> list[str]:
     return lines
 
 
+def evaluation_markdown(r: dict, seen: set) -> str:
+    """train.py --evaluate's results as markdown: headline figures with intervals, then top-1 per class at full
+    width split by whether the class has real train audio (`seen`)."""
+    ev, policy, dim = r["eval"]["heads"], r["clip_policy"], str(r["dims"][0])
+    zs = ev["real"][policy]["zero_shot"][dim]
+    labels = r.get("real_labels") or []
+    with_audio = [c for c in r["real_classes"] if c in seen]
+    def top1(classes):
+        right = [p == t for p, t in zip(zs["predicted"], labels) if t in classes]
+        return f"{_pct(sum(right) / max(1, len(right)))} % of {len(right)} clips"
+    lines = [f"Heads `{Path(r['heads']).name}` scored by `python train/train.py --evaluate HEADS --pad none` "
+             f"({r['counts']['real_test']} real test clips over {len(r['real_classes'])} classes; the generated test split "
+             "bench/data/wavlink_eval).", "", *headline_lines({"heads": ev}, policy, {"heads": Path(r["heads"]).name}), "",
+             f"Real zero-shot top-1 at dim {dim} (prompt ensemble): classes with real train audio "
+             f"({len(with_audio)}): {top1(set(with_audio))}; classes without ({len(r['real_classes']) - len(with_audio)}: "
+             f"{', '.join(c for c in r['real_classes'] if c not in seen)}): {top1(set(r['real_classes']) - seen)}.", "",
+             "Per class: " + ", ".join(f"{c} {_pct(v)}" for c, v in zs["per_class"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
 def _headline_lines(r: dict) -> list[str]:
     lines = headline_lines({h: r["eval"][h] for h in _heads(r["eval"]) if h != "untrained"}, r["shipped_policy"], HEADS_NAMES)
     sel = r.get("ship")

@@ -173,11 +173,12 @@ def evaluate_heads(heads: Path, work: Path, generated: Path, pad: str) -> int:
     with stages("evaluation"):
         scores = evaluate_tests(model, tests)
     results = {"heads": str(heads), "clip_policy": model.config.clip_policy, "dims": list(model.config.matryoshka_dims),
-               "real_classes": tests.zs[2], "real_classes_seen": None, "counts": {"real_test": len(tests.zs[1])},
+               "real_classes": tests.zs[2], "real_labels": tests.zs[1], "counts": {"real_test": len(tests.zs[1])},
                "eval": {"heads": scores}, "seconds": stages.seconds, "peak_rss_gb": stages.peak_rss_gb}
-    work.mkdir(parents=True, exist_ok=True)
     (work / "evaluation.json").write_text(json.dumps(results, indent=2))
-    print("\n".join(card.headline_lines({"heads": scores}, model.config.clip_policy, {"heads": heads.name})))
+    text = card.evaluation_markdown(results, {c["label"] for c in real.plan(data.SEED)["train"]})
+    (work / "evaluation.md").write_text(text)
+    print(text)
     return 0
 
 
