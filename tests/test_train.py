@@ -148,6 +148,14 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     model, _ = build_default_base(heads=tmp_path / "heads.safetensors")
     assert model.config.heads == "trained" and model.config.global_token_layer == 5
     assert model.config.clip_policy == results["shipped_policy"]
+    # the card renders from the run's results, with intervals, per-stage memory and the committed heads beside
+    assert set(results["peak_rss_gb"]) == {"corpus", "audio_features", "text_features", "train", "evaluation"}
+    assert "top1_ci" in results["eval"]["trained"]["real"]["trim"]["zero_shot"]["512"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "wavlink-base-demo.safetensors").write_bytes((tmp_path / "heads.safetensors").read_bytes())
+    assert train.main(["--render-card", "--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "## Headline figures" in card and "committed before this run" in card and "[" in card.split("## Recipe")[0]
 
 
 def test_validation_rows_hold_out_whole_files_and_their_mixes(tmp_path):
