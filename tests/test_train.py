@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wavlink_edge.export.model import AudioDims, TextSpec, WavLinkConfig, WavLinkModel, matryoshka_dims
-from wavlink_edge.train import train
+from wavlink_edge.train import data, heads, loop, metrics, train
 
 TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=64)
@@ -26,8 +26,8 @@ def test_matryoshka_loss_prefers_aligned_pairs():
     torch.manual_seed(0)
     audio = torch.randn(8, 64)
     scale = torch.tensor(np.log(20.0), dtype=torch.float32)
-    aligned = train.matryoshka_clip_loss(audio, audio + 0.01 * torch.randn(8, 64), scale, [64, 32, 16, 8])
-    shuffled = train.matryoshka_clip_loss(audio, audio[torch.randperm(8)], scale, [64, 32, 16, 8])
+    aligned = heads.matryoshka_clip_loss(audio, audio + 0.01 * torch.randn(8, 64), scale, [64, 32, 16, 8])
+    shuffled = heads.matryoshka_clip_loss(audio, audio[torch.randperm(8)], scale, [64, 32, 16, 8])
     assert aligned < 0.1 < shuffled
 
 
@@ -35,23 +35,23 @@ def test_retrieval_metrics_on_known_rankings():
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((6, 16))
     audio /= np.linalg.norm(audio, axis=1, keepdims=True)
-    text = np.repeat(audio, train.CAPTIONS_PER_CLIP, axis=0)  # every caption equals its clip
-    perfect = train.retrieval(audio, text)
+    text = np.repeat(audio, data.CAPTIONS_PER_CLIP, axis=0)  # every caption equals its clip
+    perfect = metrics.recall(audio, text, data.CAPTIONS_PER_CLIP)
     assert perfect["t2a"]["R@1"] == perfect["a2t"]["R@1"] == 1.0
-    wrong = train.retrieval(audio, np.roll(text, train.CAPTIONS_PER_CLIP, axis=0))  # captions of the next clip
+    wrong = metrics.recall(audio, np.roll(text, data.CAPTIONS_PER_CLIP, axis=0), data.CAPTIONS_PER_CLIP)  # captions of the next clip
     assert wrong["t2a"]["R@1"] == wrong["a2t"]["R@1"] == 0.0
     assert wrong["t2a"]["R@10"] == 1.0  # only 6 clips: everything is in the top 10
-    chance = train.chance(600)
+    chance = metrics.chance(600, data.CAPTIONS_PER_CLIP)
     assert chance["t2a"]["R@1"] == pytest.approx(1 / 600)
     assert chance["a2t"]["R@1"] == pytest.approx(5 / 3000)
-    assert train.chance(4)["t2a"]["R@10"] == 1.0
+    assert metrics.chance(4, data.CAPTIONS_PER_CLIP)["t2a"]["R@10"] == 1.0
 
 
 def test_zero_shot_counts_clips_and_classes():
     prompts = np.eye(3, 8)
     audio = np.eye(3, 8)[[0, 0, 0, 1, 2]]  # three "a" clips right, "b" right, "c" right
     audio[4] = prompts[1]  # the "c" clip is taken for "b"
-    zs = train.zero_shot(audio, prompts, ["a", "a", "a", "b", "c"], ["a", "b", "c"], 8)
+    zs = metrics.zero_shot(audio, prompts, ["a", "a", "a", "b", "c"], ["a", "b", "c"])
     assert zs["top1"] == pytest.approx(4 / 5) and zs["balanced_top1"] == pytest.approx(2 / 3)
     assert zs["per_class"] == {"a": 1.0, "b": 1.0, "c": 0.0}
 
@@ -63,9 +63,9 @@ def test_training_forward_equals_exported_forward():
         model.audio.global_token.normal_()
         mels = [torch.randn(1, 80, n) for n in (40, 64)]
         frames = [model.audio.frames_before_token(m)[0].numpy() for m in mels]
-        clips = train.ClipStates(np.concatenate(frames), np.array([0, len(frames[0]), len(frames[0]) + len(frames[1])]),
+        clips = data.ClipStates(np.concatenate(frames), np.array([0, len(frames[0]), len(frames[0]) + len(frames[1])]),
                                  model.audio.layers[-1])
-        ours = torch.nn.functional.normalize(train.audio_vectors(model, clips, np.arange(2)), dim=-1)
+        ours = torch.nn.functional.normalize(heads.audio_vectors(model, clips, np.arange(2)), dim=-1)
         ref = torch.cat([model.audio(m) for m in mels])
     assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.999  # fp16 key/value cache
 
@@ -133,14 +133,14 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     missing = missing_packages() + real.missing_packages()
     if missing:
         pytest.skip(f"Debian packages not installed: {', '.join(missing)}")
-    assert train.main(["--tiny", "--workdir", str(tmp_path)]) == 0
+    assert train.main(["--quick", "--workdir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     losses = results["selection"]["curves"]["train_loss"]  # the epoch-selection run trains every epoch
     assert losses[-1] < losses[0], losses
     assert 1 <= results["recipe"]["epochs"] == len(results["curves"]["epoch"]) <= results["selection"]["max_epochs"]
     assert "real_val_zero_shot" in results["selection"]["curves"] and "real_val_zero_shot" not in results["curves"]
     for split in ("real", "generated"):
-        for policy in train.POLICIES:
+        for policy in data.POLICIES:
             assert set(results["eval"]["trained"][split][policy]["retrieval"]) == {"512", "256", "128", "64"}
     assert set(results["eval"]["trained"]["real"]["trim"]["zero_shot"]["64"]["per_class"]) == set(results["real_classes"])
     from wavlink_edge.export.backbones import build_default_base
@@ -148,6 +148,14 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     model, _ = build_default_base(heads=tmp_path / "heads.safetensors")
     assert model.config.heads == "trained" and model.config.global_token_layer == 5
     assert model.config.clip_policy == results["shipped_policy"]
+    # the card renders from the run's results, with intervals, per-stage memory and the committed heads beside
+    assert set(results["peak_rss_gb"]) == {"corpus", "audio_features", "text_features", "train", "evaluation"}
+    assert "top1_ci" in results["eval"]["trained"]["real"]["trim"]["zero_shot"]["512"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "wavlink-base-demo.safetensors").write_bytes((tmp_path / "heads.safetensors").read_bytes())
+    assert train.main(["--render-card", "--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "## Headline figures" in card and "committed before this run" in card and "[" in card.split("## Recipe")[0]
 
 
 def test_validation_rows_hold_out_whole_files_and_their_mixes(tmp_path):
@@ -179,6 +187,6 @@ def test_choose_epochs_takes_the_smoothed_best_and_the_later_tie():
     curves = {"epoch": [1, 2, 3, 4, 5, 6], "val_t2a_r1": [0.1, 0.2, 0.3, 0.3, 0.3, 0.3],
               "val_a2t_r1": [0.1, 0.2, 0.3, 0.3, 0.3, 0.3], "real_val_zero_shot": [0.0, 0.1, 0.9, 0.1, 0.3, 0.3]}
     # raw best is epoch 3 (a one-epoch spike); smoothed: 3 -> 0.667, 4 -> 0.733, 5 -> 0.533
-    assert train.choose_epochs(curves) == 4
+    assert loop.choose_epochs(curves) == 4
     flat = dict(curves, real_val_zero_shot=[0.2] * 6, val_t2a_r1=[0.3] * 6, val_a2t_r1=[0.3] * 6)
-    assert train.choose_epochs(flat) == 6
+    assert loop.choose_epochs(flat) == 6

@@ -6,9 +6,11 @@ min(#relevant, 10). Ties rank against the target (a tie with the target counts a
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from wavlink_edge.runtime.vectors import truncate  # noqa: F401  (bench truncates through here)
+from wavlink_edge.runtime.vectors import truncate  # noqa: F401  (bench and train truncate through here)
 
 KS = (1, 5, 10)
 
@@ -34,6 +36,64 @@ def retrieval(audio: np.ndarray, text: np.ndarray, owner: np.ndarray) -> dict:
     sim = text @ audio.T  # [texts, clips]
     relevant = owner[:, None] == np.arange(audio.shape[0])[None, :]
     return {**_recall_map(sim, relevant, "t2a"), **_recall_map(sim.T, relevant.T, "a2t")}
+
+
+BOOTSTRAP = 1000  # resamples behind every 95 % interval
+
+
+def bootstrap_interval(statistic, n: int, seed: int = 0) -> list[float]:
+    """95 % percentile interval of statistic(idx) over BOOTSTRAP resamples (with replacement) of n items."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(BOOTSTRAP)]
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
+def recall(audio: np.ndarray, text: np.ndarray, per_clip: int, ks=KS, interval: bool = False) -> dict:
+    """{'t2a': {'R@k': ...}, 'a2t': {...}} for text rows that come `per_clip` to a clip, in clip order; with
+    interval, also 'R@k_ci': the bootstrap 95 % interval over clips (a clip drawn brings its captions; the ranking
+    is not redone)."""
+    owner = np.arange(text.shape[0]) // per_clip
+    metrics = retrieval(audio, text, owner)
+    out = {d: {f"R@{k}": metrics[f"{d}_r{k}"] for k in ks} for d in ("t2a", "a2t")}
+    if interval:
+        sim = text @ audio.T
+        relevant = owner[:, None] == np.arange(audio.shape[0])[None, :]
+        hits = {"t2a": _ranked_hits(sim, relevant).reshape(audio.shape[0], per_clip, -1),
+                "a2t": _ranked_hits(sim.T, relevant.T)[:, None, :]}
+        for d, h in hits.items():
+            for k in ks:
+                found = h[:, :, :k].any(axis=2)  # [clips, queries of that clip]
+                out[d][f"R@{k}_ci"] = bootstrap_interval(lambda idx, found=found: found[idx].mean(), len(found))
+    return out
+
+
+def chance(n_clips: int, per_clip: int, ks=KS) -> dict:
+    """recall()'s expected value for random embeddings."""
+    n_caps = n_clips * per_clip
+    a2t = {f"R@{k}": 1 - math.comb(n_caps - per_clip, k) / math.comb(n_caps, k) if k <= n_caps else 1.0 for k in ks}
+    return {"t2a": {f"R@{k}": min(1.0, k / n_clips) for k in ks}, "a2t": a2t}
+
+
+def zero_shot(audio: np.ndarray, prompts: np.ndarray, labels: list[str], classes: list[str], interval: bool = False) -> dict:
+    """ESC-50 style: each clip's top-1 class (rows of `prompts`); accuracy over clips and mean over classes; with
+    interval, their bootstrap 95 % intervals over clips ('top1_ci', 'balanced_top1_ci')."""
+    target = np.array([classes.index(lab) for lab in labels])
+    top = np.argmax(audio @ prompts.T, axis=1)
+    per_class = {c: float((top[target == i] == i).mean()) for i, c in enumerate(classes)}
+    out = {"top1": float((top == target).mean()), "balanced_top1": float(np.mean(list(per_class.values()))),
+           "per_class": per_class, "predicted": [classes[i] for i in top]}
+    if interval:
+        right = top == target
+        out["top1_ci"] = bootstrap_interval(lambda idx: right[idx].mean(), len(right))
+        out["balanced_top1_ci"] = bootstrap_interval(lambda idx: balanced(right[idx], target[idx]), len(right))
+    return out
+
+
+def balanced(right: np.ndarray, target: np.ndarray) -> float:
+    """Mean over the classes present of each class's accuracy."""
+    counts = np.bincount(target)
+    present = counts > 0
+    return float((np.bincount(target, weights=right)[present] / counts[present]).mean())
 
 
 def classification(audio: np.ndarray, prompts: np.ndarray, labels: np.ndarray) -> dict:

@@ -20,6 +20,9 @@ import numpy as np
 
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
+from . import surveyed
+from .vocabulary import LABELS
+
 STAMPS = "/usr/share/tuxpaint/stamps"
 GCOMPRIS = "/usr/share/gcompris-qt/rcc"
 ASTERISK = "/usr/share/asterisk"
@@ -177,6 +180,7 @@ LANGS = {"": "English", "fr": "French", "ru": "Russian", "ro": "Romanian", "ca":
          "es": "Spanish", "be": "Belarusian", "el": "Greek", "da": "Danish", "lt": "Lithuanian", "nl": "Dutch"}
 AUGMENTS = ("original", "gain", "noise", "speed", "mix", "offset")  # every train sound event gets each once
 N_EN_SPEECH, N_DESC_SPEECH = 200, 160
+SURVEYED_AUGMENTS = 2  # augmented copies of each surveyed train sound event, besides the recording itself
 
 
 def article(label: str) -> str:
@@ -199,7 +203,8 @@ def class_prompts(label: str) -> list[str]:
 
 
 def missing_packages() -> list[str]:
-    return [pkg for pkg, (d, _, _) in PACKAGES.items() if not Path(d).is_dir()]
+    surveyed_rows = surveyed.select("train", TEST_CLASSES) + surveyed.select("test", TEST_CLASSES)
+    return [pkg for pkg, (d, _, _) in PACKAGES.items() if not Path(d).is_dir()] + surveyed.missing_packages(surveyed_rows)
 
 
 def _need(pkg: str) -> Path:
@@ -259,6 +264,7 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
                 for name, (lab, ph) in sorted(SUPERTUX_SOUNDS.items()) if lab not in TEST_CLASSES for a in AUGMENTS]
     _add_mix_partners(supertux, np.random.default_rng([seed, 84]))
     train += supertux
+    train += _surveyed_plan("train", np.random.default_rng([seed, 85]))
     test += [{"package": "gcompris-qt-data", "source": f"{bundle}:{stem}", "label": label, "phrase": phrase,
               "augment": "original"} for bundle, sounds in GCOMPRIS_SOUNDS.items() for stem, (label, phrase) in sounds.items()]
     test += [{"package": "asterisk-moh-opsound-wav", "source": f"moh:{i}", "label": "music", "augment": "original"}
@@ -267,6 +273,7 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
              for i in range(PER_CLASS_TEST_CAP)]
     taken: dict[str, int] = {}
     test = [c for c in test if taken.setdefault(c["label"], 0) < PER_CLASS_TEST_CAP and not taken.update({c["label"]: taken[c["label"]] + 1})]
+    test += _surveyed_plan("test", None)  # capped per class by surveyed.TEST_CAP
     out = {}
     for split, clips in (("train", train), ("test", test)):
         for i, c in enumerate(clips):
@@ -274,6 +281,24 @@ def plan(seed: int = 0) -> dict[str, list[dict]]:
             c["seed"] = [seed, 77, 0 if split == "train" else 1, i]
         out[split] = clips
     return out
+
+
+def _surveyed_plan(split: str, rng: np.random.Generator | None) -> list[dict]:
+    """The surveyed packages' clips (surveyed.select): a train sound event is used as recorded and with
+    SURVEYED_AUGMENTS more of AUGMENTS, drawn per file (the packages hold thousands of files, and every copy costs
+    feature time); speech, music and test files are used once, as recorded."""
+    clips = []
+    for row in surveyed.select(split, TEST_CLASSES):
+        label = LABELS[row["label"]][0]
+        item = {"package": row["package"], "source": f"deb:{row['path']}", "label": label, "phrase": row["label"]}
+        if split == "test" or label in ("speech", "music"):
+            clips.append({**item, "augment": "original"})
+        else:
+            extra = rng.permutation(len(AUGMENTS) - 1)[:SURVEYED_AUGMENTS] + 1
+            clips += [{**item, "augment": AUGMENTS[a]} for a in [0, *sorted(extra)]]
+    if rng is not None:
+        _add_mix_partners(clips, rng)
+    return clips
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,9 +478,33 @@ MUSIC_TRACK = ["instrumental music playing", "a piece of music", "the sound of m
                "a calm instrumental tune", "music with several instruments"]
 
 
+def _phrased_captions(rng: np.random.Generator, templates: list[str], phrases: tuple[str, ...], label: str,
+                      partner: str | None) -> list[str]:
+    """Five captions, each from a template and one of the label's phrasings (vocabulary.LABELS)."""
+    picks = rng.permutation(len(templates))[:5]
+    caps = []
+    for i, t in enumerate(picks):
+        phrase = phrases[int(rng.integers(len(phrases)))] if i else phrases[0]
+        phrase = f"{phrase} and {partner}" if partner else phrase
+        caps.append(templates[t].format(P=phrase, A=phrase if partner else article(label)))
+    return [c[0].upper() + c[1:] for c in caps]
+
+
+def _render_surveyed(clip: dict, rng: np.random.Generator) -> tuple[np.ndarray, list[str], dict]:
+    package, path = clip["package"], clip["source"][4:]
+    x, name = surveyed.decode({"package": package, "path": path}, clip["seed"])
+    partner = _decode(_stamp_path(clip["partner"])) if clip.get("partner") else None
+    x, qual = _augment(x, clip["augment"], rng, partner)
+    templates = EVENT_TEMPLATES + (["{P} over a background hiss", "{P} with noise behind it"] if qual == "noise" else [])
+    partner_phrase = STAMP_SOUNDS[clip["partner"]][1] if clip.get("partner") else None
+    return x, _phrased_captions(rng, templates, LABELS[clip["phrase"]][1:], clip["label"], partner_phrase), {"file": name}
+
+
 def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
     rng = np.random.default_rng(clip["seed"])
     src = clip["source"]
+    if src.startswith("deb:"):
+        return _render_surveyed(clip, rng)
     if src.startswith("music:"):
         _, track, j = src.split(":")
         x, name = _lincity_music(int(track), int(j), seed)
@@ -546,20 +595,21 @@ def labels(out_dir, split: str = "test") -> list[str]:
 VALIDATION_FRACTION = 0.2  # of the train packages' sound-event files
 
 
-def validation_rows(out_dir, fraction: float = VALIDATION_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def validation_rows(out_dir, fraction: float = VALIDATION_FRACTION, packages=None) -> tuple[np.ndarray, np.ndarray]:
     """(held-out mask, scored mask) over metadata_real_train.csv rows: a validation split from the train packages,
     to choose the recipe and the epoch count without looking at the test split.
 
     Whole sound-event files are held out with every augmented copy, and so are the train clips that mix one of
     them in (partners are named by file stem); speech and music are one class each and stay in training. Files
     are picked by a hash of package and name, so the split does not move with the seed or the corpus size. Only
-    the original copies are scored."""
+    the original copies are scored. `packages`: hold out files of these packages only (when they have any)."""
     import zlib
 
     rows = metadata(out_dir, "train")
-    sources = sorted({(r["package"], r["source_file"]) for r in rows
-                      if r["label"] not in ("speech", "music") and r["augment"] == "original"},
-                     key=lambda s: zlib.crc32(f"{s[0]}/{s[1]}".encode()))
+    candidates = {(r["package"], r["source_file"]) for r in rows if r["label"] not in ("speech", "music") and r["augment"] == "original"}
+    if packages is not None and any(p in packages for p, _ in candidates):
+        candidates = {c for c in candidates if c[0] in packages}
+    sources = sorted(candidates, key=lambda s: zlib.crc32(f"{s[0]}/{s[1]}".encode()))
     held = set(sources[: max(2, round(fraction * len(sources)))])
     held_stems = {Path(name).stem for _, name in held}
     out = np.array([(r["package"], r["source_file"]) in held or (r["augment"] == "mix" and r["partner"] in held_stems)
@@ -581,7 +631,26 @@ def data_card(counts: dict) -> str:
              "from the file name or, for openttd-opensfx, the catalogue entry's description (hand-labelled tables in "
              "train/corpus/real.py), the asterisk transcripts and the language code of the spoken descriptions, through "
              "templates; the lincity-ng music excerpts are used once each, not augmented.", "",
-             "| split | clips | seconds | classes | packages |", "|---|---|---|---|---|"]
+             *surveyed_card(), "| split | clips | seconds | classes | packages |", "|---|---|---|---|---|"]
     for split, c in counts.items():
         lines.append(f"| real {split} | {c['clips']} | {c['seconds']} | {len(c['classes'])} | {', '.join(c['packages'])} |")
     return "\n".join(lines) + "\n"
+
+
+def surveyed_card() -> list[str]:
+    """Markdown lines: the surveyed packages with their licences, train or test, and the files taken."""
+    taken = {split: surveyed.select(split, TEST_CLASSES) for split in ("train", "test")}
+    lines = ["### The surveyed packages (train/corpus/surveyed.py, debian_sounds.tsv.gz)", "",
+             f"Every file's survey label maps to one class and several phrasings (train/corpus/vocabulary.py, "
+             f"{len({v[0] for v in LABELS.values() if v})} classes); `HELDOUT:` rows and byte-identical copies (`dup-of`) are "
+             f"never used; at most {surveyed.TRAIN_CAP} train files a class ({surveyed.SPEECH_CAP} speech, {surveyed.MUSIC_CAP} "
+             f"music) and {surveyed.TEST_CAP} test files a class, picked by a hash of the path; files over "
+             f"{surveyed.EXCERPT_S} s give one seeded {surveyed.EXCERPT_S} s excerpt. Train sound events: the recording and "
+             f"{SURVEYED_AUGMENTS} augmented copies drawn per file from {', '.join(AUGMENTS[1:])}; test files as recorded.", "",
+             "| Debian package | licence (debian/copyright) | split | files |", "|---|---|---|---|"]
+    for split, rows in taken.items():
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["package"]] = counts.get(r["package"], 0) + 1
+        lines += [f"| {p} | {surveyed.LICENCES[p]} | {split} | {n} |" for p, n in sorted(counts.items())]
+    return lines + [""]
