@@ -12,6 +12,7 @@ import soundfile as sf
 
 from wavlink_edge.bench import datasets as D
 from wavlink_edge.bench import flops, latency, machine, report
+from wavlink_edge.runtime.vectors import truncate
 from wavlink_edge.train import metrics
 
 # --- FLOPs -----------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_retrieval_metrics_on_a_hand_made_case():
 
 def test_truncate_renormalises_and_fidelity_is_one_for_identical():
     x = _unit(np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32))
-    t = metrics.truncate(x, 4)
+    t = truncate(x, 4)
     assert t.shape == (5, 4) and np.allclose(np.linalg.norm(t, axis=1), 1)
     fid = metrics.fidelity(t, t, t, t, "retrieval")
     assert fid["audio_cosine_min"] == pytest.approx(1) and fid["t2a_top1_agreement"] == 1.0

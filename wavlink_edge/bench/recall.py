@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run by path (`python bench/recall.py`): import 
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import datasets as D
 from wavlink_edge.bench import machine, report
+from wavlink_edge.runtime.vectors import truncate
 from wavlink_edge.train import metrics
 
 QUICK_ITEMS = 12
@@ -97,14 +98,14 @@ def evaluate(ds: D.Dataset, spec: B.Spec, policy: str, dims: list[int], audio: n
              owner: np.ndarray, ref: tuple | None) -> list[dict]:
     rows = []
     for dim in dims:
-        a, t = metrics.truncate(audio, dim), metrics.truncate(text, dim)
+        a, t = truncate(audio, dim), truncate(text, dim)
         if ds.task == "retrieval":
             m = metrics.retrieval(a, t, owner)
         else:
             m = metrics.classification(a, t, np.array(ds.labels))
         fid = None
         if ref is not None:
-            ra, rt = metrics.truncate(ref[0], dim), metrics.truncate(ref[1], dim)
+            ra, rt = truncate(ref[0], dim), truncate(ref[1], dim)
             fid = metrics.fidelity(a, t, ra, rt, ds.task)
         rows.append({"dataset": ds.name, "task": ds.task, "backend": spec.key, "label": spec.label,
                      "engine": spec.engine, "precision": spec.precision, "variant": spec.variant, "device": spec.device,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wavlink_edge.export.model import WavLinkModel
+from wavlink_edge.runtime.vectors import truncate
 from wavlink_edge.train import metrics
 from wavlink_edge.train.data import CAPTIONS_PER_CLIP, POLICIES, ClipStates
 from wavlink_edge.train.heads import embed_split, matryoshka_clip_loss
@@ -27,8 +28,8 @@ def zero_shot_at(model: WavLinkModel, audio: np.ndarray, zs: tuple, dim: int, in
     """(prompt-ensemble, first-prompt) zero-shot results at `dim`; zs = (pooled prompt vectors, labels, classes)."""
     vectors, labels, classes = zs
     ens, single = ensemble_prompts(model, vectors, len(classes), dim)
-    a = metrics.truncate(audio, dim)
-    return tuple(metrics.zero_shot(a, metrics.truncate(p, dim), labels, classes, interval) for p in (ens, single))
+    a = truncate(audio, dim)
+    return tuple(metrics.zero_shot(a, truncate(p, dim), labels, classes, interval) for p in (ens, single))
 
 
 def evaluate(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, zs: tuple | None = None,
@@ -37,7 +38,7 @@ def evaluate(model: WavLinkModel, clips: ClipStates, text_vectors: np.ndarray, z
     prompt ensemble, '_single' its first prompt (zs as in zero_shot_at); with interval, bootstrap 95 % intervals."""
     audio, text = embed_split(model, clips, text_vectors)
     dims = model.config.matryoshka_dims
-    out = {"retrieval": {str(d): metrics.recall(metrics.truncate(audio, d), metrics.truncate(text, d), CAPTIONS_PER_CLIP,
+    out = {"retrieval": {str(d): metrics.recall(truncate(audio, d), truncate(text, d), CAPTIONS_PER_CLIP,
                                                 interval=interval) for d in dims}}
     if zs is not None:
         out["zero_shot"], out["zero_shot_single"] = {}, {}

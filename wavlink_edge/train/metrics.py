@@ -10,8 +10,6 @@ import math
 
 import numpy as np
 
-from wavlink_edge.runtime.vectors import truncate  # noqa: F401  (bench and train truncate through here)
-
 KS = (1, 5, 10)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.audio import decode_audio as read_any  # 16 kHz mono float32, as served
+from wavlink_edge.runtime.audio import decode_audio  # 16 kHz mono float32, as served
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
-__all__ = ["SR", "read_any", "run_to_wav", "rms_db", "set_rms_db", "trim_silence", "fade", "fit_length"]
+__all__ = ["SR", "run_to_wav", "rms_db", "set_rms_db", "trim_silence", "fade", "fit_length"]
 
 
 def run_to_wav(cmd_with_placeholder: list[str], stdin: str | None = None) -> np.ndarray:
@@ -24,7 +24,7 @@ def run_to_wav(cmd_with_placeholder: list[str], stdin: str | None = None) -> np.
         cmd = [c.replace("{out}", str(out)).replace("{tmp}", tmp) for c in cmd_with_placeholder]
         subprocess.run(cmd, input=stdin, text=True, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-        return read_any(out)
+        return decode_audio(out)
 
 
 def rms_db(x: np.ndarray) -> float:

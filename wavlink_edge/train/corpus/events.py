@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import read_any, trim_silence
+from wavlink_edge.runtime.audio import decode_audio
+
+from .audio import trim_silence
 
 # directory -> (Debian package, licence of those files per debian/copyright)
 PACKAGES = {
@@ -87,5 +89,5 @@ def by_category() -> dict[str, list[int]]:
 
 
 def load(index: int) -> np.ndarray:
-    x = trim_silence(read_any(inventory()[index]["path"]))
+    x = trim_silence(decode_audio(inventory()[index]["path"]))
     return x[: 8 * 16000]  # long jingles are cut so an event stays an event
