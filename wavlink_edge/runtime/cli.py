@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(sim)
     sim.add_argument("--clip-policy", choices=("pad", "trim"), default=None)
 
+    add_lyrics_parser(commands)
+
     bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
     bench.add_argument("benchmark", choices=("latency", "recall"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
@@ -357,7 +359,28 @@ def native_stderr_silenced(enabled: bool):
         os.close(saved)
 
 
-COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "bench": cmd_bench}
+def add_lyrics_parser(commands) -> None:
+    lyrics = commands.add_parser("lyrics", help="WEALY lyrics embeddings of audio files (export written with --lyrics)")
+    lyrics.add_argument("paths", nargs="+", help="audio files; the first 5 minutes are decoded")
+    lyrics.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help=f"export directory (default {DEFAULT_MODEL_DIR})")
+    lyrics.add_argument("--verbose", "-v", action="store_true")
+    _add_output_options(lyrics, 1)
+
+
+def cmd_lyrics(args: argparse.Namespace) -> int:
+    """Same rows, order, errors and formats as `embed`; the embedding is the lyrics head's."""
+    from wavlink_edge.runtime.lyrics import Lyrics
+
+    _check_out(args.out, args.resume)
+    model = Lyrics.from_pretrained(args.model)
+    writer = RowWriter(args.out, model.dim, "source", args.resume)
+    paths = [p for p in args.paths if p not in writer.done]
+    results = ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))
+    return _run_rows(args, writer, len(paths), "file", results)
+
+
+COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "bench": cmd_bench,
+            "lyrics": cmd_lyrics}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
