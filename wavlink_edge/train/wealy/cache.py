@@ -3,7 +3,7 @@ evaluation need: the final decoder states, the greedy tokens, the language and t
 
     python -m wavlink_edge.train.wealy.cache --corpus DIR --model EXPORT --out CACHE [--workers 2]
 
-One `<clip>.npz` per clip (a killed run resumes where it stopped); test clips are decoded first.
+One `<clip>.npz` per clip (a killed run resumes where it stopped), song by song.
 Greedy decoding of whisper-base dominates (seconds per clip on two cores), hence the cache.
 """
 from __future__ import annotations
@@ -38,10 +38,10 @@ def _decode_all(args) -> int:
 def cache(corpus: str | Path, model_dir: str | Path, out: str | Path, workers: int = 2) -> None:
     corpus, out = Path(corpus), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    versions = sorted(load(corpus), key=lambda v: (v.split != "test", v.clip))
+    versions = sorted(load(corpus), key=lambda v: v.clip)  # song by song: a cut-short run holds both splits
     clips = [str(corpus / f"{v.clip}.flac") for v in versions]
     start = time.perf_counter()
-    jobs = [(str(model_dir), clips[i::workers], str(out)) for i in range(workers)]
+    jobs = [(str(model_dir), clips[i::workers], str(out)) for i in range(workers)]  # interleaved: songs finish in order
     with mp.get_context("fork").Pool(workers) as pool:
         pool.map(_decode_all, jobs)
     print(f"decoded {len(clips)} clips in {time.perf_counter() - start:.0f} s ({workers} workers, 1 thread each)")
