@@ -90,15 +90,17 @@ class WhisperDecoder(nn.Module):
         query_pos = torch.arange(n) + offset
         key_pos = torch.arange(offset + n)
         causal_bias = torch.where(key_pos[None, :] > query_pos[:, None], float("-inf"), 0.0)
-        x = self.embed_tokens(tokens) + self.embed_positions.weight[offset : offset + n]
+        # Whisper ties the output projection to the token embedding. Both read the one transposed table, so
+        # the exporter's constant folding stores it once (a `weight.T` matmul would add a second copy).
+        table = self.embed_tokens.weight.t()
+        x = table[:, tokens].permute(1, 2, 0) + self.embed_positions.weight[offset : offset + n]
         present_k, present_v = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, past_k[i], past_v[i], cross_k[i], cross_v[i], causal_bias)
             present_k.append(k)
             present_v.append(v)
         states = self.layer_norm(x)
-        # Whisper ties the output projection to the embedding; F.linear exports as Gemm(transB) on the one table
-        logits = F.linear(states[:, -1], self.embed_tokens.weight)
+        logits = states[:, -1] @ table
         return states, logits, torch.stack(present_k), torch.stack(present_v)
 
 
