@@ -101,8 +101,14 @@ def load_head(path: str | Path) -> tuple[WealyHead, dict]:
         meta = f.metadata() or {}
     dims = HeadDims(**json.loads(meta.get("dims", "{}")))
     head = WealyHead(dims)
-    head.load_state_dict(load_file(str(path)))
+    head.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return head.eval(), meta
+
+
+def round_to_stored(head: WealyHead) -> WealyHead:
+    """The head as `save_head` stores it (fp16 values, computed in fp32)."""
+    head.load_state_dict({k: v.half().float() for k, v in head.state_dict().items()})
+    return head
 
 
 def save_head(head: WealyHead, path: str | Path, **meta) -> Path:
@@ -110,7 +116,8 @@ def save_head(head: WealyHead, path: str | Path, **meta) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path),
+    # fp16 on disk (the committed file stays small); `round_to_stored` makes evaluation see these values
+    save_file({k: v.detach().half().contiguous() for k, v in head.state_dict().items()}, str(path),
               metadata={"dims": json.dumps(asdict(head.dims)), **{k: str(v) for k, v in meta.items()}})
     return path
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavlink_edge.export.wealy import HEAD_WEIGHTS, HeadDims, WealyHead, save_head
+from wavlink_edge.export.wealy import HEAD_WEIGHTS, HeadDims, WealyHead, round_to_stored, save_head
 from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.vectors import normalize
 
@@ -151,6 +151,7 @@ def main(argv=None) -> None:
                             eval_fn=lambda h: scores(h, "val"))
     best = max(history, key=lambda r: r["MAP"])
     head, _ = train_head(by_song(groups["fit"] + groups["val"]), best["step"], args.seed)
+    head = round_to_stored(head)
     results = {"songs": {k: len({v.song for v in g}) for k, g in groups.items()},
                "clips": {k: len(g) for k, g in groups.items()}, "tau": TAU, "steps": best["step"],
                "validation_history": history}
