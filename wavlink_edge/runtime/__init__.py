@@ -14,10 +14,11 @@ from wavlink_edge.runtime.errors import (
     TextInputError,
     WavLinkError,
 )
+from wavlink_edge.runtime.lyrics import Lyrics, fused_similarity
 from wavlink_edge.runtime.model import AudioEmbedding, WavLink
 from wavlink_edge.runtime.vectors import cosine, normalize, similarity, truncate
 
 __all__ = [
-    "WavLink", "AudioEmbedding", "similarity", "normalize", "truncate", "cosine",
+    "WavLink", "AudioEmbedding", "Lyrics", "fused_similarity", "similarity", "normalize", "truncate", "cosine",
     "WavLinkError", "ModelFilesError", "InputError", "AudioInputError", "TextInputError", "BackendUnavailableError",
 ]

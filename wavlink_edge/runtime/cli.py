@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     verify = commands.add_parser("verify", help="re-hash every file of an export against its manifest now")
     verify.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    add_lyrics_parser(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
     bench.add_argument("benchmark", choices=("latency", "recall"))
@@ -378,8 +379,38 @@ def native_stderr_silenced(enabled: bool):
         os.close(saved)
 
 
+def add_lyrics_parser(commands) -> None:
+    lyrics = commands.add_parser("lyrics", help="WEALY lyrics embeddings of audio files (export written with --lyrics)")
+    lyrics.add_argument("paths", nargs="+", help="audio files or directories (recursive); the first 5 minutes are decoded")
+    lyrics.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help=f"export directory (default {DEFAULT_MODEL_DIR})")
+    lyrics.add_argument("--verbose", "-v", action="store_true")
+    _add_output_options(lyrics, 1)
+
+
+def cmd_lyrics(args: argparse.Namespace) -> int:
+    """Same rows, order, errors and formats as `embed`; the embedding is the lyrics head's."""
+    from wavlink_edge.runtime.lyrics import Lyrics
+
+    sources = expand_inputs(args.paths)
+    if not sources:
+        raise CliError("the given directories hold no audio files")
+    check_output(args.out, args.resume, sources)
+    with _output_lock(args.out):
+        _check_model_dir(args.model)
+        model = Lyrics.from_pretrained(args.model)
+        header = {"model": model.manifest.model.name, "export_sha256": model.manifest.digest, "dim": model.dim,
+                  "precision": "fp32", "clip_policy": None, "tower": "lyrics", "wavlink_edge_version": __version__}
+        writer = RowWriter(args.out, model.dim, "source", header, args.resume)
+        paths = [p for p in sources if p not in writer.done]
+        if writer.done:
+            print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
+        results = ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))
+        return _run_rows(args, writer, len(paths), "file", results, sources)
+
+
+
 COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "info": cmd_info,
-            "verify": cmd_verify, "bench": cmd_bench}
+            "verify": cmd_verify, "bench": cmd_bench, "lyrics": cmd_lyrics}
 
 
 class _OncePerMessage(logging.Filter):

@@ -20,7 +20,7 @@ FILENAME = "manifest.json"
 EXPORT_FORMAT = "wavlink-edge-export"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
-TOWERS = ("audio", "text")
+TOWERS = ("audio", "text", "lyrics_encoder", "lyrics_decoder", "lyrics_head")  # lyrics: runtime/lyrics.py
 INT8_VARIANTS = ("dynamic", "static")
 # What a caller may ask for: plain precisions, or an explicit INT8 variant.
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "int8_dynamic", "int8_static")

@@ -172,6 +172,10 @@ class OnnxSession:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, feeds)[0]
 
+    def run_all(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output, in graph order (the lyrics decoder returns states, logits and its KV cache)."""
+        return self._session.run(None, feeds)
+
     def end_profiling(self) -> str:
         return self._session.end_profiling()
 

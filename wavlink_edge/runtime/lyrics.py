@@ -1,0 +1,235 @@
+"""WEALY lyrics embeddings (arXiv 2510.08176), torch-free: what is sung or said, not how it sounds.
+
+audio -> 16 kHz -> 30 s windows (first `max_chunks`, 5 min) -> Whisper encoder + every decoder layer's
+cross-attention keys/values (`lyrics_encoder.onnx`, once per window) -> greedy decoding, multilingual
+(the language token is the decoder's own argmax after <|startoftranscript|>), with a self-attention KV
+cache (`lyrics_decoder.onnx`, one token per step) -> the final decoder layer's state of every generated
+step, concatenated over windows -> `lyrics_head.onnx` (projection, 4 transformer blocks, GeM, linear) ->
+L2-normalised embedding.
+
+The greedy rules are CTranslate2's (what faster-whisper runs) with beam_size=1: the model's suppress
+list at every step, blank and end-of-text suppressed at the first step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_blocks
+from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError
+from wavlink_edge.runtime.features import HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.model import _as_items
+from wavlink_edge.runtime.session import CPU_EP, ProviderSpec, choose_providers, open_session, trt_cache_dir
+from wavlink_edge.runtime.vectors import normalize, similarity
+
+log = logging.getLogger("wavlink_edge.runtime")
+
+CONFIG_FILE = "lyrics.json"
+TOWERS = ("lyrics_encoder", "lyrics_decoder", "lyrics_head")
+# Step = (tokens [1, n], past k, past v, cross k, cross v) -> (states [1, n, d], logits [1, V], k, v)
+Step = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class WhisperVocab:
+    """Whisper's special token ids and suppression lists (from the CTranslate2 config and tokenizer)."""
+
+    sot: int
+    eot: int
+    transcribe: int
+    no_timestamps: int
+    lang_ids: tuple[int, ...]
+    suppress: tuple[int, ...]
+    suppress_begin: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WhisperVocab:
+        return cls(**{k: tuple(d[k]) if isinstance(d[k], list) else int(d[k]) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One window's greedy decoding: the language, the generated tokens (end-of-text excluded) and the
+    final-layer state of every step that generated a token, end-of-text included ([len(tokens) + 1, d])."""
+
+    language: int
+    tokens: list[int]
+    states: np.ndarray
+
+
+def greedy_decode(step: Step, cross_k: np.ndarray, cross_v: np.ndarray, vocab: WhisperVocab,
+                  past_k: np.ndarray, past_v: np.ndarray, max_new_tokens: int = 224) -> Decoded:
+    """Greedy decoding of one window; `past_k`/`past_v` are the empty caches ([L, 1, h, d_head, 0] and
+    [L, 1, h, 0, d_head]). The step that predicts end-of-text contributes its state, so silence still
+    yields one state."""
+    _, logits, past_k, past_v = step(np.array([[vocab.sot]], np.int64), past_k, past_v, cross_k, cross_v)
+    lang_ids = np.asarray(vocab.lang_ids)
+    language = int(lang_ids[np.argmax(logits[0, lang_ids])])
+    prompt = np.array([[language, vocab.transcribe, vocab.no_timestamps]], np.int64)
+    states, logits, past_k, past_v = step(prompt, past_k, past_v, cross_k, cross_v)
+    suppress, suppress_begin = list(vocab.suppress), list(vocab.suppress_begin)
+    tokens, collected = [], [states[0, -1]]
+    for i in range(max_new_tokens):
+        scores = logits[0].astype(np.float32, copy=True)
+        scores[suppress] = -np.inf
+        if i == 0:
+            scores[suppress_begin] = -np.inf
+        token = int(np.argmax(scores))
+        if token == vocab.eot:
+            break
+        tokens.append(token)
+        if i + 1 == max_new_tokens:
+            break
+        states, logits, past_k, past_v = step(np.array([[token]], np.int64), past_k, past_v, cross_k, cross_v)
+        collected.append(states[0, -1])
+    return Decoded(language, tokens, np.stack(collected).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class LyricsResult:
+    index: int
+    source: str
+    embedding: np.ndarray | None
+    error: str | None = None
+    windows: int = 0
+    text: str | None = None
+    languages: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _OrtStep:
+    """The decoder session as a `Step`."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, tokens, past_k, past_v, cross_k, cross_v):
+        return tuple(self.session.run_all({"tokens": tokens, "past_k": past_k, "past_v": past_v,
+                                           "cross_k": cross_k, "cross_v": cross_v}))
+
+
+class Lyrics:
+    """WEALY lyrics embeddings from an export written with `export/to_onnx.py --lyrics`."""
+
+    def __init__(self, manifest: Manifest, sessions: dict, config: dict, tokenizer=None):
+        self.manifest = manifest
+        self.config = config
+        self.vocab = WhisperVocab.from_dict(config["vocab"])
+        self.encoder, self.head = sessions["lyrics_encoder"], sessions["lyrics_head"]
+        self.step: Step = _OrtStep(sessions["lyrics_decoder"])
+        self.tokenizer = tokenizer
+        self.dim = int(config["embed_dim"])
+        self.max_chunks = int(config["max_chunks"])
+        self.max_new_tokens = int(config["max_new_tokens"])
+        layers, heads, d_model = (int(config["decoder"][k]) for k in ("n_layers", "n_heads", "d_model"))
+        self._empty = (np.zeros((layers, 1, heads, d_model // heads, 0), np.float32),
+                       np.zeros((layers, 1, heads, 0, d_model // heads), np.float32))
+        self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
+        self.heads = config.get("heads", "untrained")
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str | Path, providers: Sequence[ProviderSpec] | None = None,
+                        threads: int | None = None) -> Lyrics:
+        """Open the lyrics artifacts of an export (fp32), each size- and sha256-checked first."""
+        manifest = Manifest.load(export_dir)
+        if CONFIG_FILE not in manifest.files:
+            raise ModelFilesError(f"{manifest.export_dir} has no lyrics model: write one with "
+                                  "`python export/to_onnx.py --size base --lyrics`")
+        config = json.loads(manifest.read_verified(CONFIG_FILE).decode("utf-8"))
+        chosen = choose_providers(providers, "fp32", trt_cache_dir(manifest.export_dir))
+        chosen = [p for p in chosen if p != "TensorrtExecutionProvider"] or [CPU_EP]  # dynamic KV shapes
+        sessions = {tower: open_session("onnxruntime", manifest, manifest.find_artifact(tower, "fp32"), chosen, threads)
+                    for tower in TOWERS}
+        tokenizer = None
+        if "whisper_tokenizer.json" in manifest.files:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(manifest.read_verified("whisper_tokenizer.json").decode("utf-8"))
+        if config.get("heads") != "trained":
+            log.warning("%s: the lyrics head is untrained: embeddings are not meaningful for matching",
+                        manifest.model.name)
+        return cls(manifest, sessions, config, tokenizer)
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def windows(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
+        """Padded log-mel windows [1, n_mels, max_frames] (30 s for Whisper) of the first `max_chunks`."""
+        blocks = iter_audio_blocks(item, source)
+        window = self.max_frames * HOP_LENGTH
+        for n, samples in enumerate(iter_windows(blocks, window, window)):
+            if n == self.max_chunks:
+                break
+            yield clip_features(samples, self.n_mels, "pad")[None, :, : self.max_frames]
+
+    def decode_window(self, features: np.ndarray) -> Decoded:
+        cross_k, cross_v = self.encoder.run_all({"input_features": np.ascontiguousarray(features, np.float32)})
+        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self._empty, self.max_new_tokens)
+
+    def decode(self, item: AudioInput, source: str | None = None) -> list[Decoded]:
+        source = source or describe_source(item, 0)
+        decoded = [self.decode_window(features) for features in self.windows(item, source)]
+        if not decoded:
+            raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
+        return decoded
+
+    def text(self, decoded: Sequence[Decoded]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return " ".join(self.tokenizer.decode(d.tokens).strip() for d in decoded).strip()
+
+    def embed_states(self, states: np.ndarray) -> np.ndarray:
+        """Decoder states [m, d] -> normalised embedding [dim]."""
+        return normalize(self.head.run({"states": np.ascontiguousarray(states[None], np.float32)}))[0]
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def iter_embed_lyrics(self, inputs: Iterable[AudioInput]) -> Iterator[LyricsResult]:
+        """One result per input, in order; a bad item yields its error and the rest go on."""
+        for index, item in enumerate(_as_items(inputs)):
+            source = describe_source(item, index)
+            try:
+                decoded = self.decode(item, source)
+            except AudioInputError as exc:
+                yield LyricsResult(index, source, None, str(exc))
+                continue
+            except (ValueError, TypeError, OSError, MemoryError) as exc:
+                yield LyricsResult(index, source, None, f"{source}: cannot decode audio ({type(exc).__name__}: {exc})")
+                continue
+            states = np.concatenate([d.states for d in decoded])
+            languages = tuple(self._language_code(d.language) for d in decoded)
+            yield LyricsResult(index, source, self.embed_states(states), None, len(decoded), self.text(decoded),
+                               languages)
+
+    def embed_lyrics(self, inputs: Iterable[AudioInput]) -> np.ndarray:
+        """float32 [N, dim]; raises on the first bad item, naming it."""
+        rows = []
+        for result in self.iter_embed_lyrics(inputs):
+            if not result.ok:
+                raise AudioInputError(result.error)
+            rows.append(result.embedding)
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+    def _language_code(self, token: int) -> str:
+        if self.tokenizer is None:
+            return str(token)
+        return (self.tokenizer.id_to_token(token) or str(token)).strip("<|>")
+
+
+def fused_similarity(lyrics_a: np.ndarray, lyrics_b: np.ndarray, audio_a: np.ndarray, audio_b: np.ndarray,
+                     lyrics_weight: float = 0.5) -> np.ndarray:
+    """Late fusion (WEALY + an acoustic embedding, as the paper's CLEWS + WEALY): a weighted sum of the
+    two cosine similarity matrices [Na, Nb]."""
+    if not 0.0 <= lyrics_weight <= 1.0:
+        raise ValueError(f"lyrics_weight must be in [0, 1], got {lyrics_weight!r}")
+    return lyrics_weight * similarity(lyrics_a, lyrics_b) + (1.0 - lyrics_weight) * similarity(audio_a, audio_b)
+
