@@ -158,6 +158,7 @@ def test_recall_intervals_resample_clips_with_their_captions():
 
 
 def test_stages_record_time_and_peak_memory():
+    pytest.importorskip("torch", reason="train.train needs torch (the [export] extra)")
     from wavlink_edge.train.train import Stages
 
     stages = Stages()
