@@ -68,24 +68,28 @@ def whisper_encoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np
     out["layer_norm.bias"] = take("encoder/layer_norm/beta")
     n_layers = len({m.group(1) for k in variables if (m := re.match(r"encoder/layer_(\d+)/", k))})
     for i in range(n_layers):
-        src, dst = f"encoder/layer_{i}", f"layers.{i}"
-        qkv_w, qkv_b = take(f"{src}/self_attention/linear_0/weight"), take(f"{src}/self_attention/linear_0/bias")
-        q_w, k_w, v_w = np.split(qkv_w, 3, axis=0)
-        q_b, _, v_b = np.split(qkv_b, 3, axis=0)
-        out.update({
-            f"{dst}.self_attn.q_proj.weight": q_w, f"{dst}.self_attn.q_proj.bias": q_b,
-            f"{dst}.self_attn.k_proj.weight": k_w,
-            f"{dst}.self_attn.v_proj.weight": v_w, f"{dst}.self_attn.v_proj.bias": v_b,
-            f"{dst}.self_attn.out_proj.weight": take(f"{src}/self_attention/linear_1/weight"),
-            f"{dst}.self_attn.out_proj.bias": take(f"{src}/self_attention/linear_1/bias"),
-            f"{dst}.self_attn_layer_norm.weight": take(f"{src}/self_attention/layer_norm/gamma"),
-            f"{dst}.self_attn_layer_norm.bias": take(f"{src}/self_attention/layer_norm/beta"),
-            f"{dst}.fc1.weight": take(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": take(f"{src}/ffn/linear_0/bias"),
-            f"{dst}.fc2.weight": take(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": take(f"{src}/ffn/linear_1/bias"),
-            f"{dst}.final_layer_norm.weight": take(f"{src}/ffn/layer_norm/gamma"),
-            f"{dst}.final_layer_norm.bias": take(f"{src}/ffn/layer_norm/beta"),
-        })
+        out.update(self_attention_and_ffn(take, f"encoder/layer_{i}", f"layers.{i}"))
     return out
+
+
+def self_attention_and_ffn(take, src: str, dst: str) -> dict:
+    """One CTranslate2 Whisper layer's self-attention (fused qkv split, no k bias), FFN and their norms,
+    under transformers' names: shared by the encoder and decoder loaders."""
+    q_w, k_w, v_w = np.split(take(f"{src}/self_attention/linear_0/weight"), 3, axis=0)
+    q_b, _, v_b = np.split(take(f"{src}/self_attention/linear_0/bias"), 3, axis=0)
+    return {
+        f"{dst}.self_attn.q_proj.weight": q_w, f"{dst}.self_attn.q_proj.bias": q_b,
+        f"{dst}.self_attn.k_proj.weight": k_w,
+        f"{dst}.self_attn.v_proj.weight": v_w, f"{dst}.self_attn.v_proj.bias": v_b,
+        f"{dst}.self_attn.out_proj.weight": take(f"{src}/self_attention/linear_1/weight"),
+        f"{dst}.self_attn.out_proj.bias": take(f"{src}/self_attention/linear_1/bias"),
+        f"{dst}.self_attn_layer_norm.weight": take(f"{src}/self_attention/layer_norm/gamma"),
+        f"{dst}.self_attn_layer_norm.bias": take(f"{src}/self_attention/layer_norm/beta"),
+        f"{dst}.fc1.weight": take(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": take(f"{src}/ffn/linear_0/bias"),
+        f"{dst}.fc2.weight": take(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": take(f"{src}/ffn/linear_1/bias"),
+        f"{dst}.final_layer_norm.weight": take(f"{src}/ffn/layer_norm/gamma"),
+        f"{dst}.final_layer_norm.bias": take(f"{src}/ffn/layer_norm/beta"),
+    }
 
 
 def read_split_model(parts: list[Path]) -> bytes:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ct2 import read_ct2_variables, read_split_model
+from .ct2 import read_ct2_variables, read_split_model, self_attention_and_ffn
 from .model import MultiHeadAttention
 
 
@@ -121,18 +121,10 @@ def whisper_decoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np
     n_layers = len({m.group(1) for k in variables if (m := re.match(r"decoder/layer_(\d+)/", k))})
     for i in range(n_layers):
         src, dst = f"decoder/layer_{i}", f"layers.{i}"
-        q_w, k_w, v_w = np.split(take(f"{src}/self_attention/linear_0/weight"), 3)
-        q_b, _, v_b = np.split(take(f"{src}/self_attention/linear_0/bias"), 3)
         ck_w, cv_w = np.split(take(f"{src}/attention/linear_1/weight"), 2)
         _, cv_b = np.split(take(f"{src}/attention/linear_1/bias"), 2)
+        out.update(self_attention_and_ffn(take, src, dst))
         out.update({
-            f"{dst}.self_attn.q_proj.weight": q_w, f"{dst}.self_attn.q_proj.bias": q_b,
-            f"{dst}.self_attn.k_proj.weight": k_w,
-            f"{dst}.self_attn.v_proj.weight": v_w, f"{dst}.self_attn.v_proj.bias": v_b,
-            f"{dst}.self_attn.out_proj.weight": take(f"{src}/self_attention/linear_1/weight"),
-            f"{dst}.self_attn.out_proj.bias": take(f"{src}/self_attention/linear_1/bias"),
-            f"{dst}.self_attn_layer_norm.weight": take(f"{src}/self_attention/layer_norm/gamma"),
-            f"{dst}.self_attn_layer_norm.bias": take(f"{src}/self_attention/layer_norm/beta"),
             f"{dst}.encoder_attn.q_proj.weight": take(f"{src}/attention/linear_0/weight"),
             f"{dst}.encoder_attn.q_proj.bias": take(f"{src}/attention/linear_0/bias"),
             f"{dst}.encoder_attn.k_proj.weight": ck_w,
@@ -141,10 +133,6 @@ def whisper_decoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np
             f"{dst}.encoder_attn.out_proj.bias": take(f"{src}/attention/linear_2/bias"),
             f"{dst}.encoder_attn_layer_norm.weight": take(f"{src}/attention/layer_norm/gamma"),
             f"{dst}.encoder_attn_layer_norm.bias": take(f"{src}/attention/layer_norm/beta"),
-            f"{dst}.fc1.weight": take(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": take(f"{src}/ffn/linear_0/bias"),
-            f"{dst}.fc2.weight": take(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": take(f"{src}/ffn/linear_1/bias"),
-            f"{dst}.final_layer_norm.weight": take(f"{src}/ffn/layer_norm/gamma"),
-            f"{dst}.final_layer_norm.bias": take(f"{src}/ffn/layer_norm/beta"),
         })
     return out
 
