@@ -260,23 +260,20 @@ def exclusive_output(out: Path, force: bool = False, log=print):
         building.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary directory
         try:
             yield building
-            if (out / "manifest.json").is_file():
-                _update_in_place(building, out, log)
-            else:
-                out.mkdir(exist_ok=True)
-                for path in sorted(building.iterdir(), key=lambda p: p.name == "manifest.json"):
-                    os.replace(path, out / path.name)  # the manifest last: it lists only files already there
+            out.mkdir(exist_ok=True)
+            _update_in_place(building, out, log)
         finally:
             shutil.rmtree(building, ignore_errors=True)
 
 
 def _update_in_place(building: Path, out: Path, log) -> None:
-    """Move the new fp32 export over ``out`` and merge manifests, keeping still-valid derived artifacts."""
+    """Move the new fp32 export into ``out`` (new or an earlier export) and merge manifests, keeping still-valid
+    derived artifacts. The manifest is written last: it lists only files already in place."""
     new = Manifest.load(building)
     try:
         old = Manifest.load(out)
     except WavLinkError:
-        old = None  # unreadable: nothing of it can be vouched for; its listed files stay on disk, unlisted
+        old = None  # none, or unreadable: nothing of it can be vouched for; its files stay on disk, unlisted
     kept, dropped = {}, []
     if old is not None:
         derived = {a.file: a for a in old.artifacts if a.precision != "fp32"}

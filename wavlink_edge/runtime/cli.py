@@ -151,11 +151,24 @@ def _check_model_dir(model_dir: Path) -> None:
         raise CliError(f"no WavLink Edge export at {model_dir}: {hint}")
 
 
-def _header(model: WavLink, tower: str, dim: int) -> dict:
+def _header(manifest: Manifest, dim: int, tower: str, precision: str, clip_policy: str | None = None) -> dict:
     """What a file output records of the run that wrote it (compared by --resume)."""
-    return {"model": model.spec.name, "export_sha256": model.manifest.digest, "dim": dim,
-            "precision": model.precision, "clip_policy": model.clip_policy if tower == "audio" else None,
-            "tower": tower, "wavlink_edge_version": __version__}
+    return {"model": manifest.model.name, "export_sha256": manifest.digest, "dim": dim, "precision": precision,
+            "clip_policy": clip_policy, "tower": tower, "wavlink_edge_version": __version__}
+
+
+def _embed_files(args: argparse.Namespace, sources: list[str], load) -> int:
+    """The file job `embed` and `lyrics` share: output checked and locked before the model loads, sources
+    --resume finds done skipped, one row per source in input order. ``load()`` returns (dim, header,
+    embed), ``embed(paths)`` yielding (source, embedding, error) per path."""
+    check_output(args.out, args.resume, sources)
+    with _output_lock(args.out):
+        dim, header, embed = load()
+        writer = RowWriter(args.out, dim, "source", header, args.resume)
+        paths = [p for p in sources if p not in writer.done]
+        if writer.done:
+            print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
+        return _run_rows(args, writer, len(paths), "file", embed(paths), sources)
 
 
 def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: list[str]) -> int:
@@ -194,18 +207,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from wavlink_edge.runtime.ray_pipeline import cmd_embed_ray
         return cmd_embed_ray(args, sources)
-    check_output(args.out, args.resume, sources)
-    with _output_lock(args.out):
+
+    def load():
         model = _load_model(args)
-        writer = RowWriter(args.out, model.dim, "source", _header(model, "audio", model.dim), args.resume)
-        paths = [p for p in sources if p not in writer.done]
-        if writer.done:
-            print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
-        results = ((r.source, r.embedding, r.error)
-                   for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
-        if args.workers > 1:
-            results = parallel.cli_results(args, paths)
-        return _run_rows(args, writer, len(paths), "file", results, sources)
+
+        def embed(paths):
+            if args.workers > 1:
+                return parallel.cli_results(args, paths)
+            return ((r.source, r.embedding, r.error)
+                    for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
+
+        return model.dim, _header(model.manifest, model.dim, "audio", model.precision, model.clip_policy), embed
+
+    return _embed_files(args, sources, load)
 
 
 @contextlib.contextmanager
@@ -241,7 +255,8 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
         raise CliError("no texts given (positional TEXTS or --file)")
     with _output_lock(args.out):
         model = _load_model(args)
-        writer = RowWriter(args.out, model.dim, "text", _header(model, "text", model.dim), args.resume)
+        writer = RowWriter(args.out, model.dim, "text", _header(model.manifest, model.dim, "text", model.precision),
+                           args.resume)
         todo = [t for t in texts if _printable(t) not in writer.done]
 
         def results():
@@ -394,18 +409,14 @@ def cmd_lyrics(args: argparse.Namespace) -> int:
     sources = expand_inputs(args.paths)
     if not sources:
         raise CliError("the given directories hold no audio files")
-    check_output(args.out, args.resume, sources)
-    with _output_lock(args.out):
+
+    def load():
         _check_model_dir(args.model)
         model = Lyrics.from_pretrained(args.model)
-        header = {"model": model.manifest.model.name, "export_sha256": model.manifest.digest, "dim": model.dim,
-                  "precision": "fp32", "clip_policy": None, "tower": "lyrics", "wavlink_edge_version": __version__}
-        writer = RowWriter(args.out, model.dim, "source", header, args.resume)
-        paths = [p for p in sources if p not in writer.done]
-        if writer.done:
-            print(f"--resume: {len(sources) - len(paths)} sources already in {args.out}", file=sys.stderr)
-        results = ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))
-        return _run_rows(args, writer, len(paths), "file", results, sources)
+        embed = lambda paths: ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))  # noqa: E731
+        return model.dim, _header(model.manifest, model.dim, "lyrics", "fp32"), embed
+
+    return _embed_files(args, sources, load)
 
 
 
