@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wavlink_edge.export.model import AudioDims, TextSpec, WavLinkConfig, WavLinkModel, matryoshka_dims
-from wavlink_edge.train import data, heads, loop, metrics, train
+from wavlink_edge.train import data, heads, levers, loop, metrics, train
 
 TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=64)
@@ -29,6 +29,41 @@ def test_matryoshka_loss_prefers_aligned_pairs():
     aligned = heads.matryoshka_clip_loss(audio, audio + 0.01 * torch.randn(8, 64), scale, [64, 32, 16, 8])
     shuffled = heads.matryoshka_clip_loss(audio, audio[torch.randperm(8)], scale, [64, 32, 16, 8])
     assert aligned < 0.1 < shuffled
+
+
+def test_same_label_pairs_leave_each_others_softmax():
+    """Two clips of one class captioned alike: as negatives they cap the loss far above zero; masked, it falls."""
+    torch.manual_seed(0)
+    audio = torch.randn(6, 32)
+    text = audio.clone()
+    text[1], audio[1] = text[0], audio[0]  # rows 0 and 1: same label, same caption vector
+    scale = torch.tensor(np.log(100.0), dtype=torch.float32)
+    fit = data.FitSet(None, None, ["dog", "dog", "cat"], ["a", "b", "a"])
+    fit.clips = type("Clips", (), {"__len__": lambda self: 6})()  # 3 generated rows, then the 3 real ones
+    pairs = loop.not_negative_pairs(fit, np.array([3, 4, 0, 5, 1, 2]))
+    assert pairs.tolist()[0][:2] == [False, True] and pairs.sum() == 2 and not pairs.diagonal().any()
+    not_negative = torch.zeros(6, 6, dtype=torch.bool)
+    not_negative[0, 1] = not_negative[1, 0] = True
+    plain = heads.matryoshka_clip_loss(audio, text, scale, [32, 16])
+    masked = heads.matryoshka_clip_loss(audio, text, scale, [32, 16], not_negative)
+    assert torch.isfinite(masked) and masked < 0.05 < plain
+
+
+def test_package_balance_evens_out_packages():
+    fit = data.FitSet(None, None, ["x"] * 100, ["big"] * 90 + ["small"] * 10)
+    fit.clips = type("Clips", (), {"__len__": lambda self: 104})()  # 4 generated rows first
+    rng = np.random.default_rng(0)
+    as_before = loop.real_pool(fit, loop.Recipe(real_repeats=2), rng)
+    assert sorted(as_before.tolist()) == sorted(list(range(4, 104)) * 2)
+    balanced = loop.real_pool(fit, loop.Recipe(real_repeats=2, package_balance=1.0), rng)
+    assert len(balanced) == 200 and balanced.min() >= 4
+    assert 70 < (balanced >= 94).sum() < 130  # the 10-clip package: ~half the draws (vs 20 before)
+
+
+def test_levers_choice_prefers_the_score_then_the_earlier_lever():
+    results = {"as before": {"best_score": 0.5}, "a": {"best_score": 0.7}, "b": {"best_score": 0.7}}
+    assert levers.chosen(results) == "a"
+    assert set(levers.LEVERS["as before"]) == set() and all(hasattr(loop.Recipe, k) for c in levers.LEVERS.values() for k in c)
 
 
 def test_retrieval_metrics_on_known_rankings():
@@ -133,8 +168,12 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     missing = missing_packages() + real.missing_packages()
     if missing:
         pytest.skip(f"Debian packages not installed: {', '.join(missing)}")
-    assert train.main(["--quick", "--workdir", str(tmp_path)]) == 0
+    assert train.main(["--quick", "--levers", "--workdir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["levers"]) == set(levers.LEVERS)  # each lever trained, the best one's recipe kept
+    best = levers.chosen(results["levers"])
+    assert all(results["recipe"][k] == v for k, v in levers.LEVERS[best].items())
+    assert results["selection"]["epochs"] == results["levers"][best]["best_epoch"]
     losses = results["selection"]["curves"]["train_loss"]  # the epoch-selection run trains every epoch
     assert losses[-1] < losses[0], losses
     assert 1 <= results["recipe"]["epochs"] == len(results["curves"]["epoch"]) <= results["selection"]["max_epochs"]
@@ -155,6 +194,7 @@ def test_tiny_pipeline_loss_falls(tmp_path):
     (tmp_path / "out" / "wavlink-base-demo.safetensors").write_bytes((tmp_path / "heads.safetensors").read_bytes())
     assert train.main(["--render-card", "--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert f"the best, **{best}**, ships" in card
     assert "## Headline figures" in card and "committed before this run" in card and "[" in card.split("## Recipe")[0]
 
 

@@ -61,6 +61,21 @@ def _selection_lines(r: dict) -> list[str]:
             "files included) for that many epochs"]
 
 
+def _lever_lines(r: dict) -> list[str]:
+    """The levers compared on validation (train/levers.py), when this run compared them."""
+    if not r.get("levers"):
+        return []
+    best = max(r["levers"], key=lambda name: r["levers"][name]["best_score"])
+    lines = [f"- levers compared on validation before training (`--levers`; each a selection run of up to "
+             f"{r['selection']['max_epochs']} epochs from the same start; score = real-validation zero-shot top-1 + "
+             f"generated validation mean R@1, smoothed over 3 epochs): the best, **{best}**, ships", "",
+             "  | lever | recipe change | best score | at epoch |", "  |---|---|---|---|"]
+    for name, lever in r["levers"].items():
+        change = ", ".join(f"{k}={v}" for k, v in lever["change"].items()) or "-"
+        lines.append(f"  | {name} | {change} | {lever['best_score']:.3f} | {lever['best_epoch']} |")
+    return lines + [""]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -170,8 +185,11 @@ def model_card(results: dict, path: Path) -> Path:
         "frozen encoder this lets the frames' states be computed once and cached; the exported graph does the same",
         f"- Matryoshka CLIP loss at {r['dims']}, learnable temperature; AdamW lr {r['recipe']['lr']}, weight decay "
         f"{r['recipe']['weight_decay']}, batch {r['recipe']['batch_size']}, {r['recipe']['epochs']} epochs, real clips "
-        f"{r['recipe']['real_repeats']}x per epoch, seed {r['recipe']['seed']}; trained on {r['recipe']['clip_policy']} states",
+        f"{r['recipe']['real_repeats']}x per epoch, seed {r['recipe']['seed']}; trained on {r['recipe']['clip_policy']} states"
+        + (f"; real clips drawn with weight (package size)^-{r['recipe']['package_balance']}" if r["recipe"].get("package_balance") else "")
+        + ("; two real clips of one label are not each other's negatives" if r["recipe"].get("same_label_negatives") is False else ""),
         *_selection_lines(r),
+        *_lever_lines(r),
         f"- input-length policy served: **{ship}**: the policy the heads were trained on, unless the other beats it on "
         "zero-shot top-1 at full width on the real test split by more than one clip (trim: the encoder runs only on the "
         "frames holding audio, >= 1 s, ~4x faster for short clips; pad: 30 s windows)",

@@ -157,6 +157,8 @@ class Features:
     val_prompts: np.ndarray
     held_out: np.ndarray  # real train rows kept out of the epoch-selection run (real.validation_rows)
     scored: np.ndarray  # of those, the ones validation scores
+    train_labels: list  # label and source package of every real train row (the recipe's sampling and loss use them)
+    train_packages: list
 
 
 def audio_features(model: WavLinkModel, corpus: Path, work: Path, pad: str = "all") -> tuple[dict, dict]:
@@ -189,7 +191,9 @@ def text_features(model: WavLinkModel, tokenizer: Path, corpus: Path, work: Path
     val_classes = sorted(set(val_labels))
     val_prompts = cache_text(model, tokenizer, [p for c in val_classes for p in real.class_prompts(c)],
                              work / "text_prompts_validation")
-    return Features(splits, states, texts, classes, labels, prompts, val_classes, val_labels, val_prompts, held_out, scored)
+    rows = real.metadata(corpus, "train")
+    return Features(splits, states, texts, classes, labels, prompts, val_classes, val_labels, val_prompts, held_out, scored,
+                    [r["label"] for r in rows], [r["package"] for r in rows])
 
 
 @dataclass
@@ -237,8 +241,22 @@ class TrainingSets:
                                for (s, p), v in f.states.items() if s in ("test", "real_test")},
                               {"generated": f.texts["test"], "real": f.texts["real_test"]}, (f.prompts, f.labels, f.classes))
 
-    def fit(self, real_rows: np.ndarray) -> tuple:
-        """(clips, caption vectors, number of real clips) for loop.train: generated train clips, then these real rows."""
+    def fit(self, real_rows: np.ndarray) -> FitSet:
+        """What loop.train trains on: the generated train clips, then these real rows."""
         clips = ClipStates.concat([self.gen_train, self.real_train], [self.train_idx, real_rows], self.layer)
         text = np.concatenate([caption_rows(self.f.texts["train"], self.train_idx), caption_rows(self.f.texts["real_train"], real_rows)])
-        return clips, text, len(real_rows)
+        return FitSet(clips, text, [self.f.train_labels[i] for i in real_rows], [self.f.train_packages[i] for i in real_rows])
+
+
+@dataclass
+class FitSet:
+    """Training clips (generated first, then real), their caption vectors (CAPTIONS_PER_CLIP rows a clip), and the
+    label and package of each real clip."""
+    clips: ClipStates
+    text: np.ndarray
+    real_labels: list
+    real_packages: list
+
+    @property
+    def n_real(self) -> int:
+        return len(self.real_labels)

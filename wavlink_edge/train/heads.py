@@ -35,13 +35,18 @@ def base_model() -> tuple[WavLinkModel, Path]:
     return model, tokenizer
 
 
-def matryoshka_clip_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """CLIP InfoNCE (both directions) at every Matryoshka prefix, averaged; prefixes re-normalised."""
+def matryoshka_clip_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, dims: list[int],
+                         not_negative: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP InfoNCE (both directions) at every Matryoshka prefix, averaged; prefixes re-normalised.
+    `not_negative` [B, B] (symmetric, False on the diagonal): pairs left out of each other's softmax, e.g. two
+    recordings of one class whose captions are phrasings of the same label."""
     target = torch.arange(audio.shape[0])
     scale = logit_scale.clamp(max=math.log(100)).exp()
     losses = []
     for d in dims:
         logits = scale * F.normalize(audio[:, :d], dim=-1) @ F.normalize(text[:, :d], dim=-1).T
+        if not_negative is not None:
+            logits = logits.masked_fill(not_negative, float("-inf"))
         losses.append((F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2)
     return torch.stack(losses).mean()
 

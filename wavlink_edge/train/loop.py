@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wavlink_edge.export.model import WavLinkModel
-from wavlink_edge.train.data import CAPTIONS_PER_CLIP, SEED, ClipStates
+from wavlink_edge.train.data import CAPTIONS_PER_CLIP, SEED, FitSet
 from wavlink_edge.train.heads import audio_vectors, matryoshka_clip_loss, trainable_parameters
 
 
@@ -22,12 +22,34 @@ class Recipe:
     clip_policy: str = "trim"  # the policy the cached training states use
     real_repeats: int = 2  # real clips per epoch, relative to once: they are few and are what users record
     seed: int = SEED
+    # levers (train/levers.py compares them on validation); the defaults are the recipe before they existed
+    package_balance: float = 0.0  # real clips drawn with weight package_size ** -package_balance (0: each once a repeat)
+    same_label_negatives: bool = True  # False: two real clips of one label are not each other's negatives
 
 
-def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_text: np.ndarray, n_real: int,
-          validation, log=print) -> dict:
+def real_pool(fit: FitSet, recipe: Recipe, rng: np.random.Generator) -> np.ndarray:
+    """The real clips of one epoch, as rows of fit.clips: each `real_repeats` times, or (package_balance > 0) as many
+    draws weighted so a large package does not dominate."""
+    n_gen = len(fit.clips) - fit.n_real
+    if recipe.package_balance == 0:
+        return np.tile(np.arange(n_gen, len(fit.clips)), recipe.real_repeats)
+    packages, index = np.unique(fit.real_packages, return_inverse=True)
+    weight = np.bincount(index).astype(float)[index] ** -recipe.package_balance
+    return n_gen + rng.choice(fit.n_real, size=fit.n_real * recipe.real_repeats, p=weight / weight.sum())
+
+
+def not_negative_pairs(fit: FitSet, idx: np.ndarray) -> torch.Tensor:
+    """[B, B] True where two different real clips of the batch share a label (generated clips never do)."""
+    n_gen = len(fit.clips) - fit.n_real
+    labels = np.array([fit.real_labels[i - n_gen] if i >= n_gen else f"generated:{i}" for i in idx])
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    return torch.from_numpy(same)
+
+
+def train(model: WavLinkModel, recipe: Recipe, fit: FitSet, validation, log=print) -> dict:
     """Returns per-epoch curves (`validation(model)`'s scores among them). Batches group clips of similar length so
-    little padding is computed; the last `n_real` clips (real recordings) appear `real_repeats` times per epoch."""
+    little padding is computed; the real recordings come `real_repeats` times per epoch (real_pool)."""
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     for p in model.parameters():
@@ -37,13 +59,13 @@ def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_te
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     dims = list(model.config.matryoshka_dims)
-    n = len(train_clips)
-    pool = np.concatenate([np.arange(n)] + [np.arange(n - n_real, n)] * (recipe.real_repeats - 1))
+    train_clips, n_gen = fit.clips, len(fit.clips) - fit.n_real
     curves: dict[str, list] = {}
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
         model.train()
         losses = []
+        pool = np.concatenate([np.arange(n_gen), real_pool(fit, recipe, rng)])
         # length buckets, re-drawn each epoch so repeated real clips meet different negatives
         jitter = rng.uniform(0, 20, size=len(pool))
         order = pool[np.argsort(train_clips.lengths[pool] + jitter, kind="stable")]
@@ -53,8 +75,9 @@ def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_te
             if len(idx) < 2:
                 continue
             caption = rng.integers(0, CAPTIONS_PER_CLIP, size=len(idx))
-            text = model.text.projector(torch.from_numpy(train_text[idx * CAPTIONS_PER_CLIP + caption]))
-            loss = matryoshka_clip_loss(audio_vectors(model, train_clips, idx), text, model.logit_scale, dims)
+            text = model.text.projector(torch.from_numpy(fit.text[idx * CAPTIONS_PER_CLIP + caption]))
+            loss = matryoshka_clip_loss(audio_vectors(model, train_clips, idx), text, model.logit_scale, dims,
+                                        None if recipe.same_label_negatives else not_negative_pairs(fit, idx))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -68,9 +91,14 @@ def train(model: WavLinkModel, recipe: Recipe, train_clips: ClipStates, train_te
     return curves
 
 
-def choose_epochs(curves: dict) -> int:
-    """The epoch count with the best validation score: real-validation zero-shot top-1 plus the generated split's
-    mean R@1, each epoch averaged with its neighbours (one real validation clip is ~3 points); the later on ties."""
+def smoothed_score(curves: dict) -> np.ndarray:
+    """Per epoch: real-validation zero-shot top-1 plus the generated split's mean R@1, averaged with the neighbouring
+    epochs (one real validation clip is ~3 points)."""
     score = np.asarray(curves.get("real_val_zero_shot", 0.0)) + (np.asarray(curves["val_t2a_r1"]) + np.asarray(curves["val_a2t_r1"])) / 2
-    smooth = np.convolve(np.pad(score, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return np.convolve(np.pad(score, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+
+
+def choose_epochs(curves: dict) -> int:
+    """The epoch count with the best smoothed validation score; the later on ties."""
+    smooth = smoothed_score(curves)
     return int(curves["epoch"][len(smooth) - 1 - int(np.argmax(smooth[::-1]))])

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run by path (`python train/train.py`): import t
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wavlink_edge.export.backbones import DEMO_HEADS, load_heads
-from wavlink_edge.train import card, data, metrics
+from wavlink_edge.train import card, data, levers, metrics
 from wavlink_edge.train.corpus import real
 from wavlink_edge.train.evaluate import Validation, choose_policy, evaluate_tests, validation_score
 from wavlink_edge.train.heads import base_model, save_heads
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(the real one rendered into WORKDIR/corpus, the generated one from --generated-test)")
     parser.add_argument("--generated-test", default=str(Path(__file__).resolve().parents[1] / "bench" / "data" / "wavlink_eval"),
                         help="with --evaluate: the generated test split (default: the committed bench/data/wavlink_eval)")
+    parser.add_argument("--levers", action="store_true", help="compare the recipe levers (train/levers.py) on validation "
+                        "first and train the shipped heads with the best (one selection run per lever)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job holds a core)")
     return parser.parse_args(argv)
 
@@ -90,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     with stages("train"):
         # The epoch count is chosen with the validation files held out; the shipped heads are then trained afresh
         # on every train file for that many epochs.
-        selection = train(model, recipe, *sets.fit(np.flatnonzero(~features.held_out)), validation)
+        selection_rows = sets.fit(np.flatnonzero(~features.held_out))
+        lever_results = {}
+        if args.levers:  # each lever's run is a selection run; the best one's recipe and curves are kept
+            lever_results = levers.compare(model, initial_state, recipe, selection_rows, validation)
+            recipe = replace(recipe, **levers.LEVERS[levers.chosen(lever_results)])
+            selection = lever_results[levers.chosen(lever_results)]["curves"]
+        else:
+            selection = train(model, recipe, selection_rows, validation)
         final_recipe = replace(recipe, epochs=choose_epochs(selection))
         model.load_state_dict(initial_state)
-        curves = train(model, final_recipe, *sets.fit(np.arange(len(splits["real_train"]))), Validation(*sets.gen_val))
+        curves = train(model, final_recipe, sets.fit(np.arange(len(splits["real_train"]))), Validation(*sets.gen_val))
     with stages("evaluation"):
         # Evaluate what ships: the fp16-rounded heads loaded back into the frozen backbones.
         heads = save_heads(model, final_recipe, recipe.clip_policy, work / "heads.safetensors")
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "real_classes": features.classes,
         "real_classes_seen": sorted(set(features.classes) & set(real.labels(corpus, "train"))),
         "eval": {"trained": trained, "untrained": untrained, **({"previous": previous["eval"]} if previous else {})},
+        "levers": {name: {k: v for k, v in r.items() if k != "curves"} for name, r in lever_results.items()},
         "ship": {"better_on_validation": better, "validation_new": chosen,
                  "validation_previous": previous and previous["validation"]},
         "chance": {s: metrics.chance(len(splits[k]), data.CAPTIONS_PER_CLIP) for s, k in (("generated", "test"), ("real", "real_test"))},
