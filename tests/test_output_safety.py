@@ -92,6 +92,27 @@ def test_resume_refuses_rows_of_another_dim_model_or_tower(tiny_export, clips, t
     assert code == 2 and "model 'another-model'" in err
 
 
+def test_resume_survives_changes_to_other_files_of_the_export_but_not_to_its_artifact(tiny_export, clips, tmp_path, capsys):
+    """The header keys the rows by the audio artifact in use: adding files to the export (a quantized text
+    tower, notes) keeps them; rows of another artifact are refused."""
+    from wavlink_edge.runtime.manifest import Manifest
+
+    export, out = Path(shutil.copytree(tiny_export, tmp_path / "export")), tmp_path / "emb.jsonl"
+    assert run(capsys, "embed", clips[0], "--model", export, "--out", out)[0] == 0
+    manifest = Manifest.load(export)
+    (export / "NOTES.txt").write_text("re-exported text tower\n")
+    manifest.record("NOTES.txt")
+    manifest.save()
+    code, err = run(capsys, "embed", *clips, "--model", export, "--out", out, "--resume")
+    assert code == 0 and "1 sources already" in err and len(read_rows(out)[1]) == len(clips)
+    header, rows = read_rows(out)
+    lines = out.read_text().splitlines()
+    lines[0] = json.dumps({HEADER_KEY: {**header, "model_digest": "0" * 64}})
+    out.write_text("\n".join(lines) + "\n")
+    code, err = run(capsys, "embed", *clips, "--model", export, "--out", out, "--resume")
+    assert code == 2 and "model_digest" in err
+
+
 def test_resume_repairs_a_cut_last_row_and_completes_in_order(tiny_export, clips, tmp_path, capsys):
     out = tmp_path / "emb.jsonl"
     assert run(capsys, "embed", *clips, "--model", tiny_export, "--out", out)[0] == 0

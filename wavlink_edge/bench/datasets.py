@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES
+
 BUILTIN = Path(__file__).resolve().parent / "data" / "wavlink_eval"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 ESC50_PROMPT = "the sound of {}"
 MAX_SECONDS = 30  # one encoder window: longer clips are cut for every backend alike
 

@@ -151,9 +151,10 @@ def _check_model_dir(model_dir: Path) -> None:
         raise CliError(f"no WavLink Edge export at {model_dir}: {hint}")
 
 
-def _header(manifest: Manifest, dim: int, tower: str, precision: str, clip_policy: str | None = None) -> dict:
-    """What a file output records of the run that wrote it (compared by --resume)."""
-    return {"model": manifest.model.name, "export_sha256": manifest.digest, "dim": dim, "precision": precision,
+def _header(manifest: Manifest, digest: str, dim: int, tower: str, precision: str, clip_policy: str | None = None) -> dict:
+    """What a file output records of the run that wrote it (compared by --resume). `digest`: of the artifacts
+    that computed the rows (re-exporting or quantizing other files of the export leaves it as it was)."""
+    return {"model": manifest.model.name, "model_digest": digest, "dim": dim, "precision": precision,
             "clip_policy": clip_policy, "tower": tower, "wavlink_edge_version": __version__}
 
 
@@ -217,7 +218,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             return ((r.source, r.embedding, r.error)
                     for r in model.iter_embed_audio(paths, dim=args.dim, batch_size=args.batch_size))
 
-        return model.dim, _header(model.manifest, model.dim, "audio", model.precision, model.clip_policy), embed
+        return model.dim, _header(model.manifest, model.tower_digest("audio"), model.dim, "audio", model.precision, model.clip_policy), embed
 
     return _embed_files(args, sources, load)
 
@@ -255,7 +256,7 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
         raise CliError("no texts given (positional TEXTS or --file)")
     with _output_lock(args.out):
         model = _load_model(args)
-        writer = RowWriter(args.out, model.dim, "text", _header(model.manifest, model.dim, "text", model.precision),
+        writer = RowWriter(args.out, model.dim, "text", _header(model.manifest, model.tower_digest("text"), model.dim, "text", model.precision),
                            args.resume)
         todo = [t for t in texts if _printable(t) not in writer.done]
 
@@ -414,7 +415,7 @@ def cmd_lyrics(args: argparse.Namespace) -> int:
         _check_model_dir(args.model)
         model = Lyrics.from_pretrained(args.model)
         embed = lambda paths: ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))  # noqa: E731
-        return model.dim, _header(model.manifest, model.dim, "lyrics", "fp32"), embed
+        return model.dim, _header(model.manifest, model.digest, model.dim, "lyrics", "fp32"), embed
 
     return _embed_files(args, sources, load)
 

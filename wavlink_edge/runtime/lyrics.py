@@ -23,7 +23,7 @@ import numpy as np
 from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_blocks
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError
 from wavlink_edge.runtime.features import HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
-from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.manifest import Manifest, artifacts_digest
 from wavlink_edge.runtime.model import _as_items
 from wavlink_edge.runtime.session import CPU_EP, ProviderSpec, choose_providers, open_session, trt_cache_dir
 from wavlink_edge.runtime.vectors import normalize, similarity
@@ -136,6 +136,8 @@ class Lyrics:
                        np.zeros((layers, 1, heads, 0, d_model // heads), np.float32))
         self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
         self.heads = config.get("heads", "untrained")
+        self.digest = artifacts_digest([manifest.find_artifact(tower, "fp32") for tower in TOWERS],
+                                       f"{CONFIG_FILE}:{manifest.files[CONFIG_FILE]['sha256']}")
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, providers: Sequence[ProviderSpec] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,13 @@ class ArtifactSpec:
     def precision_key(self) -> str:
         """fp32, fp16, int8_dynamic or int8_static: what PRECISION_CHOICES calls this artifact."""
         return f"{self.precision}_{self.variant}" if self.variant else self.precision
+
+
+def artifacts_digest(artifacts: Iterable[ArtifactSpec], *settings: str) -> str:
+    """sha256 over the artifacts' (tower, precision, sha256) and the settings that change their outputs: equal
+    digests mean equal vectors for equal inputs (what an index and `--resume` compare)."""
+    parts = sorted(f"{a.tower}:{a.precision_key}:{a.sha256}" for a in artifacts) + list(settings)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -9,7 +9,6 @@ normalise.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pai
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
 from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
-from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest
+from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
 from wavlink_edge.runtime.session import (
     BACKENDS,
     CPU_EP,
@@ -111,11 +110,16 @@ class WavLink:
 
     @property
     def digest(self) -> str:
-        """sha256 over the artifacts in use, the clip policy and the window hop: two models with the same digest
-        give the same vectors for the same input (what an index compares before taking a query)."""
-        parts = [f"{tower}:{a.precision_key}:{a.sha256}" for tower, a in sorted(self.artifacts.items())]
-        parts += [f"clip_policy:{self.clip_policy}", f"hop:{self.window_hop_samples}"]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        """Over the artifacts in use, the clip policy and the window hop: two models with the same digest give the
+        same vectors for the same input (what an index compares before taking a query)."""
+        return artifacts_digest(self.artifacts.values(), *self._audio_settings())
+
+    def tower_digest(self, tower: str) -> str:
+        """The same for one tower's outputs (what `--resume` compares): quantizing the other tower changes nothing."""
+        return artifacts_digest([self.artifacts[tower]], *(self._audio_settings() if tower == "audio" else ()))
+
+    def _audio_settings(self) -> tuple[str, str]:
+        return f"clip_policy:{self.clip_policy}", f"hop:{self.window_hop_samples}"
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, precision: str = "fp32",

@@ -31,7 +31,7 @@ from wavlink_edge.runtime.files import atomic_write_all
 OUTPUT_SUFFIXES = (".npy", ".npz", ".jsonl")
 HEADER_KEY = "wavlink_edge"
 # Fields of the header a resumed file must share with this run.
-MATCHING_FIELDS = ("model", "export_sha256", "dim", "precision", "clip_policy", "tower")
+MATCHING_FIELDS = ("model", "model_digest", "dim", "precision", "clip_policy", "tower")
 # Characters that str.splitlines() and some JSON-lines readers treat as line ends, though JSON allows them raw.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -130,7 +130,7 @@ def _io_error(exc: OSError, path: Path) -> OSError:
 class RowWriter:
     """Rows in input order, each naming its source; see the module docstring for the guarantees.
 
-    ``header``: the run's identity (model, export_sha256, dim, precision, clip_policy, tower); written
+    ``header``: the run's identity (model, model_digest, dim, precision, clip_policy, tower); written
     first into file outputs and compared on ``resume``.
     """
 
