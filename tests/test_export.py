@@ -305,6 +305,7 @@ def test_external_data_is_written_hashed_and_loaded_by_path(tmp_path, base_model
     b = WavLink.from_pretrained(tmp_path / "external").embed_audio(sample_clips[:1], dim=64)
     np.testing.assert_allclose(a, b, atol=1e-6)
     data = tmp_path / "external" / "audio.onnx.data"
+    assert data.stat().st_mode & 0o777 == (tmp_path / "external" / "audio.onnx").stat().st_mode & 0o777  # not 0600
     payload = bytearray(data.read_bytes())
     payload[-1] ^= 0xFF
     data.write_bytes(bytes(payload))

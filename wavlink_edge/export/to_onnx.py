@@ -30,6 +30,7 @@ from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.files import ordinary_permissions
 from wavlink_edge.runtime.manifest import Manifest, VerificationCache
 from wavlink_edge.runtime.outputs import exclusive_lock
 from wavlink_edge.runtime.session import OnnxSession
@@ -169,6 +170,7 @@ def _gather_external_data(path: Path, scattered: list[Path], force: bool) -> lis
     location = f"{path.name}.data"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
+    ordinary_permissions(path.parent / location)
     for stale in scattered:
         stale.unlink()
     return [location]

@@ -48,12 +48,17 @@ def _write_temporary(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        ordinary_permissions(tmp)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     return tmp
+
+
+def ordinary_permissions(path: Path) -> None:
+    """The mode a plain `open(path, "w")` would have given (mkstemp and ONNX's external-data writer use 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
