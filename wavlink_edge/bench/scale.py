@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run by path (`python bench/scale.py`): import t
 from wavlink_edge.bench.datasets import load_builtin
 from wavlink_edge.bench.machine import describe
 from wavlink_edge.runtime import WavLink
+from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, WindowBatcher
 from wavlink_edge.runtime.index import WavLinkIndex
 from wavlink_edge.runtime.parallel import embed_parallel, threads_per_worker
 from wavlink_edge.runtime.vectors import normalize
@@ -126,6 +127,47 @@ def mixed_duration_clips(count: int, seed: int = 0) -> list[tuple[str, float]]:
     return chosen
 
 
+def batch_plan(frames: list[int], batch_size: int = 8, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> dict:
+    """The batches the runtime's mixed-length batcher makes of windows of these frame counts (in this order):
+    how many runs, rows per run, and the padded frames it encodes beyond the real ones."""
+    batcher = WindowBatcher(batch_size, max_batch_frames, mixed_lengths=True)
+    batches = [b for i, n in enumerate(frames) for b in batcher.add(i, np.zeros((1, n), np.float32))] + batcher.flush()
+    padded = sum(b.features.shape[0] * b.features.shape[-1] for b in batches)
+    return {"windows": len(frames), "runs": len(batches), "rows_mean": round(len(frames) / len(batches), 2),
+            "rows_max": max(b.features.shape[0] for b in batches),
+            "padding_over_real": round(padded / sum(frames) - 1, 4)}
+
+
+def batch_exactness(model_dir: Path, paths: list[str], batches: int = 6) -> dict:
+    """Per artifact: max abs of each window's embedding in the runtime's mixed batches against the window alone;
+    of the window alone but padded to its batch's length (a batch of one) against alone; and of a row when
+    its batch-mates are replaced by noise. The first ``batches`` batches of two or more rows are used."""
+    manifest = WavLink.from_pretrained(model_dir).manifest
+    windows = [WavLink.from_pretrained(model_dir).window_features(path, path)[0] for path in paths]
+    batcher = WindowBatcher(8, mixed_lengths=True)
+    plan = [b for i, w in enumerate(windows) for b in batcher.add(i, w)] + batcher.flush()
+    plan = [b for b in plan if len(b.items) > 1][:batches]
+    rng, out = np.random.default_rng(0), {}
+    for precision in manifest.precisions("audio"):
+        session = WavLink.from_pretrained(model_dir, precision=precision).audio_session
+        batch_vs_alone = padded_vs_alone = mates = 0.0
+        for b in plan:
+            feeds = {"input_features": b.features, FRAME_LENGTHS: b.lengths}
+            together = session.run(feeds)
+            alone = np.concatenate([session.run({"input_features": windows[i][None]}) for i in b.items])
+            padded = np.concatenate([session.run({"input_features": row[None], FRAME_LENGTHS: n[None]})
+                                     for row, n in zip(b.features, b.lengths)])
+            noise = b.features.copy()
+            noise[1:] = rng.standard_normal(noise[1:].shape).astype(np.float32)
+            batch_vs_alone = max(batch_vs_alone, float(np.abs(together - alone).max()))
+            padded_vs_alone = max(padded_vs_alone, float(np.abs(padded - alone).max()))
+            mates = max(mates, float(np.abs(session.run({**feeds, "input_features": noise})[0] - together[0]).max()))
+        out[precision] = {"batch_vs_alone": batch_vs_alone, "alone_padded_vs_alone": padded_vs_alone,
+                          "other_batch_mates": mates}
+        print(precision, out[precision], flush=True)
+    return {"batches": len(plan), "rows": sum(len(b.items) for b in plan), "max_abs": out}
+
+
 def mixed_batches(model_dir: Path, count: int, rounds: int, precisions=("fp32", "int8")) -> dict:
     """Files/s of the mixed-duration set at batch 1 and with mixed-length batches (batch 8, the default
     3000-frame cap), end to end (paths in, decode + log-mel + encoder) and encoder only (the windows'
@@ -161,7 +203,8 @@ def mixed_batches(model_dir: Path, count: int, rounds: int, precisions=("fp32", 
                      "files_per_s": round(len(paths) / min(seconds), 2),
                      "max_abs_vs_batch_1": float(np.abs(vectors[precision, batch, what] - vectors[base]).max()),
                      "speedup_vs_batch_1": round(min(runs[base]) / min(seconds), 2)})
-    return {"clips": len(paths), "seconds_of_audio": round(sum(d for _, d in clips), 1),
+    return {"clips": len(paths), "seconds_of_audio": round(sum(d for _, d in clips), 1), "plan": batch_plan(frames),
+            "exactness": batch_exactness(model_dir, paths),
             "durations": {"min": round(min(d for _, d in clips), 2), "median": round(float(np.median([d for _, d in clips])), 2),
                           "max": round(max(d for _, d in clips), 2)},
             "windows": len(frames), "distinct_frame_counts": len(set(frames)), "rounds": rounds,
@@ -184,6 +227,20 @@ def mixed_markdown(doc: dict) -> str:
     for r in m["rows"]:
         lines.append(f"| {r['precision']} | {r['what']} | {r['batch']} | {r['files_per_s']} | "
                      f"{r['speedup_vs_batch_1']} | {', '.join(map(str, r['seconds']))} | {r['max_abs_vs_batch_1']:.1e} |")
+    if m.get("exactness"):
+        ex = m["exactness"]
+        lines += ["", f"Exactness, per artifact: {ex['rows']} windows in {ex['batches']} of the mixed batches above "
+                  "(max abs of the embedding):", "",
+                  "| artifact | in its batch vs alone | alone, padded to the batch's length, vs alone | "
+                  "a row when its batch-mates are noise |", "|---|---|---|---|"]
+        for precision, e in ex["max_abs"].items():
+            lines.append(f"| {precision} | {e['batch_vs_alone']:.1e} | {e['alone_padded_vs_alone']:.1e} | "
+                         f"{e['other_batch_mates']:.1e} |")
+    plan = m.get("plan")
+    if plan:
+        lines += ["", f"Batch 8 ran {plan['windows']} windows in {plan['runs']} encoder runs ({plan['rows_mean']} rows on "
+                  f"average, at most {plan['rows_max']}), encoding {plan['padding_over_real']:.1%} padded frames beyond "
+                  "the real ones."]
     return "\n".join(lines) + "\n"
 
 
@@ -455,9 +512,16 @@ def main(argv=None) -> int:
     command = "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.mixed:
         model = WavLink.from_pretrained(args.model)
-        doc = {"command": command, "model": {"name": model.spec.name, "heads": model.spec.heads},
-               "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]},
-               "mixed": mixed_batches(args.model, args.mixed, args.rounds)}
+        if args.report_only:  # re-render; the batch plan is recomputed from the recorded set if missing
+            doc = json.loads((args.out / "scale_mixed.json").read_text())
+            frames = [w.shape[-1] for clip in doc["mixed"]["set"] for w in model.window_features(clip["path"])]
+            doc["mixed"].setdefault("plan", batch_plan(frames))
+            if "exactness" not in doc["mixed"]:
+                doc["mixed"]["exactness"] = batch_exactness(args.model, [clip["path"] for clip in doc["mixed"]["set"]])
+        else:
+            doc = {"command": command, "model": {"name": model.spec.name, "heads": model.spec.heads},
+                   "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]},
+                   "mixed": mixed_batches(args.model, args.mixed, args.rounds)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scale_mixed.json").write_text(json.dumps(doc, indent=1) + "\n")
         (args.out / "scale_mixed.md").write_text(mixed_markdown(doc))
