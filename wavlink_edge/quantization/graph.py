@@ -98,9 +98,9 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
             raise ValueError(f"layer {layer}: attention block not in the exported form ({exc})") from None
         inputs = [q, k, v]
         # Graphs with frame_lengths mask padded keys: the node always takes the mask, so every batch runs one
-        # kernel and a clip's int8 embedding alone equals it in a padded batch (measured 0.0 on the base model).
-        # An If taking ORT's unmasked (flash) kernel for unpadded batches changed int8 results by up to 4e-3
-        # (kernel rounding, amplified by quantization) for no speed difference measurable on a loaded 2-core host.
+        # kernel and a clip's int8 embedding alone matches it in a padded batch (bench/results/scale_mixed.md).
+        # An If taking ORT's unmasked (flash) kernel for unpadded batches was dropped: the kernels round
+        # differently, int8 amplifies it, and no speed difference was measurable on a loaded 2-core host.
         if p + "Where" in by_name:
             mask = _key_mask(by_name[p + "Where"], producers, layer)
             if mask not in key_masks:
