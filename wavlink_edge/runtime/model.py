@@ -199,8 +199,9 @@ class WavLink:
         """Embed audio items lazily, yielding one ``AudioEmbedding`` per input, in input order.
 
         Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), and
-        at most about one batch of windows waits at a time. A bad item yields a result with ``error``
-        naming it; the others go on.
+        at most about one batch of windows waits at a time (four, sorted into mixed-length batches, where
+        the graph takes ``frame_lengths``). A bad item yields a result with ``error`` naming it; the
+        others go on.
         """
         dim = self._check_dim(dim)
         batcher = self._batcher(batch_size)
