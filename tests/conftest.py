@@ -16,7 +16,7 @@ _NOT_COLLECTED: dict[str, str] = {}
 # The runtime's own tests: they need nothing beyond `pip install ".[test-runtime]"` (no torch), and the
 # runtime-only CI step (WAVLINK_EDGE_RUNTIME_ONLY=1) fails if any of them is not collected.
 RUNTIME_TEST_MODULES = ("test_runtime.py", "test_cli.py", "test_features.py", "test_bad_input.py", "test_fuzz.py",
-                        "test_layers.py", "test_formats_inputs.py", "test_output_safety.py")
+                        "test_layers.py", "test_formats_inputs.py", "test_output_safety.py", "test_batching_mixed.py")
 
 
 def _missing_import(path: Path) -> str | None:

@@ -162,7 +162,9 @@ def test_export_validation_figures_and_dynamic_axes(base_export, base_model, sam
         batch = np.stack([mel[:, :frames]] * 3)
         with torch.no_grad():
             ref = model.audio(torch.from_numpy(batch)).numpy()
-        assert np.abs(sess.run(None, {"input_features": batch})[0] - ref).max() < 1e-4
+        feeds = {"input_features": batch, "frame_lengths": np.full(3, frames, np.int64)}
+        assert np.abs(sess.run(None, feeds)[0] - ref).max() < 1e-4
+    assert [i.name for i in sess.get_inputs()] == ["input_features", "frame_lengths"]
     outputs = [o.name for o in sess.get_outputs()]
     assert outputs == ["embedding"]  # only the global token's embedding leaves the graph
 
@@ -178,7 +180,8 @@ def test_pruned_graph_has_one_query_in_last_layer(base_export):
     probe = onnx.load(str(base_export / "audio.onnx"))
     probe.graph.output.append(onnx.helper.make_tensor_value_info(softmaxes[-1].output[0], onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    scores = sess.run(None, {"input_features": np.zeros((2, 80, 200), np.float32)})[1]
+    scores = sess.run(None, {"input_features": np.zeros((2, 80, 200), np.float32),
+                             "frame_lengths": np.array([200, 200])})[1]
     assert scores.shape == (2, 8, 1, 101)  # 100 frames + the global token
 
 

@@ -5,6 +5,8 @@
 The runtime's own tests run on it without torch (`pip install '.[test-runtime]'`). Its weights are
 random ("untrained" heads, labelled so in its manifest): it checks the runtime's data path, not quality.
 Windows are 1 s (n_ctx 50 -> 100 frames), so long-audio windowing is cheap to test.
+tests/data/tiny_export_v1 is the same model as exported before the audio graph took `frame_lengths`:
+kept unchanged (not made by this script) so the tests prove old exports keep working.
 """
 from __future__ import annotations
 

@@ -64,23 +64,31 @@ def tradeoff(lat: dict, rec: dict, path: Path) -> Path:
     latency = _audio_latency_by_precision(lat, policy)
     dataset = rec["datasets"][0]["name"]
     metric = "t2a_r10" if rec["datasets"][0]["task"] == "retrieval" else "top1"
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     dims = sorted({r["dim"] for r in rec["rows"]}, reverse=True)
     colours = {k: f"C{i}" for i, k in enumerate(latency)}  # one colour per backend x precision, one marker per dim
+    names = {}
     for r in rec["rows"]:
         key = (r["engine"], r["precision"], r["variant"], r["device"])
         if r["dataset"] != dataset or r["policy"] != policy or key not in latency:
             continue
-        ms = latency[key][0]
-        ax.scatter(ms, 100 * r["metrics"][metric], marker=MARKERS[dims.index(r["dim"]) % len(MARKERS)], s=40,
-                   color=colours[key])
-        ax.annotate(f"{r['label'].split(' (')[0]} d{r['dim']}", (ms, 100 * r["metrics"][metric]), fontsize=6)
+        ax.scatter(latency[key][0], 100 * r["metrics"][metric], marker=MARKERS[dims.index(r["dim"]) % len(MARKERS)],
+                   s=40, color=colours[key], alpha=0.85)
+        names[key] = r["label"].split(" (")[0].removesuffix(f" d{r['dim']}")
+    # Points of equal latency and recall overlap, so labels beside them collide: two legends name colour and marker.
+    shown = [key for key in latency if key in names]
+    backends = ax.legend([plt.Line2D([], [], color=colours[k], marker="o", linestyle="") for k in shown],
+                         [f"{names[k]} ({latency[k][0]:.0f} ms)" for k in shown], fontsize=7, loc="upper left",
+                         bbox_to_anchor=(1.01, 1), title="backend, precision", title_fontsize=7)
+    ax.add_artist(backends)
+    ax.legend([plt.Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="") for i in range(len(dims))],
+              [f"d{d}" for d in dims], fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0), title="dim", title_fontsize=7)
     any_lat = next(iter(latency.values()), (0, "?", policy))
     ax.set_xlabel(f"audio p50 ms per clip (batch 1, {any_lat[1]} s, {any_lat[2]})")
     ax.set_ylabel(f"{metric} % on {dataset}")
     ax.grid(alpha=0.3)
     ax.set_title(_title(rec, "Latency-recall trade-off (marker = dim)"), fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.7, top=0.92, bottom=0.12)  # room for the legends right of the axes
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

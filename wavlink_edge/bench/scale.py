@@ -1,8 +1,9 @@
 """Corpus scale: embedding throughput (workers 1 and 2, Ray vs plain) and the vector index at >= 100 000 vectors.
 
     python bench/scale.py --model /tmp/wt22-export [--clips 160] [--vectors 100000] [--no-ray] [--libraries]
+    python bench/scale.py --model /tmp/wt22b-export --mixed 100 [--rounds 2]     # mixed-length batches only
 
-Writes bench/results/scale.{json,md,png}.
+Writes bench/results/scale.{json,md,png} (--mixed: scale_mixed.{json,md}, see mixed_batches).
 
 Throughput: the first ``--clips`` clips of the bundled eval split (real renders, 1.5-9 s), fp32, trim
 policy, embedded with ``runtime.parallel.embed_parallel`` at 1 worker (all cores) and at 2 workers (one
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,6 +38,7 @@ if __package__ in (None, ""):  # run by path (`python bench/scale.py`): import t
 from wavlink_edge.bench.datasets import load_builtin
 from wavlink_edge.bench.machine import describe
 from wavlink_edge.runtime import WavLink
+from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, WindowBatcher
 from wavlink_edge.runtime.index import WavLinkIndex
 from wavlink_edge.runtime.parallel import embed_parallel, threads_per_worker
 from wavlink_edge.runtime.vectors import normalize
@@ -90,6 +93,155 @@ def ray_throughput(model_dir: Path, clips: list[str], reference: np.ndarray) -> 
         print(rows[-1], flush=True)
     ray.shutdown()
     return rows
+
+
+# Mixed-duration set: real recordings from the Debian sound packages installed here (sound themes, games,
+# tuxpaint, asterisk prompts, drum kits, sample libraries), 1-30 s, the same number from each duration band.
+SOUND_ROOTS = ("/usr/share/sounds", "/usr/share/games", "/usr/share/tuxpaint", "/usr/share/asterisk",
+               "/usr/share/hydrogen", "/usr/share/lmms", "/usr/share/sonic-pi")
+DURATION_BANDS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 30))
+
+
+def mixed_duration_clips(count: int, seed: int = 0) -> list[tuple[str, float]]:
+    """(path, seconds) of ``count`` real clips: count / 5 per band of DURATION_BANDS, drawn with a fixed seed
+    from the sorted list of every .ogg/.oga/.wav/.flac under SOUND_ROOTS that libsndfile reads."""
+    import soundfile as sf
+
+    found = []
+    for root in SOUND_ROOTS:
+        for path in sorted(Path(root).rglob("*")) if Path(root).is_dir() else ():
+            if path.suffix.lower() in (".ogg", ".oga", ".wav", ".flac") and path.is_file():
+                try:
+                    info = sf.info(str(path))
+                except (RuntimeError, OSError):
+                    continue
+                found.append((str(path), info.frames / info.samplerate))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for band, (lo, hi) in enumerate(DURATION_BANDS):
+        pool = [clip for clip in found if lo <= clip[1] < hi or (band == len(DURATION_BANDS) - 1 and clip[1] == hi)]
+        take = count // len(DURATION_BANDS) + (band < count % len(DURATION_BANDS))
+        if len(pool) < take:
+            raise SystemExit(f"only {len(pool)} clips of {lo}-{hi} s under {', '.join(SOUND_ROOTS)}; need {take}")
+        chosen += [pool[i] for i in sorted(rng.choice(len(pool), take, replace=False))]
+    return chosen
+
+
+def batch_plan(frames: list[int], batch_size: int = 8, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> dict:
+    """The batches the runtime's mixed-length batcher makes of windows of these frame counts (in this order):
+    how many runs, rows per run, and the padded frames it encodes beyond the real ones."""
+    batcher = WindowBatcher(batch_size, max_batch_frames, mixed_lengths=True)
+    batches = [b for i, n in enumerate(frames) for b in batcher.add(i, np.zeros((1, n), np.float32))] + batcher.flush()
+    padded = sum(b.features.shape[0] * b.features.shape[-1] for b in batches)
+    return {"windows": len(frames), "runs": len(batches), "rows_mean": round(len(frames) / len(batches), 2),
+            "rows_max": max(b.features.shape[0] for b in batches),
+            "padding_over_real": round(padded / sum(frames) - 1, 4)}
+
+
+def batch_exactness(model_dir: Path, paths: list[str], batches: int = 6) -> dict:
+    """Per artifact: max abs of each window's embedding in the runtime's mixed batches against the window alone;
+    of the window alone but padded to its batch's length (a batch of one) against alone; and of a row when
+    its batch-mates are replaced by noise. The first ``batches`` batches of two or more rows are used."""
+    manifest = WavLink.from_pretrained(model_dir).manifest
+    windows = [WavLink.from_pretrained(model_dir).window_features(path, path)[0] for path in paths]
+    batcher = WindowBatcher(8, mixed_lengths=True)
+    plan = [b for i, w in enumerate(windows) for b in batcher.add(i, w)] + batcher.flush()
+    plan = [b for b in plan if len(b.items) > 1][:batches]
+    rng, out = np.random.default_rng(0), {}
+    for precision in manifest.precisions("audio"):
+        session = WavLink.from_pretrained(model_dir, precision=precision).audio_session
+        batch_vs_alone = padded_vs_alone = mates = 0.0
+        for b in plan:
+            feeds = {"input_features": b.features, FRAME_LENGTHS: b.lengths}
+            together = session.run(feeds)
+            alone = np.concatenate([session.run({"input_features": windows[i][None]}) for i in b.items])
+            padded = np.concatenate([session.run({"input_features": row[None], FRAME_LENGTHS: n[None]})
+                                     for row, n in zip(b.features, b.lengths)])
+            noise = b.features.copy()
+            noise[1:] = rng.standard_normal(noise[1:].shape).astype(np.float32)
+            batch_vs_alone = max(batch_vs_alone, float(np.abs(together - alone).max()))
+            padded_vs_alone = max(padded_vs_alone, float(np.abs(padded - alone).max()))
+            mates = max(mates, float(np.abs(session.run({**feeds, "input_features": noise})[0] - together[0]).max()))
+        out[precision] = {"batch_vs_alone": batch_vs_alone, "alone_padded_vs_alone": padded_vs_alone,
+                          "other_batch_mates": mates}
+        print(precision, out[precision], flush=True)
+    return {"batches": len(plan), "rows": sum(len(b.items) for b in plan), "max_abs": out}
+
+
+def mixed_batches(model_dir: Path, count: int, rounds: int, precisions=("fp32", "int8")) -> dict:
+    """Files/s of the mixed-duration set at batch 1 and with mixed-length batches (batch 8, the default
+    3000-frame cap), end to end (paths in, decode + log-mel + encoder) and encoder only (the windows'
+    features computed once), rounds interleaved; each batched result against batch 1."""
+    clips = mixed_duration_clips(count)
+    paths = [path for path, _ in clips]
+    models = {p: WavLink.from_pretrained(model_dir, precision=p) for p in precisions}
+    windows = [models[precisions[0]].window_features(path, path) for path in paths]
+    frames = [w.shape[-1] for item in windows for w in item]
+    # (precision, batch, path); "2 workers": end to end in two processes of one thread each (process start-up
+    # included), against the one-process batch-1 run
+    runs = {(p, b, what): [] for p in precisions for what in ("end to end", "encoder") for b in (1, 8)}
+    runs.update({(p, 8, "end to end, 2 workers"): [] for p in precisions})
+    vectors = {}
+    for _ in range(rounds):
+        for (precision, batch, what), seconds in runs.items():
+            model = models[precision]
+            started = time.perf_counter()
+            if what == "encoder":
+                out = np.stack(model.embed_windows(windows, batch_size=batch))
+            elif what == "end to end":
+                out = model.embed_audio(paths, batch_size=batch)
+            else:
+                out = np.stack([r[1] for r in embed_parallel(model_dir, paths, workers=2, batch_size=batch,
+                                                             precision=precision)])
+            seconds.append(time.perf_counter() - started)
+            vectors[precision, batch, what] = out
+            print(precision, batch, what, round(seconds[-1], 2), flush=True)
+    rows = []
+    for (precision, batch, what), seconds in runs.items():
+        base = (precision, 1, "encoder" if what == "encoder" else "end to end")
+        rows.append({"precision": precision, "batch": batch, "what": what, "seconds": [round(t, 2) for t in seconds],
+                     "files_per_s": round(len(paths) / min(seconds), 2),
+                     "max_abs_vs_batch_1": float(np.abs(vectors[precision, batch, what] - vectors[base]).max()),
+                     "speedup_vs_batch_1": round(min(runs[base]) / min(seconds), 2)})
+    return {"clips": len(paths), "seconds_of_audio": round(sum(d for _, d in clips), 1), "plan": batch_plan(frames),
+            "exactness": batch_exactness(model_dir, paths),
+            "durations": {"min": round(min(d for _, d in clips), 2), "median": round(float(np.median([d for _, d in clips])), 2),
+                          "max": round(max(d for _, d in clips), 2)},
+            "windows": len(frames), "distinct_frame_counts": len(set(frames)), "rounds": rounds,
+            "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows,
+            "set": [{"path": path, "seconds": round(d, 2)} for path, d in clips]}
+
+
+def mixed_markdown(doc: dict) -> str:
+    m = doc["mixed"]
+    lines = [f"# Mixed-length exact batches — {doc['model']['name']}", "",
+             f"`{doc['command']}` on {doc['machine']['cpu']} ({doc['machine']['cores']} cores, shared with another job; "
+             f"load average after the run {', '.join(map(str, m['load_average']))}, niced).", "",
+             f"{m['clips']} real clips from Debian sound packages ({m['seconds_of_audio']} s of audio; "
+             f"{m['durations']['min']}-{m['durations']['max']} s, median {m['durations']['median']} s; "
+             f"{m['clips'] // len(DURATION_BANDS)} per band of {', '.join(f'{lo}-{hi}' for lo, hi in DURATION_BANDS)} s), "
+             f"trim policy: {m['windows']} windows with {m['distinct_frame_counts']} distinct frame counts. "
+             f"Best of {m['rounds']} interleaved rounds; batch 8 = mixed-length batches, 3000-frame cap.", "",
+             "| precision | path | batch | files/s | x batch 1 | seconds per round | max abs vs batch 1 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in m["rows"]:
+        lines.append(f"| {r['precision']} | {r['what']} | {r['batch']} | {r['files_per_s']} | "
+                     f"{r['speedup_vs_batch_1']} | {', '.join(map(str, r['seconds']))} | {r['max_abs_vs_batch_1']:.1e} |")
+    if m.get("exactness"):
+        ex = m["exactness"]
+        lines += ["", f"Exactness, per artifact: {ex['rows']} windows in {ex['batches']} of the mixed batches above "
+                  "(max abs of the embedding):", "",
+                  "| artifact | in its batch vs alone | alone, padded to the batch's length, vs alone | "
+                  "a row when its batch-mates are noise |", "|---|---|---|---|"]
+        for precision, e in ex["max_abs"].items():
+            lines.append(f"| {precision} | {e['batch_vs_alone']:.1e} | {e['alone_padded_vs_alone']:.1e} | "
+                         f"{e['other_batch_mates']:.1e} |")
+    plan = m.get("plan")
+    if plan:
+        lines += ["", f"Batch 8 ran {plan['windows']} windows in {plan['runs']} encoder runs ({plan['rows_mean']} rows on "
+                  f"average, at most {plan['rows_max']}), encoding {plan['padding_over_real']:.1%} padded frames beyond "
+                  "the real ones."]
+    return "\n".join(lines) + "\n"
 
 
 def frontend_cost(model: WavLink, clips: list[str]) -> dict:
@@ -351,16 +503,37 @@ def main(argv=None) -> int:
     parser.add_argument("--index-only", action="store_true",
                         help="only the index part (parents: the clips embedded once by 2 workers); writes scale_index_N.json/md")
     parser.add_argument("--graph-dims", default=None, help="comma-separated graph dims (default: full and full/4)")
+    parser.add_argument("--mixed", type=int, default=0, metavar="N",
+                        help="only mixed-length batching: N real 1-30 s clips, batch 1 vs batch 8, fp32 and int8; "
+                             "writes scale_mixed.json/md")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render scale.md/png from scale.json (measuring the front end if it lacks it)")
     args = parser.parse_args(argv)
+    command = "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.mixed:
+        model = WavLink.from_pretrained(args.model)
+        if args.report_only:  # re-render; the batch plan is recomputed from the recorded set if missing
+            doc = json.loads((args.out / "scale_mixed.json").read_text())
+            frames = [w.shape[-1] for clip in doc["mixed"]["set"] for w in model.window_features(clip["path"])]
+            doc["mixed"].setdefault("plan", batch_plan(frames))
+            if "exactness" not in doc["mixed"]:
+                doc["mixed"]["exactness"] = batch_exactness(args.model, [clip["path"] for clip in doc["mixed"]["set"]])
+        else:
+            doc = {"command": command, "model": {"name": model.spec.name, "heads": model.spec.heads},
+                   "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]},
+                   "mixed": mixed_batches(args.model, args.mixed, args.rounds)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scale_mixed.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (args.out / "scale_mixed.md").write_text(mixed_markdown(doc))
+        print(mixed_markdown(doc))
+        return 0
     data = load_builtin()
     clips = data.audio[: args.clips]
     model = WavLink.from_pretrained(args.model)
     if args.report_only:
         doc = json.loads((args.out / "scale.json").read_text())
         return report(doc, model, clips, args.out)
-    doc = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    doc = {"command": command,
            "model": {"name": model.spec.name, "heads": model.spec.heads, "digest": model.digest},
            "machine": {"cpu": lscpu_model(), "cores": describe()["usable_cores"]}}
     captions = [caps[0] for caps in data.captions]

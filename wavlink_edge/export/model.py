@@ -117,8 +117,8 @@ class MultiHeadAttention(nn.Module):
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Attention of `query` positions [B, Q, d] over all `context` positions [B, T, d].
 
-        `key_mask` [B, T] (True = real position) and precomputed `kv` exist for training on cached,
-        padded batches; exported graphs see unpadded clips and use neither.
+        `key_mask` [B, T] (True = real position) serves padded batches: cached training batches and the
+        exported graph's `frame_lengths`; precomputed `kv` exists for training only.
         """
         b, q_len, d = query.shape
         h = self.n_heads
@@ -184,20 +184,42 @@ class AudioTower(nn.Module):
         token = self.global_token.to(frames.dtype).expand(frames.shape[0], 1, -1)
         return torch.cat([token, frames] if self.token_index == 0 else [frames, token], dim=1)
 
-    def penultimate_states(self, mel: torch.Tensor) -> torch.Tensor:
+    def penultimate_states(self, mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Input of the last layer, global token included: what the last-layer pooler is trained on."""
-        x = self.frames_before_token(mel)
+        x = self.frames_before_token(mel, frame_mask)
         x = self.with_global_token(x)
+        key_mask = self.with_token_mask(frame_mask)
         for layer in self.layers[self.token_layer : -1]:
-            x = layer(x)
+            x = layer(x, key_mask=key_mask)
         return x
 
-    def frames_before_token(self, mel: torch.Tensor) -> torch.Tensor:
+    def frames_before_token(self, mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Frame states at the input of layer `token_layer`: they do not depend on the token."""
         x = self.embed_frames(mel)
         for layer in self.layers[: self.token_layer]:
-            x = layer(x)
+            x = layer(x, key_mask=frame_mask)
         return x
+
+    def masked_input(self, mel: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch as each clip alone sees it: (mel zeroed past each clip's length, key mask [B, F/2]).
+
+        Alone, conv1 (kernel 3, padding 1) reads one zero frame past a clip's end: zeroing the padded mel
+        frames makes that frame zero in the batch too. For an even length conv2 (stride 2) never reads
+        past conv1's valid outputs, so a clip's first length/2 positions are exactly its own; odd lengths
+        are not exact (the runtime batches them only with their own length). Every layer then masks the
+        padded positions as keys (frames attend each other in all layers, not only the token); the rest
+        (LayerNorm, GELU, projector) is per position.
+        """
+        frames = torch.arange(mel.shape[-1], device=mel.device)
+        mel = mel * (frames < frame_lengths[:, None]).to(mel.dtype)[:, None, :]
+        positions = torch.arange((mel.shape[-1] + 1) // 2, device=mel.device)
+        return mel, positions < (frame_lengths[:, None] + 1) // 2
+
+    def with_token_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if frame_mask is None:
+            return None
+        token = torch.ones_like(frame_mask[:, :1])
+        return torch.cat([token, frame_mask] if self.token_index == 0 else [frame_mask, token], dim=1)
 
     def pooled_state(self, penultimate: torch.Tensor, prune_last_layer: bool = True,
                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,14 +230,22 @@ class AudioTower(nn.Module):
             token = self.layers[-1](penultimate, key_mask=key_mask)[:, self.token_index]
         return self.layer_norm(token)
 
-    def pool(self, penultimate: torch.Tensor, prune_last_layer: bool = True) -> torch.Tensor:
+    def pool(self, penultimate: torch.Tensor, prune_last_layer: bool = True,
+             key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last layer + final LayerNorm + projector + L2 from the penultimate states."""
-        return F.normalize(self.projector(self.pooled_state(penultimate, prune_last_layer)), dim=-1)
+        return F.normalize(self.projector(self.pooled_state(penultimate, prune_last_layer, key_mask)), dim=-1)
 
-    def forward(self, mel: torch.Tensor, prune_last_layer: bool = True) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, prune_last_layer: bool = True,
+                frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of a batch of log-mels; `frame_lengths` [B] (mel frames) makes a padded batch of
+        clips of different lengths give each clip its own embedding (see `masked_input`)."""
         if mel.shape[-1] > 2 * self.dims.n_ctx:
             raise ValueError(f"at most {2 * self.dims.n_ctx} frames, got {mel.shape[-1]}")
-        return self.pool(self.penultimate_states(mel), prune_last_layer)
+        frame_mask = None
+        if frame_lengths is not None:
+            mel, frame_mask = self.masked_input(mel, frame_lengths)
+        penultimate = self.penultimate_states(mel, frame_mask)
+        return self.pool(penultimate, prune_last_layer, self.with_token_mask(frame_mask))
 
 
 class TextTower(nn.Module):

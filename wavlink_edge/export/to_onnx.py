@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run by path (`python export/to_onnx.py`): impor
 from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
 from wavlink_edge.runtime.files import ordinary_permissions
@@ -62,8 +63,8 @@ class _AudioGraph(torch.nn.Module):
         super().__init__()
         self.audio = model.audio
 
-    def forward(self, input_features):
-        return self.audio(input_features, prune_last_layer=True)
+    def forward(self, input_features, frame_lengths):
+        return self.audio(input_features, prune_last_layer=True, frame_lengths=frame_lengths)
 
 
 class _TextGraph(torch.nn.Module):
@@ -90,9 +91,13 @@ def _torch_export(module, args, path, input_names, dynamic_axes, opset) -> None:
 
 
 def export_audio(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
-    mel = torch.randn(2, model.config.audio.n_mels, min(200, 2 * model.config.audio.n_ctx))
-    torch_export(_AudioGraph(model).eval(), (mel,), path, ["input_features"],
-                  {"input_features": {0: "batch", 2: "frames"}}, opset)
+    """audio.onnx: input_features [batch, n_mels, frames] and frame_lengths [batch] (int64, each row's
+    real frames: a padded batch of mixed lengths gives every clip its own embedding)."""
+    frames = min(200, 2 * model.config.audio.n_ctx)
+    mel = torch.randn(2, model.config.audio.n_mels, frames)
+    lengths = torch.tensor([frames, frames // 2], dtype=torch.int64)
+    torch_export(_AudioGraph(model).eval(), (mel, lengths), path, ["input_features", FRAME_LENGTHS],
+                  {"input_features": {0: "batch", 2: "frames"}, FRAME_LENGTHS: {0: "batch"}}, opset)
     return path
 
 
@@ -123,18 +128,25 @@ def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 
 def validate(model: WavLinkModel, audio_onnx: bytes | Path, text_onnx: bytes | Path, tokenizer: TextTokenizer) -> dict:
-    """ORT vs PyTorch, per tower, on real clips (pad and trim) and sentences, batched. Runs the very
+    """ORT vs PyTorch, per tower, on real clips (pad and trim) and sentences, batched (audio: each clip
+    twice, and all clips in one padded mixed-length batch against each run alone). Runs the very
     bytes that will be written and hashed (or, for graphs with external data, the files themselves),
     so the manifest vouches for what was checked."""
     audio_session = OnnxSession(audio_onnx, name="audio.onnx")
     text_session = OnnxSession(text_onnx, name="text.onnx")
     ref, got = [], []
-    for _, mel in validation_clips(model.config.audio.n_mels, 2 * model.config.audio.n_ctx):
+    clips = [mel for _, mel in validation_clips(model.config.audio.n_mels, 2 * model.config.audio.n_ctx)]
+    for mel in clips:
         batch = np.stack([mel] * 2)  # batch of 2 also checks the dynamic batch axis
         with torch.no_grad():
             ref.append(model.audio(torch.from_numpy(batch)).numpy())
         got.append(audio_session.run({"input_features": batch}))
-    audio_fig = _compare(np.concatenate(ref), np.concatenate(got))
+    # every clip (pad and trim: several lengths) in one padded batch must give each clip's own embedding
+    features, lengths = padded_batch(clips)
+    mixed = audio_session.run({"input_features": features, FRAME_LENGTHS: lengths})
+    alone = np.stack([r[0] for r in ref])
+    audio_fig = _compare(np.concatenate([*ref, alone]), np.concatenate([*got, mixed]))
+    audio_fig["mixed_batch_max_abs"] = float(np.abs(mixed - alone).max())
 
     feeds = tokenizer.feeds(VALIDATION_TEXTS)
     with torch.no_grad():
@@ -155,7 +167,7 @@ def model_spec(cfg) -> dict:
             "embed_dim": cfg.embed_dim, "matryoshka_dims": list(cfg.matryoshka_dims),
             "n_mels": cfg.audio.n_mels, "sample_rate": SAMPLE_RATE, "max_frames": 2 * cfg.audio.n_ctx,
             "text_max_length": cfg.text.max_length, "pad_token_id": cfg.text.pad_token_id,
-            "clip_policy": cfg.clip_policy}
+            "clip_policy": cfg.clip_policy, "frame_lengths": True}
 
 
 def _gather_external_data(path: Path, scattered: list[Path], force: bool) -> list[str]:

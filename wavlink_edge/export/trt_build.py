@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from wavlink_edge.runtime.batching import FRAME_LENGTHS
 from wavlink_edge.runtime.trt_engine import KEY_SCHEMA, Profile, parse_version, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -68,7 +69,8 @@ def _triple(values, what: str) -> tuple[int, int, int]:
 
 def derive_profile(manifest: dict, tower: str, batch=None, frames=DEFAULT_AUDIO_FRAMES,
                    seq=DEFAULT_TEXT_SEQ) -> Profile:
-    """Profile shapes from the export manifest: audio [batch, n_mels, frames] (frames even, <= max_frames);
+    """Profile shapes from the export manifest: audio [batch, n_mels, frames] (frames even, <= max_frames)
+    and frame_lengths [batch] if the graph takes it;
     text [batch, seq] for input_ids and attention_mask (seq <= text_max_length)."""
     model = manifest["model"]
     b = _triple(batch or DEFAULT_BATCH.get(tower, DEFAULT_BATCH["audio"]), "batch")
@@ -79,7 +81,10 @@ def derive_profile(manifest: dict, tower: str, batch=None, frames=DEFAULT_AUDIO_
             raise ValueError(f"frames max {f[2]} exceeds the model's max_frames {max_frames}")
         f = tuple(v + v % 2 for v in f)  # the encoder's stride-2 conv wants even frame counts
         n_mels = int(model["n_mels"])
-        return Profile({"input_features": ((b[0], n_mels, f[0]), (b[1], n_mels, f[1]), (b[2], n_mels, f[2]))})
+        shapes = {"input_features": ((b[0], n_mels, f[0]), (b[1], n_mels, f[1]), (b[2], n_mels, f[2]))}
+        if model.get(FRAME_LENGTHS):  # mixed-length batches: one length per row
+            shapes[FRAME_LENGTHS] = ((b[0],), (b[1],), (b[2],))
+        return Profile(shapes)
     if tower == "text":
         max_len = int(model["text_max_length"])
         s = _triple([max_len if v is None else min(v, max_len) for v in seq], "sequence length")

@@ -18,6 +18,8 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from wavlink_edge.runtime.batching import with_frame_lengths
+
 MS_DOMAIN = "com.microsoft"
 _LAYER = re.compile(r"^/audio/layers\.(\d+)/self_attn/")
 FRONT_END_MATMULS = ("/audio/conv1/MatMul", "/audio/conv2/MatMul")  # names given by conv_front_end_as_matmuls
@@ -81,7 +83,8 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
     layers = sorted({int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))})
     if not layers:
         raise ValueError("no /audio/layers.N/self_attn/ nodes: was the graph exported by export/to_onnx.py?")
-    fused_nodes = []
+    producers = _producers(model)
+    fused_nodes, key_masks = [], {}
     for layer in layers:
         p = f"/audio/layers.{layer}/self_attn/"
         try:
@@ -93,12 +96,25 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
                 by_name[p + name]
         except KeyError as exc:
             raise ValueError(f"layer {layer}: attention block not in the exported form ({exc})") from None
+        inputs = [q, k, v]
+        # Graphs with frame_lengths mask padded keys: the node always takes the mask, so every batch runs one
+        # kernel and a clip's int8 embedding alone matches it in a padded batch (bench/results/scale_mixed.md).
+        # An If taking ORT's unmasked (flash) kernel for unpadded batches was dropped: the kernels round
+        # differently, int8 amplifies it, and no speed difference was measurable on a loaded 2-core host.
+        if p + "Where" in by_name:
+            mask = _key_mask(by_name[p + "Where"], producers, layer)
+            if mask not in key_masks:
+                key_masks[mask] = helper.make_node("Cast", [mask], [mask + "/int32"], to=onnx.TensorProto.INT32,
+                                                   name=mask + "/int32")
+            inputs += ["", mask + "/int32"]  # (no bias), key_padding_mask [B, T_kv], 1 = real key
         # rename the old output so the new node can own the name the out_proj reads
         old = out.output[0]
         out.output[0] = old + "__unfused"
-        fused_nodes.append((out, helper.make_node("MultiHeadAttention", [q, k, v], [old], domain=MS_DOMAIN,
+        fused_nodes.append((out, helper.make_node("MultiHeadAttention", inputs, [old], domain=MS_DOMAIN,
                                                   name=p + "MultiHeadAttention", num_heads=num_heads)))
     nodes = list(model.graph.node)
+    for mask, cast in key_masks.items():
+        nodes.insert(nodes.index(producers[mask]) + 1, cast)
     for anchor, node in fused_nodes:
         nodes.insert(nodes.index(anchor) + 1, node)
     del model.graph.node[:]
@@ -107,6 +123,18 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     remove_dead_nodes(model)
     return model, len(fused_nodes)
+
+
+def _key_mask(where: onnx.NodeProto, producers: dict, layer: int) -> str:
+    """The [B, T_kv] bool key mask (True = real position) behind an exported `scores.masked_fill(~mask, -inf)`:
+    Where's condition is Not(mask) through Unsqueeze/Cast steps."""
+    name, nots = where.input[0], 0
+    while name in producers and producers[name].op_type in ("Cast", "Not", "Unsqueeze"):
+        nots += producers[name].op_type == "Not"
+        name = producers[name].input[0]
+    if nots != 1 or name not in producers:
+        raise ValueError(f"layer {layer}: the attention mask is not in the exported form (masked_fill(~mask, -inf))")
+    return name
 
 
 def _const(model: onnx.ModelProto, name: str, array) -> str:
@@ -319,7 +347,7 @@ def activation_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: 
     out = {n: None for n in names}
     with ort_session(probe, opts) as sess:
         for _, feed in feeds:
-            for n, v in zip(names, sess.run(names, feed)):
+            for n, v in zip(names, sess.run(names, with_frame_lengths(feed, [i.name for i in sess.get_inputs()]))):
                 m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
                 out[n] = m if out[n] is None else np.maximum(out[n], m)
     return out

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run by path (`python quantization/quantize.py`)
 
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
+from wavlink_edge.runtime.batching import with_frame_lengths
 from wavlink_edge.runtime.cli import int_at_least
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.manifest import INT8_VARIANTS, Manifest, sha256_file
@@ -240,10 +241,10 @@ def make_int8_static(src: Path, dst: Path, tower: str, exclusion_set: str, calib
 # ---------------------------------------------------------------- calibration
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over a list of feeds."""
+    """onnxruntime CalibrationDataReader over a list of feeds (completed with frame_lengths where the graph takes it)."""
 
-    def __init__(self, feeds):
-        self._feeds = [f for _, f in feeds]
+    def __init__(self, feeds, input_names=()):
+        self._feeds = [with_frame_lengths(f, input_names) for _, f in feeds]
         self._it = iter(self._feeds)
 
     def get_next(self):
@@ -317,7 +318,8 @@ def calibrate(src: Path, feeds: list, method: str, cache: Path) -> None:
         ops = list(recipes.FLOAT_COMPUTE_OPS) if method == "minmax" else ["MatMul", "Gemm", "Conv"]
         # ORT prints a line per strided step ("Collecting tensor data and making histogram ...")
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds),
+            inputs = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+            quantize_static(str(src), str(Path(tmp) / "throwaway.onnx"), calibration_data_reader=_Reader(feeds, inputs),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **stride},

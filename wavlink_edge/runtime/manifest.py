@@ -40,6 +40,8 @@ class ModelSpec:
     max_frames: int
     text_max_length: int
     clip_policy: str
+    # the audio graph takes frame_lengths (mixed-length batches); exports made before it existed do not
+    frame_lengths: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,16 @@ def _model_spec(model: object) -> ModelSpec:
         # 0: an audio-only export (export/mean_pool.py) with no text tower
         text_max_length=_field(model, "text_max_length", int, lambda v: 0 <= v <= 8192, "an integer in 0..8192"),
         clip_policy=_field(model, "clip_policy", str, lambda v: v in ("pad", "trim"), "'pad' or 'trim'", default="pad"),
+        frame_lengths=_flag(model, "frame_lengths"),
     )
+
+
+def _flag(model: dict, key: str) -> bool:
+    """An optional true/false field; absent is false."""
+    value = model.get(key, False)
+    if not isinstance(value, bool):
+        raise _FieldError(f"model.{key} must be true or false, got {value!r}")
+    return value
 
 
 def check_file_name(name: object) -> str:

@@ -2,10 +2,10 @@
 
 Audio path, top to bottom in ``iter_embed_audio``: items -> decoded 16 kHz blocks -> windows (the
 model's max length, 30 s for Whisper; longer audio gets several, hop configurable) -> log-mel
-features -> batches (same frame count) -> the audio session -> global-token embeddings -> mean over
-an item's windows -> Matryoshka truncation to ``dim`` -> L2 normalisation. Every ``dim`` of an item is
-a prefix of the same full embedding, re-normalised. Text: tokenizer feeds -> text session -> truncate ->
-normalise.
+features -> batches (mixed lengths, padded and masked; the same frame count for exports older than
+``frame_lengths``) -> the audio session -> global-token embeddings -> mean over an item's windows ->
+Matryoshka truncation to ``dim`` -> L2 normalisation. Every ``dim`` of an item is a prefix of the same
+full embedding, re-normalised. Text: tokenizer feeds -> text session -> truncate -> normalise.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
-from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, Batch, WindowBatcher
+from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
 from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
@@ -203,11 +203,12 @@ class WavLink:
         """Embed audio items lazily, yielding one ``AudioEmbedding`` per input, in input order.
 
         Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), and
-        at most about one batch of windows waits at a time. A bad item yields a result with ``error``
-        naming it; the others go on.
+        at most about one batch of windows waits at a time (four, sorted into mixed-length batches, where
+        the graph takes ``frame_lengths``). A bad item yields a result with ``error`` naming it; the
+        others go on.
         """
         dim = self._check_dim(dim)
-        batcher = WindowBatcher(batch_size, self.max_batch_frames)
+        batcher = self._batcher(batch_size)
         states: dict[int, _ItemState] = {}
         next_out = 0
         for index, item in enumerate(_as_items(inputs)):
@@ -255,7 +256,7 @@ class WavLink:
                       batch_size: int = 8) -> list[np.ndarray]:
         """Embeddings of items given as their ``window_features``, batched and averaged as ``iter_embed_audio`` does."""
         dim = self._check_dim(dim)
-        batcher = WindowBatcher(batch_size, self.max_batch_frames)
+        batcher = self._batcher(batch_size)
         states = {}
         for index, windows in enumerate(items):
             states[index] = _ItemState(str(index), windows_queued=len(windows), decoded=True)
@@ -273,9 +274,16 @@ class WavLink:
         if windows == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
 
+    def _batcher(self, batch_size: int) -> WindowBatcher:
+        # Mixed lengths share a batch only where the graph masks the padding (exports since frame_lengths).
+        return WindowBatcher(batch_size, self.max_batch_frames, mixed_lengths=self.spec.frame_lengths)
+
     def _encode(self, batches: list[Batch], states: dict[int, _ItemState]) -> None:
         for batch in batches:
-            embeddings = self.audio_session.run({"input_features": np.ascontiguousarray(batch.features, np.float32)})
+            feeds = {"input_features": np.ascontiguousarray(batch.features, np.float32)}
+            if batch.lengths is not None:
+                feeds[FRAME_LENGTHS] = batch.lengths
+            embeddings = self.audio_session.run(feeds)
             for index, embedding in zip(batch.items, embeddings):
                 state = states[index]
                 state.total = embedding.astype(np.float64) if state.total is None else state.total + embedding
@@ -347,6 +355,9 @@ def _check_graph_matches_manifest(manifest: Manifest, tower: str, file: str, ses
     mels = shapes.get("input_features", (None, None))[1] if tower == "audio" else None
     if isinstance(mels, int) and mels > 0 and mels != manifest.model.n_mels:
         raise ModelFilesError(f"{where}: model.n_mels is {manifest.model.n_mels} but {file} takes {mels} mel bins")
+    if tower == "audio" and (FRAME_LENGTHS in shapes) != manifest.model.frame_lengths:
+        raise ModelFilesError(f"{where}: model.frame_lengths is {str(manifest.model.frame_lengths).lower()} but {file} "
+                              f"{'takes' if FRAME_LENGTHS in shapes else 'does not take'} a {FRAME_LENGTHS} input")
 
 
 def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:

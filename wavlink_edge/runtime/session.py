@@ -18,6 +18,7 @@ from typing import Protocol, Union
 import numpy as np
 import onnxruntime as ort
 
+from wavlink_edge.runtime.batching import with_frame_lengths
 from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
 from wavlink_edge.runtime.manifest import ArtifactSpec, Manifest
 
@@ -170,11 +171,11 @@ class OnnxSession:
         return shapes
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session.run(None, feeds)[0]
+        return self._session.run(None, with_frame_lengths(feeds, self.input_names))[0]
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output, in graph order (the lyrics decoder returns states, logits and its KV cache)."""
-        return self._session.run(None, feeds)
+        return self._session.run(None, with_frame_lengths(feeds, self.input_names))
 
     def end_profiling(self) -> str:
         return self._session.end_profiling()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.batching import with_frame_lengths
 from wavlink_edge.runtime.manifest import sha256_file
 
 KEY_SCHEMA = 1
@@ -180,6 +181,7 @@ class TensorRTSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Batches beyond the profile's max batch run in chunks, so callers need not know the profile."""
+        feeds = with_frame_lengths(feeds, self.inputs)
         rows = len(next(iter(feeds.values())))
         with self._lock:
             if rows <= self.max_batch:
