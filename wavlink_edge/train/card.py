@@ -223,7 +223,8 @@ def model_card(results: dict, path: Path) -> Path:
             if zs is None:
                 continue
             lines.append(f"| {HEADS_NAMES[heads]} | {prompts} | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
-    for policy, zs in (r.get("previous_real_zero_shot") or {}).items():
+    # the previous demo's figures from its own training run, only when its heads were not scored on this split
+    for policy, zs in ((r.get("previous_real_zero_shot") or {}) if "previous" not in ev else {}).items():
         lines.append(f"| previous demo (fewer real sources) | one prompt | {policy} | {_zero_shot_cells(zs, r['dims'])} |")
     lines.append("| chance | - | - | " + " | ".join(_pct(1 / len(classes)) for _ in r["dims"]) + " |")
     zs = ev["trained"]["real"][ship]["zero_shot"][str(r["dims"][0])]

@@ -13,7 +13,7 @@ LEVERS = {
     "package-balanced sampling": {"package_balance": 0.5},
     "same label not a negative": {"same_label_negatives": False},
     "both": {"package_balance": 0.5, "same_label_negatives": False},
-    "real clips 4x": {"real_repeats": 4, "same_label_negatives": False},
+    "real clips 4x, same label not a negative": {"real_repeats": 4, "same_label_negatives": False},
 }
 
 
