@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from wavlink_edge.export.backbones import DEMO_HEADS
+from wavlink_edge.train import levers
 from wavlink_edge.train.data import POLICIES
 from wavlink_edge.train.heads import DEMO_NAME, TRAINED_TEXT, set_heads_policy
 
@@ -65,7 +66,7 @@ def _lever_lines(r: dict) -> list[str]:
     """The levers compared on validation (train/levers.py), when this run compared them."""
     if not r.get("levers"):
         return []
-    best = max(r["levers"], key=lambda name: r["levers"][name]["best_score"])
+    best = levers.chosen(r["levers"])
     lines = [f"- levers compared on validation before training (`--levers`; each a selection run of up to "
              f"{r['selection']['max_epochs']} epochs from the same start; score = real-validation zero-shot top-1 + "
              f"generated validation mean R@1, smoothed over 3 epochs): the best, **{best}**, ships", "",

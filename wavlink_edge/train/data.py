@@ -260,3 +260,7 @@ class FitSet:
     @property
     def n_real(self) -> int:
         return len(self.real_labels)
+
+    @property
+    def n_generated(self) -> int:  # rows before the first real clip
+        return len(self.clips) - self.n_real

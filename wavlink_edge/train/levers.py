@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from wavlink_edge.train.loop import Recipe, smoothed_score, train
+from wavlink_edge.train.loop import Recipe, choose_epochs, smoothed_score, train
 
 LEVERS = {
     "as before": {},
@@ -24,10 +24,9 @@ def compare(model, initial_state: dict, recipe: Recipe, fit, validation, levers:
         log(f"lever '{name}': {change or 'the recipe as it was'}")
         model.load_state_dict(initial_state)
         curves = train(model, replace(recipe, **change), fit, validation, log)
-        smooth = smoothed_score(curves)
-        best = len(smooth) - 1 - int(smooth[::-1].argmax())
-        results[name] = {"change": change, "curves": curves, "best_score": float(smooth[best]),
-                         "best_epoch": int(curves["epoch"][best])}
+        best_epoch = choose_epochs(curves)
+        results[name] = {"change": change, "curves": curves, "best_epoch": best_epoch,
+                         "best_score": float(smoothed_score(curves)[curves["epoch"].index(best_epoch)])}
     model.load_state_dict(initial_state)
     return results
 

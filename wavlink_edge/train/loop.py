@@ -30,17 +30,16 @@ class Recipe:
 def real_pool(fit: FitSet, recipe: Recipe, rng: np.random.Generator) -> np.ndarray:
     """The real clips of one epoch, as rows of fit.clips: each `real_repeats` times, or (package_balance > 0) as many
     draws weighted so a large package does not dominate."""
-    n_gen = len(fit.clips) - fit.n_real
     if recipe.package_balance == 0:
-        return np.tile(np.arange(n_gen, len(fit.clips)), recipe.real_repeats)
-    packages, index = np.unique(fit.real_packages, return_inverse=True)
-    weight = np.bincount(index).astype(float)[index] ** -recipe.package_balance
-    return n_gen + rng.choice(fit.n_real, size=fit.n_real * recipe.real_repeats, p=weight / weight.sum())
+        return np.tile(np.arange(fit.n_generated, len(fit.clips)), recipe.real_repeats)
+    _, package = np.unique(fit.real_packages, return_inverse=True)
+    weight = np.bincount(package).astype(float)[package] ** -recipe.package_balance
+    return fit.n_generated + rng.choice(fit.n_real, size=fit.n_real * recipe.real_repeats, p=weight / weight.sum())
 
 
 def not_negative_pairs(fit: FitSet, idx: np.ndarray) -> torch.Tensor:
     """[B, B] True where two different real clips of the batch share a label (generated clips never do)."""
-    n_gen = len(fit.clips) - fit.n_real
+    n_gen = fit.n_generated
     labels = np.array([fit.real_labels[i - n_gen] if i >= n_gen else f"generated:{i}" for i in idx])
     same = labels[:, None] == labels[None, :]
     np.fill_diagonal(same, False)
@@ -59,13 +58,13 @@ def train(model: WavLinkModel, recipe: Recipe, fit: FitSet, validation, log=prin
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     dims = list(model.config.matryoshka_dims)
-    train_clips, n_gen = fit.clips, len(fit.clips) - fit.n_real
+    train_clips = fit.clips
     curves: dict[str, list] = {}
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
         model.train()
         losses = []
-        pool = np.concatenate([np.arange(n_gen), real_pool(fit, recipe, rng)])
+        pool = np.concatenate([np.arange(fit.n_generated), real_pool(fit, recipe, rng)])
         # length buckets, re-drawn each epoch so repeated real clips meet different negatives
         jitter = rng.uniform(0, 20, size=len(pool))
         order = pool[np.argsort(train_clips.lengths[pool] + jitter, kind="stable")]

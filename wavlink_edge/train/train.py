@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         lever_results = {}
         if args.levers:  # each lever's run is a selection run; the best one's recipe and curves are kept
             lever_results = levers.compare(model, initial_state, recipe, selection_rows, validation)
-            recipe = replace(recipe, **levers.LEVERS[levers.chosen(lever_results)])
-            selection = lever_results[levers.chosen(lever_results)]["curves"]
+            best = levers.chosen(lever_results)
+            recipe, selection = replace(recipe, **levers.LEVERS[best]), lever_results[best]["curves"]
         else:
             selection = train(model, recipe, selection_rows, validation)
         final_recipe = replace(recipe, epochs=choose_epochs(selection))
