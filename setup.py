@@ -1,7 +1,8 @@
 """wavlink-edge: one distribution, one import package (wavlink_edge), its stages as subpackages.
 
-The default install is the torch-free runtime (what a Jetson host needs). Everything that builds
-artifacts (torch, transformers, onnx, the offline weight packages) lives in extras.
+The default install is the torch-free runtime (what a Jetson host needs) plus the code of every build
+stage, which imports only with its extra: everything that builds artifacts (torch, transformers, onnx,
+the offline weight packages) lives in extras (wavlink_edge/commands.py names the extra per command).
 """
 import os
 import re
@@ -49,11 +50,20 @@ if ORT_CHOICE not in ORT_DEPS:
     raise SystemExit(f"WAVLINK_EDGE_ORT must be one of {sorted(ORT_DEPS)}, got {ORT_CHOICE!r}")
 RUNTIME_DEPS += ORT_DEPS[ORT_CHOICE]
 
-# The wheel carries the package root and the runtime only: the runtime imports no other stage, and the
-# build stages (export, quantization, train, bench) read their data (weights, calibration sets, the eval
-# split) from a checkout, where `wavlink_edge/` holds them (the extras install their dependencies).
-packages = ["wavlink_edge"] + sorted(
-    ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wavlink_edge" / "runtime").rglob("__init__.py"))
+# The wheel carries every stage's code: `wavlink-edge export|quantize|bench|...` run from any directory.
+# Importing a build stage needs its extra (torch and friends); the runtime alone needs none of them.
+packages = sorted(".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wavlink_edge").rglob("__init__.py"))
+# ... and the small data the stages read at run time (about 14 MB): the demo and WEALY heads, the bundled
+# clips, the calibration and held-out gate sets, the corpus generator's tables. The eval split
+# (bench/data/wavlink_eval, 12 MB of clips) and the measured results stay in the checkout: a benchmark
+# that needs the split says where to get it (a checkout, or `python -m wavlink_edge.train.corpus eval`).
+PACKAGE_DATA = {
+    "wavlink_edge.runtime": ["samples/*.flac"],
+    "wavlink_edge.export": ["FORMAT.md", "weights/*.safetensors", "weights/*.md"],
+    "wavlink_edge.quantization": ["calibration/*", "heldout/*", "heldout/real/*"],
+    "wavlink_edge.train.corpus": ["*.tsv", "*.tsv.gz"],
+    "wavlink_edge.train.wealy": ["results.json"],
+}
 
 setup(
     name="wavlink-edge",
@@ -64,6 +74,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=packages,
+    package_data=PACKAGE_DATA,
     include_package_data=False,
     install_requires=RUNTIME_DEPS,
     extras_require={
@@ -79,7 +90,5 @@ setup(
     },
     entry_points={
         "console_scripts": ["wavlink-edge=wavlink_edge.runtime.cli:main"],
-        # `wavlink-edge bench NAME` finds these; the runtime never imports the bench stage itself.
-        "wavlink_edge.bench": ["latency=wavlink_edge.bench.latency:main", "recall=wavlink_edge.bench.recall:main"],
     },
 )

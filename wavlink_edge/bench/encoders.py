@@ -24,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
+
+from wavlink_edge.bench.report import DEFAULT_OUT
+
 SHAPES = ((1, 3000), (4, 3000), (1, 500), (4, 500))
 GOALS = {"int8_vs_ct2_int8_3000": 0.5, "int8_vs_ct2_int8_500": 0.8, "int8_speedup_vs_fp32_3000_b1": 1.8,
          "trim5_vs_30_front_end": 0.25, "peak_rss_2h_mb": 1024}
@@ -222,8 +228,6 @@ def end_to_end(export_dir: Path, threads: int, rounds: int = 3, count: int = 4, 
 
 _RSS_CHILD = """
 import sys, resource
-if __package__ in (None, ""):  # run by path (`python bench/encoders.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wavlink_edge.runtime import WavLink
 wl = WavLink.from_pretrained(sys.argv[1], precision="int8", providers=["CPUExecutionProvider"], threads=int(sys.argv[3]))
@@ -352,7 +356,7 @@ def run(export_dir: Path, out_dir: Path, rounds: int, threads: int, e2e: bool = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--out", default="bench/results", type=Path)
+    parser.add_argument("--out", default=DEFAULT_OUT, type=Path, help=f"results directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds at 3000 frames (x2 at 500); a round = 1 cold + 3 warm calls each")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-e2e", action="store_true")

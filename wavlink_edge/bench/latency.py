@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run by path (`python bench/latency.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import flops as F
 from wavlink_edge.bench import machine, report
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
 
 FULL = {"lengths": [5, 10, 30], "policies": ["pad", "trim"], "batches": [1, 4, 16],
         "target_s": 4.0, "min_repeats": 3, "max_repeats": 30, "long_call_s": 8.0, "long_min_repeats": 2,
@@ -360,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         return worker_main(argv[1])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="export directory (manifest.json, *.onnx)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="export directory (manifest.json, *.onnx)")
     parser.add_argument("--quick", action="store_true", help="seconds: one clip length (5 s trim), batch 1, 2-3 repeats")
-    parser.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    parser.add_argument("--out", default=str(report.DEFAULT_OUT), help=f"results directory (default ./{report.DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, help="threads for every backend (default: all usable cores)")
     parser.add_argument("--checkpoint", help="WavLink checkpoint the export came from (default: the built-in base)")
     parser.add_argument("--only", help="comma list of backend-key substrings to run (e.g. 'pytorch,ort-cpu')")

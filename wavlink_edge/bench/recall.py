@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run by path (`python bench/recall.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import datasets as D
 from wavlink_edge.bench import machine, report
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
 from wavlink_edge.runtime.vectors import truncate
 from wavlink_edge.train import metrics
 
@@ -189,12 +191,12 @@ def _text_twin(audio_spec: B.Spec) -> B.Spec:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="export directory")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="export directory")
     parser.add_argument("--quick", action="store_true", help=f"seconds: {QUICK_ITEMS} clips, trim policy, 2 dims")
     parser.add_argument("--dataset", action="append",
                         help="builtin (default) | clotho:DIR_OR_CSV | audiocaps:CSV:AUDIO_DIR | esc50:DIR; repeatable")
     parser.add_argument("--limit", type=int, help="first N clips of each dataset")
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", default=str(report.DEFAULT_OUT), help=f"results directory (default ./{report.DEFAULT_OUT})")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--checkpoint", help="WavLink checkpoint the export came from (default: the built-in base)")
     parser.add_argument("--only", help="comma list of backend-key substrings (the reference always runs)")

@@ -12,6 +12,9 @@ import shlex
 from pathlib import Path
 
 SCHEMA = "wavlink-edge-bench/1"
+# Where a benchmark writes unless told (--out): a folder of the current directory, never the package itself
+# (an installed one may be read-only, and in a checkout bench/results holds the tracked, published figures).
+DEFAULT_OUT = Path("wavlink-edge-results")
 UNTRAINED_NOTE = ("**untrained heads**: the global token and projectors are seeded, not trained; recall figures "
                   "are not meaningful, latency and fidelity figures are")
 LATENCY_ROW_KEYS = ("backend", "label", "tower", "engine", "precision", "device", "reference", "peer", "clip_seconds",
@@ -24,7 +27,7 @@ HEADER_KEYS = ("schema", "kind", "command", "created", "model", "machine")
 
 
 def command_line(tool: str, argv: list[str]) -> str:
-    return " ".join(["python", f"bench/{tool}.py", *map(shlex.quote, argv)])
+    return " ".join(["wavlink-edge", "bench", tool.replace("run_all", "all"), *map(shlex.quote, argv)])
 
 
 def header(kind: str, manifest: dict, export_dir: Path, command: str | None, machine: dict) -> dict:

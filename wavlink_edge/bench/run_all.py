@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run by path (`python bench/run_all.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench import encoders, latency, plots, recall, report
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
 
 
 def _p50(rows, **match) -> float | None:
@@ -115,9 +117,9 @@ def _reused_latency(out: Path, model: Path) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", default=str(report.DEFAULT_OUT), help=f"results directory (default ./{report.DEFAULT_OUT})")
     parser.add_argument("--dataset", action="append")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--checkpoint")

@@ -1,9 +1,10 @@
 """Corpus scale: embedding throughput (workers 1 and 2, Ray vs plain) and the vector index at >= 100 000 vectors.
 
-    python bench/scale.py --model /tmp/wt22-export [--clips 160] [--vectors 100000] [--no-ray] [--libraries]
-    python bench/scale.py --model /tmp/wt22b-export --mixed 100 [--rounds 2]     # mixed-length batches only
+    wavlink-edge bench scale --model exports/wavlink-base [--clips 160] [--vectors 100000] [--no-ray] [--libraries]
+    wavlink-edge bench scale --model exports/wavlink-base --mixed 100 [--rounds 2]     # mixed-length batches only
 
-Writes bench/results/scale.{json,md,png} (--mixed: scale_mixed.{json,md}, see mixed_batches).
+Writes scale.{json,md,png} under --out (default ./wavlink-edge-results; the published figures are in
+bench/results/); --mixed: scale_mixed.{json,md}, see mixed_batches.
 
 Throughput: the first ``--clips`` clips of the bundled eval split (real renders, 1.5-9 s), fp32, trim
 policy, embedded with ``runtime.parallel.embed_parallel`` at 1 worker (all cores) and at 2 workers (one
@@ -32,18 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run by path (`python bench/scale.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench.datasets import load_builtin
 from wavlink_edge.bench.machine import describe
+from wavlink_edge.bench.report import DEFAULT_OUT
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, WindowBatcher
 from wavlink_edge.runtime.index import WavLinkIndex
 from wavlink_edge.runtime.parallel import embed_parallel, threads_per_worker
 from wavlink_edge.runtime.vectors import normalize
 
-RESULTS = Path(__file__).resolve().parent / "results"
 K = 10
 
 
@@ -499,7 +501,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--libraries", type=int, default=0, metavar="N",
                         help="also compare faiss and usearch on the first N synthetic vectors")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--index-only", action="store_true",
                         help="only the index part (parents: the clips embedded once by 2 workers); writes scale_index_N.json/md")
     parser.add_argument("--graph-dims", default=None, help="comma-separated graph dims (default: full and full/4)")

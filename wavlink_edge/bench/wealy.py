@@ -12,15 +12,15 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run by path (`python bench/wealy.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.export.backbones import ct2_whisper_base_dir
 from wavlink_edge.runtime.audio import decode_audio

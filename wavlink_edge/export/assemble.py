@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run by path (`python export/assemble.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.export.backbones import check_audio_size, check_heads_file, from_backbones, load_heads, whisper_dims
 from wavlink_edge.export.model import SIZES

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run by path (`python export/make_random_large.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.export.backbones import RANDOM_MARKER
 

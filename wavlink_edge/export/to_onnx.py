@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run by path (`python export/to_onnx.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import onnx
 
-if __package__ in (None, ""):  # run by path (`python quantization/exclusion_sweep.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes

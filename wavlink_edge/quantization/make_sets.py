@@ -11,15 +11,15 @@ Sources and licences are listed in each folder's README.md. Needs espeak-ng and 
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-if __package__ in (None, ""):  # run by path (`python quantization/make_sets.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import onnx
 
-if __package__ in (None, ""):  # run by path (`python quantization/quantize.py`): import the package of this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run by path: run as this checkout's package module (wavlink_edge/run_by_path.py says why)
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
+from wavlink_edge.runtime.arguments import int_at_least
 from wavlink_edge.runtime.batching import with_frame_lengths
-from wavlink_edge.runtime.cli import int_at_least
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.manifest import INT8_VARIANTS, Manifest, sha256_file
 from wavlink_edge.runtime.outputs import exclusive_lock

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from wavlink_edge import __version__
 from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, positive_int
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
@@ -40,7 +41,6 @@ from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock, sidecar_path
 from wavlink_edge.runtime.session import quiet_onnxruntime
 
-DEFAULT_MODEL_DIR = Path("exports/wavlink-base")
 # Later stages register their commands here (setup.py entry points), so the runtime imports none of them.
 BENCH_ENTRY_POINTS = "wavlink_edge.bench"
 
@@ -49,22 +49,6 @@ class CliError(Exception):
     """A usage, model or output problem: printed as one line, exit code 2."""
 
 
-def int_at_least(minimum: int):
-    """An argparse type: a whole number >= minimum, refused in one line otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = int_at_least(1)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +58,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dim (default: the full width)")
     parser.add_argument("--provider", action="append", dest="providers", metavar="NAME",
                         help="ORT execution provider, repeatable, in order (default TensorRT -> CUDA -> CPU)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="ORT intra-op threads (default: every core)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ORT intra-op threads (default: every core)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="log provider and artifact choices, and onnxruntime's own messages")
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default_batch: int) -> None:
-    parser.add_argument("--batch-size", type=_positive_int, default=default_batch)
+    parser.add_argument("--batch-size", type=positive_int, default=default_batch)
     parser.add_argument("--out", type=Path, help=f"output file {'|'.join(OUTPUT_SUFFIXES)} (default: JSON lines on stdout)")
     parser.add_argument("--resume", action="store_true",
                         help="with --out X.jsonl: keep its rows and embed only the sources it does not hold yet")
@@ -105,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--hop", type=float, default=None,
                        help="window hop in seconds for audio longer than one window (default: the window, 30 s)")
     _add_output_options(embed, 8)
-    parallel.add_options(embed, _positive_int)
+    parallel.add_options(embed, positive_int)
 
     text = commands.add_parser("embed-text", help="embed texts")
     text.add_argument("texts", nargs="*", help="texts to embed")
@@ -131,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
     bench.add_argument("benchmark", choices=("latency", "recall"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
-    COMMANDS.update(index_commands.add_commands(commands, _add_model_options, _positive_int))
+    COMMANDS.update(index_commands.add_commands(commands, _add_model_options, positive_int))
     return parser
 
 
