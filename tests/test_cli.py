@@ -120,26 +120,50 @@ def test_default_model_missing_says_how_to_create_it(tmp_path, monkeypatch, caps
     assert "no WavLink Edge export at exports/wavlink-base" in err and "python export/to_onnx.py --size base" in err
 
 
-def test_bench_runs_the_registered_benchmark_or_explains_what_is_missing(monkeypatch, capsys):
-    class EntryPoint:
-        def __init__(self, name, target):
-            self.name, self.target = name, target
+def test_stage_commands_run_their_module_or_name_the_missing_extra(monkeypatch, capsys, tmp_path):
+    """`wavlink-edge export|bench NAME|...` imports the stage module named in wavlink_edge/commands.py and runs
+    its main(argv); a missing third-party import is one line naming the extra; a missing module of this
+    package is a bug and keeps its traceback."""
+    from wavlink_edge import commands
 
-        def load(self):
-            if isinstance(self.target, Exception):
-                raise self.target
-            return self.target
+    (tmp_path / "fake_stage_ok.py").write_text(
+        "import sys\nSEEN = []\ndef main(argv):\n    SEEN.append((sys.argv[0], argv))\n    return 3\n")
+    (tmp_path / "fake_stage_torchless.py").write_text("import no_such_module_xyz  # noqa\n")
+    (tmp_path / "fake_stage_broken.py").write_text("import wavlink_edge.no_such_stage  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(commands.BENCHMARKS, "latency", commands.StageCommand("fake_stage_ok", "bench", ""))
+    monkeypatch.setitem(commands.STAGE_COMMANDS, "export", commands.StageCommand("fake_stage_torchless", "export", ""))
+    monkeypatch.setitem(commands.STAGE_COMMANDS, "quantize", commands.StageCommand("fake_stage_broken", "export", ""))
+    assert cli.main(["bench", "latency", "--runs", "5"]) == 3
+    import fake_stage_ok
 
-    seen = []
-    points = [EntryPoint("latency", lambda argv: seen.append(argv) or 3),
-              EntryPoint("recall", ModuleNotFoundError("No module named 'torch'"))]
-    monkeypatch.setattr(cli, "entry_points", lambda group: points if group == cli.BENCH_ENTRY_POINTS else [])
-    assert cli.main(["bench", "latency", "--runs", "5"]) == 3 and seen == [["--runs", "5"]]
-    assert cli.main(["bench", "recall"]) == 2
-    assert "not in this install (No module named 'torch')" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "entry_points", lambda group: [])
-    assert cli.main(["bench", "latency"]) == 2
-    assert "no 'latency' benchmark is registered" in capsys.readouterr().err
+    assert fake_stage_ok.SEEN == [("wavlink-edge bench latency", ["--runs", "5"])]
+    assert cli.main(["export", "--size", "base"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the [export] extra" in err and "no_such_module_xyz" in err, err
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["quantize"])
+    assert cli.main(["bench", "nope"]) == 2
+    assert "bench: give one of latency" in capsys.readouterr().err
+    assert cli.main(["bench", "--help"]) == 0 and "recall" in capsys.readouterr().out
+
+
+def test_debug_shows_the_traceback_and_bugs_are_not_one_liners(monkeypatch, capsys, tiny_export):
+    """A refusal is one line; `--debug` (or WAVLINK_EDGE_DEBUG=1) raises it; a programming error (here a
+    KeyError from inside a command) is never turned into a one-line message."""
+    monkeypatch.setenv("WAVLINK_EDGE_DEBUG", "0")  # and undone after the test: --debug sets it to 1
+    assert cli.main(["info", "/nonexistent/export"]) == 2
+    assert capsys.readouterr().err.startswith("error: no WavLink Edge export at /nonexistent/export")
+    with pytest.raises(cli.CliError):
+        cli.main(["--debug", "info", "/nonexistent/export"])
+    monkeypatch.setenv("WAVLINK_EDGE_DEBUG", "0")
+
+    def bug(args):
+        raise KeyError("x")
+
+    monkeypatch.setattr(cli, "cmd_verify", bug)
+    with pytest.raises(KeyError):
+        cli.main(["verify", str(tiny_export)])
 
 
 def test_console_entry_point_exit_codes(tiny_export, sample_clips, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.errors import ModelFilesError
 from wavlink_edge.runtime.features import SAMPLE_RATE  # noqa: E402,F401  (the one definition; re-exported for bench)
 
 CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -42,13 +43,9 @@ class Spec:
 
 def load_manifest(export_dir: Path) -> dict:
     """The export's manifest (read and validated by the runtime's Manifest) as a dict."""
-    from wavlink_edge.runtime.errors import ModelFilesError
     from wavlink_edge.runtime.manifest import Manifest
 
-    try:
-        return Manifest.load(export_dir).data
-    except ModelFilesError as exc:
-        raise FileNotFoundError(str(exc)) from None
+    return Manifest.load(export_dir).data
 
 
 def onnx_providers() -> list[str]:
@@ -149,7 +146,7 @@ def load_reference(export_dir: Path, checkpoint: Path | None = None):
         model, _ = build_default_base()
     exported = {k: v for k, v in json.loads((export_dir / "config.json").read_text()).items() if k != "model_type"}
     if json.loads(json.dumps(model.config.to_dict())) != exported:
-        raise ValueError(f"the PyTorch reference ({'checkpoint ' + str(checkpoint) if checkpoint else 'built-in default base'}) "
+        raise ModelFilesError(f"the PyTorch reference ({'checkpoint ' + str(checkpoint) if checkpoint else 'built-in default base'}) "
                          f"does not match {export_dir}/config.json (name/heads/policy differ): pass --checkpoint DIR, "
                          "the checkpoint the export was made from")
     check_reference_matches(model.eval(), export_dir)
@@ -170,7 +167,7 @@ def check_reference_matches(model, export_dir: Path, min_cosine: float = 0.9999)
     got = OnnxSession(Path(export_dir) / "audio.onnx", name="audio.onnx").run({"input_features": mel})[0]
     cosine = float(vectors.cosine(ref, got))
     if cosine < min_cosine:
-        raise ValueError(f"{export_dir}/audio.onnx does not match the PyTorch reference (cosine {cosine:.5f} < "
+        raise ModelFilesError(f"{export_dir}/audio.onnx does not match the PyTorch reference (cosine {cosine:.5f} < "
                          f"{min_cosine}): re-export, or pass --checkpoint with the checkpoint it was made from")
 
 

@@ -29,7 +29,8 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import flops as F
 from wavlink_edge.bench import machine, report
-from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, error_exit
+from wavlink_edge.runtime.errors import WavLinkError
 
 FULL = {"lengths": [5, 10, 30], "policies": ["pad", "trim"], "batches": [1, 4, 16],
         "target_s": 4.0, "min_repeats": 3, "max_repeats": 30, "long_call_s": 8.0, "long_min_repeats": 2,
@@ -374,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = run(Path(args.model), Path(args.out), args.quick, args.threads, args.checkpoint and Path(args.checkpoint),
                   args.only.split(",") if args.only else None, report.command_line("latency", argv),
                   progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (WavLinkError, OSError) as exc:
+        return error_exit(exc)
     failed = [b for b in doc["backends"] if "error" in b]
     for b in failed:
         print(f"warning: {b['key']} failed: {b['error']}", file=sys.stderr)

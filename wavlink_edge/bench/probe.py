@@ -45,7 +45,7 @@ MAX_SECONDS = 30
 SPEECH_COMMANDS_SKIP = ("_background_noise_",)
 
 
-class ProbeError(ValueError):
+class ProbeError(WavLinkError, ValueError):
     pass
 
 

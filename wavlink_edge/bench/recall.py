@@ -30,7 +30,8 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import datasets as D
 from wavlink_edge.bench import machine, report
-from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, error_exit
+from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.vectors import truncate
 from wavlink_edge.train import metrics
 
@@ -206,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = run(Path(args.model), Path(args.out), args.quick, args.dataset, args.limit, args.threads,
                   args.checkpoint and Path(args.checkpoint), args.only.split(",") if args.only else None,
                   report.command_line("recall", argv), progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (WavLinkError, OSError) as exc:
+        return error_exit(exc)
     print(f"recall: {len(doc['rows'])} rows in {doc['wall_s']} s -> {Path(args.out) / 'recall.json'}")
     return 0
 

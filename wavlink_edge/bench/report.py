@@ -11,6 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
+from wavlink_edge.runtime.errors import WavLinkError
+
 SCHEMA = "wavlink-edge-bench/1"
 # Where a benchmark writes unless told (--out): a folder of the current directory, never the package itself
 # (an installed one may be read-only, and in a checkout bench/results holds the tracked, published figures).
@@ -42,7 +44,7 @@ def header(kind: str, manifest: dict, export_dir: Path, command: str | None, mac
     }
 
 
-class SchemaError(ValueError):
+class SchemaError(WavLinkError, ValueError):
     pass
 
 

@@ -14,7 +14,8 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench import encoders, latency, plots, recall, report
-from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR
+from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, error_exit
+from wavlink_edge.runtime.errors import WavLinkError
 
 
 def _p50(rows, **match) -> float | None:
@@ -145,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                if args.encoder_rounds else None)
         rec = None if args.skip_recall else recall.run(model, out, args.quick, args.dataset, args.limit, args.threads, checkpoint,
                                                         command=command, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (WavLinkError, OSError) as exc:
+        return error_exit(exc)
     figures = plots.make_all(lat, rec, out)
     readme = write_readme(lat, rec, figures, out, command, time.time() - start, enc)
     print(f"report: {readme} ({time.time() - start:.0f} s)")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from wavlink_edge.runtime.errors import WavLinkError
+
 from .model import (
     AUDIO_DIMS,
     EMBED_DIM,
@@ -48,7 +50,7 @@ SOURCES_BASE = [
 RANDOM_MARKER = "RANDOM_WEIGHTS.md"
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(WavLinkError):
     pass
 
 

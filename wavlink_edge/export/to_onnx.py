@@ -28,6 +28,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 
 from wavlink_edge import __version__
 from wavlink_edge.export.model import SIZES, WavLinkModel
+from wavlink_edge.runtime.arguments import error_exit
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
 from wavlink_edge.runtime.errors import WavLinkError
@@ -55,7 +56,7 @@ VALIDATION_TEXTS = [
 ]
 
 
-class ExportError(RuntimeError):
+class ExportError(WavLinkError):
     pass
 
 
@@ -380,9 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {out} was left as it was", file=sys.stderr)
         return 130
-    except (ExportError, WavLinkError, OSError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (WavLinkError, OSError) as exc:
+        return error_exit(exc)
     v = manifest["validation"]
     print(f"exported {manifest['model']['name']} ({manifest['model']['heads']} heads) to {out} "
           f"in {manifest['export']['seconds']} s")
@@ -399,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             quantize_export(out, extra)
         except QuantizationError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return error_exit(exc)
     return 0
 
 

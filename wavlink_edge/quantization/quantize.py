@@ -77,7 +77,7 @@ SMOOTHING_CLIPS = 16
 FAST_CALIBRATION_CLIPS = 6  # --fast (CI)
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(WavLinkError):
     pass
 
 

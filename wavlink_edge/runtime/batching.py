@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wavlink_edge.runtime.errors import UsageError
+
 # 3000 frames: one padded 30 s window, six 5 s ones. On CPUs a 30 s window gains nothing from batch-mates
 # (b4 costs 4x b1), short clips still batch; measured peak RSS embedding a 2-hour file with the base model:
 # 1.17 GB at 6000 frames, 0.84 GB at 3000.
@@ -65,7 +67,7 @@ class WindowBatcher:
 
     def __init__(self, batch_size: int, max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES, mixed_lengths: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.max_batch_frames = max_batch_frames
         self.mixed_lengths = mixed_lengths

@@ -6,7 +6,9 @@
     wavlink-edge verify exports/wavlink-base
     wavlink-edge embed-text "a phone is ringing" --file captions.txt --out text.jsonl
     wavlink-edge similarity clip.flac "a phone is ringing" "a woman speaks"
-    wavlink-edge bench latency --help
+    wavlink-edge bench latency --quick
+    wavlink-edge export --size base        # and quantize, tensorrt, train, probe, ...: wavlink_edge/commands.py
+    wavlink-edge --debug CMD ...           # a refusal shows its traceback (also WAVLINK_EDGE_DEBUG=1)
 
 Exit codes: 0 every item embedded, 1 some items failed (each listed, with its reason), 2 usage, model or
 output error, 130 interrupted. Outputs keep input order and name each row's source; failed items stay
@@ -18,22 +20,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from glob import escape as glob_escape
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from wavlink_edge import __version__
+from wavlink_edge.commands import BENCHMARKS, STAGE_COMMANDS, StageCommand
 from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
-from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, positive_int
+from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
@@ -41,11 +44,8 @@ from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock, sidecar_path
 from wavlink_edge.runtime.session import quiet_onnxruntime
 
-# Later stages register their commands here (setup.py entry points), so the runtime imports none of them.
-BENCH_ENTRY_POINTS = "wavlink_edge.bench"
 
-
-class CliError(Exception):
+class CliError(WavLinkError):
     """A usage, model or output problem: printed as one line, exit code 2."""
 
 
@@ -71,8 +71,13 @@ def _add_output_options(parser: argparse.ArgumentParser, default_batch: int) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wavlink-edge", description="WavLink audio-text embeddings, torch-free.")
+    """The runtime's commands, each with its handler (`set_defaults(handler=...)`), and the build stages'
+    commands listed for --help (main() runs those before this parser sees them)."""
+    parser = argparse.ArgumentParser(prog="wavlink-edge", description="WavLink audio-text embeddings, torch-free.",
+                                     epilog="Build-stage commands need their extra (shown in brackets). "
+                                            f"--debug before the command, or {DEBUG_ENV}=1, shows a refusal's traceback.")
     parser.add_argument("--version", action="version", version=f"wavlink-edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a refusal")
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed audio files")
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="window hop in seconds for audio longer than one window (default: the window, 30 s)")
     _add_output_options(embed, 8)
     parallel.add_options(embed, positive_int)
+    embed.set_defaults(handler=cmd_embed)
 
     text = commands.add_parser("embed-text", help="embed texts")
     text.add_argument("texts", nargs="*", help="texts to embed")
@@ -97,25 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
                       "lines split on \\n or \\r\\n only, a blank line is an empty text (kept, so rows match lines)")
     _add_model_options(text)
     _add_output_options(text, 32)
+    text.set_defaults(handler=cmd_embed_text)
 
     sim = commands.add_parser("similarity", help="cosine similarity of one audio file to each text")
     sim.add_argument("audio")
     sim.add_argument("texts", nargs="+")
     _add_model_options(sim)
     sim.add_argument("--clip-policy", choices=("pad", "trim"), default=None)
+    sim.set_defaults(handler=cmd_similarity)
 
     info = commands.add_parser("info", help="describe an export: model, dims, policy, precisions and fidelity, "
                                "what would load here")
     info.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
     info.add_argument("--json", action="store_true", help="print the description as JSON")
+    info.set_defaults(handler=cmd_info)
     verify = commands.add_parser("verify", help="re-hash every file of an export against its manifest now")
     verify.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    verify.set_defaults(handler=cmd_verify)
     add_lyrics_parser(commands)
+    for name, handler in index_commands.add_commands(commands, _add_model_options, positive_int).items():
+        commands.choices[name].set_defaults(handler=handler)
 
-    bench = commands.add_parser("bench", help="run a benchmark: bench latency|recall [ARGS...] (needs the bench extra)")
-    bench.add_argument("benchmark", choices=("latency", "recall"))
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
-    COMMANDS.update(index_commands.add_commands(commands, _add_model_options, positive_int))
+    for name, command in STAGE_COMMANDS.items():  # parsed by their own modules: see main()
+        commands.add_parser(name, help=f"{command.help} [{command.extra}]", add_help=False)
+    commands.add_parser("bench", help=f"run a benchmark: bench {{{','.join(BENCHMARKS)}}} [ARGS...] [bench]", add_help=False)
     return parser
 
 
@@ -166,7 +177,7 @@ def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: li
                 writer.write(source, embedding, error)
                 if error:
                     failed += 1
-                    progress.write(f"failed: {_printable(error)}", file=sys.stderr)
+                    progress.write(f"failed: {printable(error)}", file=sys.stderr)
                 progress.update(1)
         except KeyboardInterrupt:
             writer.abandon()
@@ -177,10 +188,6 @@ def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: li
     writer.close(order)
     print(f"{writer.rows - failed} ok, {failed} failed{where}", file=sys.stderr)
     return 0 if failed == 0 else 1
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -242,15 +249,15 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
         model = _load_model(args)
         writer = RowWriter(args.out, model.dim, "text", _header(model.manifest, model.tower_digest("text"), model.dim, "text", model.precision),
                            args.resume)
-        todo = [t for t in texts if _printable(t) not in writer.done]
+        todo = [t for t in texts if printable(t) not in writer.done]
 
         def results():
             for start in range(0, len(todo), args.batch_size):
                 batch = todo[start:start + args.batch_size]
                 for text, (embedding, error) in zip(batch, _embed_texts_per_item(model, batch)):
-                    yield _printable(text), embedding, error
+                    yield printable(text), embedding, error
 
-        return _run_rows(args, writer, len(todo), "text", results(), [_printable(t) for t in texts])
+        return _run_rows(args, writer, len(todo), "text", results(), [printable(t) for t in texts])
 
 
 def _embed_texts_per_item(model: WavLink, texts: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
@@ -264,7 +271,7 @@ def _embed_texts_per_item(model: WavLink, texts: list[str]) -> list[tuple[np.nda
         try:
             results.append((model.embed_text([text])[0], None))
         except InputError as exc:
-            results.append((None, str(exc).replace("text[0]", repr(_printable(text)))))
+            results.append((None, str(exc).replace("text[0]", repr(printable(text)))))
     return results
 
 
@@ -332,22 +339,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    found = [ep for ep in entry_points(group=BENCH_ENTRY_POINTS) if ep.name == args.benchmark]
-    if not found:
-        raise CliError(f"no '{args.benchmark}' benchmark is registered in this install; the benchmarks come with "
-                       f"a source checkout: python bench/{args.benchmark}.py")
+def run_stage_command(name: str, command: StageCommand, argv: list[str]) -> int:
+    """Import a build stage's module (saying which extra is missing, in one line, if its imports are not
+    installed) and run its main(argv), its usage line naming the `wavlink-edge` command."""
     try:
-        run = found[0].load()
-    except ImportError as exc:
-        raise CliError(f"the {args.benchmark} benchmark is not in this install ({exc}): the wheel carries the runtime "
-                       f"only; from a checkout, pip install -c constraints-cpu.txt '.[bench]' and run "
-                       f"python bench/{args.benchmark}.py") from None
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] == "wavlink_edge":
+            raise  # a module of this package missing is a broken install or a bug, not a missing extra
+        raise CliError(f"`wavlink-edge {name}` needs the [{command.extra}] extra (no module {exc.name!r} here): "
+                       f"pip install \"wavlink-edge[{command.extra}]\" (from a checkout: "
+                       f"pip install -c constraints-cpu.txt \".[{command.extra}]\")") from None
+    prog, sys.argv[0] = sys.argv[0], f"wavlink-edge {name}"  # argparse takes its usage line's name from argv[0]
     try:
-        code = run([a for a in args.args if a != "--"])
+        code = module.main(argv)
     except SystemExit as exc:
         code = exc.code
+    finally:
+        sys.argv[0] = prog
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+def run_benchmark(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        listing = "\n".join(f"  {name:9s} {b.help}" for name, b in BENCHMARKS.items())
+        if argv[:1] in (["-h"], ["--help"]):
+            print(f"usage: wavlink-edge bench NAME [ARGS...] (needs the [bench] extra)\n{listing}")
+            return 0
+        raise CliError(f"bench: give one of {', '.join(BENCHMARKS)} (wavlink-edge bench --help)"
+                       + (f", not {argv[0]!r}" if argv else ""))
+    return run_stage_command(f"bench {argv[0]}", BENCHMARKS[argv[0]], argv[1:])
 
 
 @contextlib.contextmanager
@@ -385,6 +406,7 @@ def add_lyrics_parser(commands) -> None:
     lyrics.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help=f"export directory (default {DEFAULT_MODEL_DIR})")
     lyrics.add_argument("--verbose", "-v", action="store_true")
     _add_output_options(lyrics, 1)
+    lyrics.set_defaults(handler=cmd_lyrics)
 
 
 def cmd_lyrics(args: argparse.Namespace) -> int:
@@ -405,10 +427,6 @@ def cmd_lyrics(args: argparse.Namespace) -> int:
 
 
 
-COMMANDS = {"embed": cmd_embed, "embed-text": cmd_embed_text, "similarity": cmd_similarity, "info": cmd_info,
-            "verify": cmd_verify, "bench": cmd_bench, "lyrics": cmd_lyrics}
-
-
 class _OncePerMessage(logging.Filter):
     """Each runtime warning reaches the terminal once, however many items raise it."""
 
@@ -425,22 +443,32 @@ class _OncePerMessage(logging.Filter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:  # for this command and the processes it starts (error_exit reads it)
+        os.environ[DEBUG_ENV] = "1"
+        argv = argv[1:]
+    try:
+        if argv[:1] == ["bench"]:
+            return run_benchmark(argv[1:])
+        if argv and argv[0] in STAGE_COMMANDS:
+            return run_stage_command(argv[0], STAGE_COMMANDS[argv[0]], argv[1:])
+    except WavLinkError as exc:
+        return error_exit(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     quiet_onnxruntime(verbose)
     try:
-        with native_stderr_silenced(args.command != "bench" and not verbose):
+        with native_stderr_silenced(not verbose):
             # After silencing: the handler writes to the stderr Python keeps for the terminal.
             logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
                                 format="%(levelname)s %(name)s: %(message)s" if verbose else "warning: %(message)s")
             logging.getLogger().handlers[0].addFilter(_OncePerMessage())
-            return COMMANDS[args.command](args)
-    except (CliError, WavLinkError, InputError, ValueError) as exc:
-        print(f"error: {_printable(str(exc))}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the output device failing under us (disk full, /dev/full, a vanished mount)
-        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
-        return 2
+            return args.handler(args)
+    except (WavLinkError, OSError) as exc:  # OSError: the output device failing under us (disk full, a vanished mount)
+        return error_exit(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,8 @@
-"""Exceptions of the runtime. Every message names the item (file, array index, text index) it is about."""
+"""The package's exceptions. Every message names the item (file, array index, text index) it is about.
+
+Every stage's errors derive from WavLinkError, and the command lines catch only WavLinkError (and the
+OS failing a file): a refusal is one line, anything else is a bug and keeps its traceback
+(`wavlink-edge --debug` / WAVLINK_EDGE_DEBUG=1 shows a refusal's traceback too)."""
 from __future__ import annotations
 
 
@@ -20,6 +24,11 @@ class AudioInputError(InputError):
 
 class TextInputError(InputError):
     """A text item is not a string or not valid UTF-8."""
+
+
+class UsageError(WavLinkError, ValueError):
+    """An argument out of its range (a dim, a hop, a thread count, an option combination). ValueError too,
+    so callers validating arguments can catch it as before."""
 
 
 class BackendUnavailableError(WavLinkError):

@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from wavlink_edge.runtime.errors import UsageError
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -137,9 +139,9 @@ def clip_features(audio: np.ndarray, n_mels: int, policy: str, window_frames: in
     past them that see audio) are computed: a 5 s clip costs a sixth of a 30 s one.
     """
     if policy not in CLIP_POLICIES:
-        raise ValueError(f"unknown clip policy {policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
+        raise UsageError(f"unknown clip policy {policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
     if not 1 <= window_frames <= CHUNK_FRAMES:
-        raise ValueError(f"window_frames must be in 1..{CHUNK_FRAMES}, got {window_frames}")
+        raise UsageError(f"window_frames must be in 1..{CHUNK_FRAMES}, got {window_frames}")
     window_samples = window_frames * HOP_LENGTH
     if policy == "trim":
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -160,7 +162,7 @@ def iter_windows(blocks, hop_samples: int = CHUNK_SAMPLES, window_samples: int =
     plus one block, whatever the stream's length.
     """
     if not 0 < hop_samples <= window_samples:
-        raise ValueError(f"window hop must be in (0, {window_samples / SAMPLE_RATE:g} s], "
+        raise UsageError(f"window hop must be in (0, {window_samples / SAMPLE_RATE:g} s], "
                          f"got {hop_samples / SAMPLE_RATE:g} s")
     buffer = np.zeros(0, np.float32)
     emitted = False

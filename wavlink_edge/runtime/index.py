@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.errors import WavLinkError
+from wavlink_edge.runtime.errors import UsageError, WavLinkError
 from wavlink_edge.runtime.features import SAMPLE_RATE
 from wavlink_edge.runtime.files import atomic_write
 from wavlink_edge.runtime.inputs import expand_inputs
@@ -286,7 +286,7 @@ class WavLinkIndex:
         """
         queries = normalize(np.atleast_2d(np.asarray(queries, np.float32)))
         if queries.shape[1] != self.dim:
-            raise ValueError(f"query vectors have {queries.shape[1]} dims; this index holds {self.dim}-dim vectors")
+            raise UsageError(f"query vectors have {queries.shape[1]} dims; this index holds {self.dim}-dim vectors")
         k = min(int(k), len(self))
         if k < 1:
             return [[] for _ in queries]
@@ -419,7 +419,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.audio is None):
-        raise ValueError("give a text query or --audio FILE (one of them)")
+        raise UsageError("give a text query or --audio FILE (one of them)")
     index = WavLinkIndex.open(args.index)
     model = index.load_model(args.model, args.precision, args.providers)
     if args.audio is not None:

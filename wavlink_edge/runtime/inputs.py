@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from wavlink_edge.runtime.audio import FFMPEG_SUFFIXES
+from wavlink_edge.runtime.errors import UsageError
 
 # What libsndfile reads, plus the containers FFmpeg decodes for us.
 SNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
@@ -51,7 +52,7 @@ def expand_inputs(paths: Sequence[str], from_list: str | None = None, exts: Iter
             with open(name, encoding="utf-8", errors="surrogateescape") as handle:
                 return read_path_list(handle)
         except OSError as exc:
-            raise ValueError(f"--from-list {name}: {exc.strerror or exc}") from None
+            raise UsageError(f"--from-list {name}: {exc.strerror or exc}") from None
 
     sources: list[str] = []
     for path in list(paths) + ([from_list] if from_list else []):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_blocks
-from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError
+from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, UsageError
 from wavlink_edge.runtime.features import HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import Manifest, artifacts_digest
 from wavlink_edge.runtime.model import _as_items
@@ -232,6 +232,6 @@ def fused_similarity(lyrics_a: np.ndarray, lyrics_b: np.ndarray, audio_a: np.nda
     """Late fusion (WEALY + an acoustic embedding, as the paper's CLEWS + WEALY): a weighted sum of the
     two cosine similarity matrices [Na, Nb]."""
     if not 0.0 <= lyrics_weight <= 1.0:
-        raise ValueError(f"lyrics_weight must be in [0, 1], got {lyrics_weight!r}")
+        raise UsageError(f"lyrics_weight must be in [0, 1], got {lyrics_weight!r}")
     return lyrics_weight * similarity(lyrics_a, lyrics_b) + (1.0 - lyrics_weight) * similarity(audio_a, audio_b)
 

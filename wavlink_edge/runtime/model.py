@@ -20,7 +20,7 @@ import numpy as np
 
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
-from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
+from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError, UsageError
 from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
 from wavlink_edge.runtime.session import (
@@ -93,17 +93,17 @@ class WavLink:
         self.dim = self._check_dim(dim)
         self.clip_policy = clip_policy or self.spec.clip_policy
         if self.clip_policy not in CLIP_POLICIES:
-            raise ValueError(f"unknown clip policy {self.clip_policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
+            raise UsageError(f"unknown clip policy {self.clip_policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
         # One window is what the encoder takes at most: max_frames hops (3000 = 30 s for Whisper).
         self.window_samples = self.spec.max_frames * HOP_LENGTH
         window_seconds = self.window_samples / SAMPLE_RATE
         window_hop_seconds = window_seconds if window_hop_seconds is None else window_hop_seconds
         if isinstance(window_hop_seconds, bool) or not isinstance(window_hop_seconds, (int, float)) \
                 or not 0 < window_hop_seconds <= window_seconds:
-            raise ValueError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
+            raise UsageError(f"window_hop_seconds must be in (0, {window_seconds:g}], got {window_hop_seconds!r}")
         self.window_hop_samples = min(self.window_samples, int(round(window_hop_seconds * SAMPLE_RATE)))
         if self.window_hop_samples < HOP_LENGTH:  # a hop under one frame would make windows without end
-            raise ValueError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
+            raise UsageError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
                              f"got {window_hop_seconds!r}")
         self.max_batch_frames = max_batch_frames
         self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
@@ -138,15 +138,15 @@ class WavLink:
         threads (default: one per core). max_batch_frames: caps batch x frames of one encoder run.
         """
         if precision not in PRECISION_CHOICES:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+            raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "tensorrt" and precision == "int8_dynamic":
-            raise ValueError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
+            raise UsageError("backend='tensorrt' runs Q/DQ (static) INT8 only; use precision 'int8' or 'int8_static'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
-            raise ValueError(f"threads must be an integer in 1..1024, got {threads!r}")
+            raise UsageError(f"threads must be an integer in 1..1024, got {threads!r}")
         if isinstance(max_batch_frames, bool) or not isinstance(max_batch_frames, int) or max_batch_frames < 1:
-            raise ValueError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
+            raise UsageError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
@@ -314,7 +314,7 @@ class WavLink:
             raise TextInputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
         texts = [_as_text(text, i) for i, text in enumerate(texts)]
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         blank = [i for i, text in enumerate(texts) if not text.strip()]
         if blank:
             log.warning("text%s %s %s empty or whitespace only: embedded as the empty text", "s" if len(blank) > 1 else "",
@@ -336,7 +336,7 @@ class WavLink:
         if dim is None:
             return self.dim
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) not in self.spec.matryoshka_dims:
-            raise ValueError(f"dim {dim!r} is not one of this model's Matryoshka dims "
+            raise UsageError(f"dim {dim!r} is not one of this model's Matryoshka dims "
                              f"{', '.join(map(str, self.spec.matryoshka_dims))}")
         return int(dim)
 

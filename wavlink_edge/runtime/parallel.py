@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wavlink_edge.runtime.audio import describe_source
+from wavlink_edge.runtime.errors import UsageError
 from wavlink_edge.runtime.model import WavLink
 
 _WORKER: dict = {}  # this worker process's model, dim and batch size
@@ -59,7 +60,7 @@ def embed_parallel(model_dir: str | Path, items: Sequence, workers: int = 1, bat
     with it (an exception here), never silently drops rows.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
     options = {"precision": precision, "providers": providers, "clip_policy": clip_policy,
                "window_hop_seconds": window_hop_seconds, "threads": threads or threads_per_worker(workers)}
     items = list(items)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wavlink_edge.runtime.errors import AudioInputError, WavLinkError
+from wavlink_edge.runtime.errors import AudioInputError, UsageError, WavLinkError
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.model import WavLink
 
@@ -104,7 +104,7 @@ def embed_to_parquet(export_dir: str | Path, paths: list[str], out: str | Path, 
     export_dir = str(Path(export_dir).resolve())
     spec = Manifest.load(export_dir).model  # a missing export or a wrong dim: one line here, not a remote traceback
     if dim is not None and dim not in spec.matryoshka_dims:
-        raise ValueError(f"dim {dim} is not one of this model's Matryoshka dims {', '.join(map(str, spec.matryoshka_dims))}")
+        raise UsageError(f"dim {dim} is not one of this model's Matryoshka dims {', '.join(map(str, spec.matryoshka_dims))}")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env=None if address else {"env_vars": {"OMP_NUM_THREADS": "1"}})
@@ -140,11 +140,11 @@ def read_parquet_rows(out: str | Path) -> list[dict]:
 def cmd_embed_ray(args: argparse.Namespace, sources: list[str]) -> int:
     """``embed --engine ray`` of ``sources`` (the expanded inputs): --out is the Parquet directory (created)."""
     if args.out is None:
-        raise ValueError("--engine ray writes Parquet: give --out DIR")
+        raise UsageError("--engine ray writes Parquet: give --out DIR")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise ValueError(f"--out {args.out}: must be a new or empty directory (Parquet files are written into it)")
+        raise UsageError(f"--out {args.out}: must be a new or empty directory (Parquet files are written into it)")
     if args.resume:
-        raise ValueError("--resume works with the local engine's .jsonl output")
+        raise UsageError("--resume works with the local engine's .jsonl output")
     summary = embed_to_parquet(args.model, sources, args.out, dim=args.dim, precision=args.precision,
                                providers=args.providers, clip_policy=args.clip_policy, window_hop_seconds=args.hop,
                                batch_size=args.batch_size, address=args.ray_address)

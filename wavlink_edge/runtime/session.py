@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from wavlink_edge.runtime.batching import with_frame_lengths
-from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
+from wavlink_edge.runtime.errors import BackendUnavailableError, UsageError, WavLinkError
 from wavlink_edge.runtime.manifest import ArtifactSpec, Manifest
 
 log = logging.getLogger("wavlink_edge.runtime")
@@ -102,7 +102,7 @@ def provider_name(provider: ProviderSpec) -> str:
 
 def _as_provider_list(requested) -> list:
     if isinstance(requested, (str, bytes)) or not isinstance(requested, Sequence):
-        raise ValueError(f"providers must be a list of provider names, e.g. [{CPU_EP!r}], got {requested!r}")
+        raise UsageError(f"providers must be a list of provider names, e.g. [{CPU_EP!r}], got {requested!r}")
     return list(requested)
 
 
@@ -114,7 +114,7 @@ def _as_provider(provider) -> ProviderSpec:
         return provider[0]
     if isinstance(provider, tuple) and len(provider) == 2 and isinstance(provider[0], str) and isinstance(provider[1], dict):
         return provider
-    raise ValueError(f"provider {provider!r} is not a name or a (name, options dict) pair")
+    raise UsageError(f"provider {provider!r} is not a name or a (name, options dict) pair")
 
 
 def quiet_onnxruntime(verbose: bool) -> None:
@@ -202,7 +202,7 @@ def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, provi
         return OnnxSession(manifest.read_verified(artifact.file), providers, artifact.file, threads)
     if backend == "tensorrt":
         return open_tensorrt_engine(manifest, artifact)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):

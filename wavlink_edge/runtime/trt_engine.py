@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from wavlink_edge.runtime.batching import with_frame_lengths
+from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
 from wavlink_edge.runtime.manifest import sha256_file
 
 KEY_SCHEMA = 1
 
 
-class TensorRTUnavailable(ImportError):
-    pass
+class TensorRTUnavailable(BackendUnavailableError, ImportError):
+    """TensorRT or its CUDA bindings are not installed here (an ImportError too, for callers that test for one)."""
 
 
-class StaleEngineError(RuntimeError):
+class StaleEngineError(WavLinkError):
     """The engine file was built for another TensorRT version / GPU / precision / profile / ONNX."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wavlink_edge.runtime.errors import UsageError
+
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); all-zero rows stay zero instead of becoming NaN."""
@@ -27,5 +29,5 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity matrix [len(a), len(b)] of two embedding sets (1-D inputs count as one row)."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"embedding widths differ: {a.shape[-1]} vs {b.shape[-1]} (embed both at the same dim)")
+        raise UsageError(f"embedding widths differ: {a.shape[-1]} vs {b.shape[-1]} (embed both at the same dim)")
     return normalize(a) @ normalize(b).T
