@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from wavlink_edge.runtime import bundled
+
 _NOT_COLLECTED: dict[str, str] = {}
 # The runtime's own tests: they need nothing beyond `pip install ".[test-runtime]"` (no torch), and the
 # runtime-only CI step (WAVLINK_EDGE_RUNTIME_ONLY=1) fails if any of them is not collected.
@@ -60,7 +62,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("not collected, their imports are not installed (the [test] extra has them): "
                                     + "; ".join(f"{k}: {v}" for k, v in sorted(_NOT_COLLECTED.items())))
 
-SAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +86,7 @@ def base_export(base_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_clips() -> list[Path]:
-    return sorted(SAMPLES.glob("*.flac"))
+    return bundled.sample_clips()
 
 
 TINY_EXPORT = Path(__file__).resolve().parent / "data" / "tiny_export"

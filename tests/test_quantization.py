@@ -133,7 +133,7 @@ def test_naive_dynamic_int8_would_depend_on_batch_mates(base_export, tmp_path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     flat = tmp_path / "flat.onnx"
-    q._quiet_ort_logging()
+    q.quiet_ort_logging()
     quantize_dynamic(str(base_export / "text.onnx"), str(flat), op_types_to_quantize=["MatMul"],
                      per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
     sents = ["a dog barks", "a long sentence about a very noisy street market with many people shouting", ""]

@@ -29,6 +29,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench.report import DEFAULT_OUT
+from wavlink_edge.runtime.bundled import sample_clips
 
 SHAPES = ((1, 3000), (4, 3000), (1, 500), (4, 500))
 GOALS = {"int8_vs_ct2_int8_3000": 0.5, "int8_vs_ct2_int8_500": 0.8, "int8_speedup_vs_fp32_3000_b1": 1.8,
@@ -161,8 +162,7 @@ def _write_clips(folder: Path, seconds: float, count: int) -> list[Path]:
 
     from wavlink_edge.runtime.audio import decode_audio
 
-    samples = Path(__file__).resolve().parent.parent / "runtime" / "samples"
-    audio = np.concatenate([decode_audio(p) for p in sorted(samples.glob("*.flac"))])
+    audio = np.concatenate([decode_audio(p) for p in sample_clips()])
     n = int(seconds * 16000)
     audio = np.tile(audio, n // audio.size + 2)
     paths = []
@@ -230,6 +230,7 @@ _RSS_CHILD = """
 import sys, resource
 
 from wavlink_edge.runtime import WavLink
+from wavlink_edge.runtime.bundled import sample_clips
 wl = WavLink.from_pretrained(sys.argv[1], precision="int8", providers=["CPUExecutionProvider"], threads=int(sys.argv[3]))
 wl.embed_audio([sys.argv[2]])
 for line in open("/proc/self/status"):

@@ -19,8 +19,8 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.runtime import WavLink
+from wavlink_edge.runtime.bundled import sample_clips
 
-SAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 # (suffix, codec, container format, sample rate): what phones, browsers and old Windows recorders write.
 COPIES = [(".m4a", "aac", None, None), (".webm", "libopus", None, 48000), (".wma", "wmav2", "asf", 22050)]
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bitrate", type=int, default=64000)
     args = parser.parse_args(argv)
     model = WavLink.from_pretrained(args.model, precision=args.precision)
-    clips = sorted(SAMPLES.glob("*.flac"))
+    clips = sample_clips()
     print(f"| clip | {' | '.join(f'{s[1:]} ({c}, {args.bitrate // 1000} kb/s)' for s, c, _, _ in COPIES)} |")
     print("|---|" + "---|" * len(COPIES))
     worst = 1.0

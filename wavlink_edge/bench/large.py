@@ -26,7 +26,9 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     import runpy
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
-SAMPLE = Path(__file__).resolve().parent.parent / "runtime" / "samples" / "speech_en_female.flac"
+from wavlink_edge.runtime.bundled import SAMPLES_DIR
+
+SAMPLE = SAMPLES_DIR / "speech_en_female.flac"
 
 
 def _rss_mb() -> float:

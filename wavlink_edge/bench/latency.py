@@ -30,6 +30,7 @@ from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import flops as F
 from wavlink_edge.bench import machine, report
 from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, error_exit
+from wavlink_edge.runtime.bundled import sample_clips
 from wavlink_edge.runtime.errors import WavLinkError
 
 FULL = {"lengths": [5, 10, 30], "policies": ["pad", "trim"], "batches": [1, 4, 16],
@@ -158,8 +159,7 @@ def sample_waves(seconds: float, batch: int) -> list[np.ndarray]:
     """Real audio (the bundled clips, looped) cut to `seconds`, a different offset per batch item."""
     from wavlink_edge.runtime.audio import decode_audio
 
-    samples = Path(__file__).resolve().parent.parent / "runtime" / "samples"
-    audio = np.concatenate([decode_audio(p) for p in sorted(samples.glob("*.flac"))])
+    audio = np.concatenate([decode_audio(p) for p in sample_clips()])
     n = int(round(seconds * B.SAMPLE_RATE))
     audio = np.tile(audio, n // audio.size + 2)
     return [np.ascontiguousarray(audio[i * 8000: i * 8000 + n]) for i in range(batch)]

@@ -57,7 +57,7 @@ def step_costs(model: Lyrics, features: np.ndarray, decoded, steps: int) -> dict
     cross_k, cross_v = model.encoder.run_all({"input_features": features})
     v = model.vocab
     sequence = [v.sot, decoded.language, v.transcribe, v.no_timestamps] + decoded.tokens[:steps]
-    empty_k, empty_v = model._empty
+    empty_k, empty_v = model.empty_cache
     _, _, k, v_ = model.step(np.array([sequence[:4]], np.int64), empty_k, empty_v, cross_k, cross_v)
     cached, full = [], []
     for t in range(4, len(sequence)):

@@ -31,6 +31,7 @@ from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.runtime.arguments import error_exit
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
+from wavlink_edge.runtime.bundled import SAMPLES_DIR, sample_clips
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
 from wavlink_edge.runtime.files import ordinary_permissions
@@ -46,7 +47,6 @@ EXPORTER = "torchscript"
 SUPPORTED_OPSETS = range(17, 22)  # LayerNormalization needs 17
 MIN_COSINE, MAX_ABS = 0.99999, 1e-4
 EXTERNAL_DATA_BYTES = 1_800_000_000  # under protobuf's 2 GB message limit, with room for the graph
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 VALIDATION_TEXTS = [
     "a woman speaks over a slow piano melody",
     "a phone is ringing",
@@ -114,7 +114,7 @@ def export_text(model: WavLinkModel, path: Path, opset: int = 17) -> Path:
 def validation_clips(n_mels: int, max_frames: int) -> list[tuple[str, np.ndarray]]:
     """Encoder inputs of the bundled real clips under both clip policies, through the runtime's front end."""
     clips = []
-    for path in sorted(SAMPLES_DIR.glob("*.flac")):
+    for path in sample_clips():
         audio = decode_audio(path)
         for policy in CLIP_POLICIES:
             clips.append((f"{path.name}:{policy}", clip_features(audio, n_mels, policy, max_frames)))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.bundled import SAMPLES_DIR
 from wavlink_edge.runtime.features import log_mel_spectrogram
 from wavlink_edge.runtime.lyrics import CONFIG_FILE, Decoded, WhisperVocab, greedy_decode
 from wavlink_edge.runtime.manifest import Manifest
@@ -35,7 +36,6 @@ HEAD_SEED = 0
 STATE_COSINE_GATE = 0.9999
 MAX_CHUNKS = 10  # WEALY embeds the first 5 minutes
 MAX_NEW_TOKENS = 224  # openai/whisper's sample_len: half the decoder context
-SAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "samples"
 CALIBRATION = Path(__file__).resolve().parent.parent / "quantization" / "calibration"
 
 
@@ -234,7 +234,7 @@ def export_graphs(ref: LyricsReference, head: WealyHead, out_dir: Path, opset: i
 
 def validation_clips() -> list[tuple[str, np.ndarray]]:
     """Real speech: the bundled sample and two calibration clips (English and Dutch)."""
-    paths = [SAMPLES / "speech_en_female.flac", CALIBRATION / "speech_00_en-us.ogg", CALIBRATION / "speech_04_nl.ogg"]
+    paths = [SAMPLES_DIR / "speech_en_female.flac", CALIBRATION / "speech_00_en-us.ogg", CALIBRATION / "speech_04_nl.ogg"]
     return [(p.name, log_mel_spectrogram(decode_audio(p))[None].astype(np.float32)) for p in paths if p.is_file()]
 
 

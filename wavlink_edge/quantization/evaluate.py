@@ -13,7 +13,9 @@ import numpy as np
 
 from wavlink_edge.runtime import vectors
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.bundled import SAMPLES_DIR  # noqa: F401  (quantize.py and latency.py read ev.SAMPLES_DIR)
 from wavlink_edge.runtime.features import clip_features
+from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES  # the runtime decodes every one of them
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import OnnxSession
 from wavlink_edge.runtime.text import TextTokenizer
@@ -22,9 +24,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CALIBRATION_DIR = HERE / "calibration"
 HELDOUT_DIR = HERE / "heldout"
-SAMPLES_DIR = REPO / "runtime" / "samples"
 EVAL_SPLIT_DIR = REPO / "bench" / "data" / "wavlink_eval"  # benchmark eval split, used when present
-AUDIO_SUFFIXES = (".ogg", ".oga", ".flac", ".wav")
 
 
 def load_manifest(export_dir: Path) -> dict:

@@ -31,7 +31,7 @@ from wavlink_edge.quantization import quantize as q
 
 def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibration_limit: int | None = 8, log=print,
           smooth: bool = True) -> list[dict]:
-    q._quiet_ort_logging()
+    q.quiet_ort_logging()
     src = Path(export_dir) / f"{tower}.onnx"
     held = ev.HeldOut(export_dir, tower, eval_limit=0)
     feeds, _ = q.calibration_feeds(export_dir, tower, None, calibration_limit, method)
@@ -86,13 +86,13 @@ def dynamic_sets(fp32: onnx.ModelProto, int8_names: list[str]) -> dict[str, list
 def dynamic_sweep(export_dir: Path, calibration_limit: int | None = 8, log=print) -> list[dict]:
     """Per-token dynamic INT8 of the audio tower with each dynamic_sets entry kept fp32, SmoothQuant on (as shipped)
     and, for the fully quantized graph, off."""
-    q._quiet_ort_logging()
+    q.quiet_ort_logging()
     src = Path(export_dir) / "audio.onnx"
     fp32 = onnx.load(str(src))
     held = ev.HeldOut(export_dir, "audio", eval_limit=0)
     feeds, _ = q.calibration_feeds(export_dir, "audio", None, calibration_limit)
     absmax = q.smoothing_stats(fp32, feeds, front_end=True)  # the sweep also measures front-end smoothing
-    heads = q._audio_heads(src)
+    heads = q.audio_heads(src)
     probe, _ = graph.conv_front_end_as_matmuls(graph.fuse_attention(fp32, heads)[0])
     int8_names = graph.per_token_candidates(probe)
     sets = dynamic_sets(fp32, int8_names)

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from wavlink_edge.runtime.batching import with_frame_lengths
+from wavlink_edge.runtime.session import OnnxSession
 
 MS_DOMAIN = "com.microsoft"
 _LAYER = re.compile(r"^/audio/layers\.(\d+)/self_attn/")
@@ -34,19 +34,17 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def ort_session(model: onnx.ModelProto, options):
-    """An ORT CPU session of an in-memory model: from its bytes, or, past 2 GB of weights, from a
-    temporary file with external data (kept until the block ends)."""
-    import onnxruntime as ort
-
+def ort_session(model: onnx.ModelProto, threads: int | None = None):
+    """The runtime's CPU session (runtime/session.py) of an in-memory model: from its bytes, or, past 2 GB
+    of weights, from a temporary file with external data (kept until the block ends)."""
     if sum(len(i.raw_data) for i in model.graph.initializer) < INLINE_WEIGHT_BYTES:
-        yield ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        yield OnnxSession(model.SerializeToString(), name="probe graph", threads=threads)
         return
     with tempfile.TemporaryDirectory(prefix="wavlink-graph-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="model.onnx.data", size_threshold=1024)
-        yield ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        yield OnnxSession(path, name="probe graph", threads=threads)
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -333,21 +331,16 @@ def smooth_layernorms(model: onnx.ModelProto, act_absmax: dict, alpha: float = 0
 def activation_absmax(model: onnx.ModelProto, names: list[str], feeds, threads: int | None = None) -> dict:
     """Per-channel (last axis) max |x| of the named tensors over the given feeds (fp32 graph)."""
     import numpy as np
-    import onnxruntime as ort
     from onnx import helper as h
 
-    # several outputs are read here; the runtime's OnnxSession returns the first only
+    # the probe graph's outputs are exactly `names`, in that order: run_all returns them
     probe = copy_model(model)
     del probe.graph.output[:]
     probe.graph.output.extend([h.make_empty_tensor_value_info(n) for n in names])
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
     out = {n: None for n in names}
-    with ort_session(probe, opts) as sess:
+    with ort_session(probe, threads) as sess:
         for _, feed in feeds:
-            for n, v in zip(names, sess.run(names, with_frame_lengths(feed, [i.name for i in sess.get_inputs()]))):
+            for n, v in zip(names, sess.run_all(feed)):
                 m = np.abs(v).reshape(-1, v.shape[-1]).max(axis=0)
                 out[n] = m if out[n] is None else np.maximum(out[n], m)
     return out

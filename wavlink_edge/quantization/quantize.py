@@ -81,7 +81,7 @@ class QuantizationError(WavLinkError):
     pass
 
 
-def _quiet_ort_logging() -> None:
+def quiet_ort_logging() -> None:
     # onnxruntime.quantization logs one INFO line per tensor; keep the CLI readable
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("onnxruntime", "onnxruntime.quantization", "root"):
@@ -133,7 +133,7 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
     model = onnx.load(str(src))
     exclude = _exclusions(model, tower, exclusion_set)
     if tower == "audio":
-        quantized, n_attention, smoothed, n_int8, n_fp32 = audio_int8_graph(model, _audio_heads(src), exclude, absmax)
+        quantized, n_attention, smoothed, n_int8, n_fp32 = audio_int8_graph(model, audio_heads(src), exclude, absmax)
         onnx.save(quantized, str(dst))
         return {"method": "wavlink_edge.quantization.graph.per_token_int8 (MatMulIntegerToFloat)",
                 "exclusion_set": exclusion_set, "nodes_kept_fp32": n_fp32, "int8_matmuls": n_int8,
@@ -196,7 +196,7 @@ def audio_int8_graph(model: onnx.ModelProto, heads: int, exclude, absmax: dict |
     return quantized, n_attention, smoothed, n_int8, len(graph.per_token_candidates(fused)) - n_int8
 
 
-def _audio_heads(src: Path) -> int:
+def audio_heads(src: Path) -> int:
     """Attention heads of the audio tower, from the export's config.json."""
     import json
 
@@ -434,7 +434,7 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
     Raises QuantizationError listing the refused artifacts if any was under its gate (without force);
     the ones that passed are written and in the manifest either way.
     """
-    _quiet_ort_logging()
+    quiet_ort_logging()
     export_dir = Path(export_dir)
     if not (export_dir / "manifest.json").is_file():
         raise QuantizationError(f"{export_dir} is not an export directory (no manifest.json)")

@@ -111,7 +111,7 @@ class WavLinkIndex:
     @classmethod
     def create(cls, path: str | Path, model: WavLink, search_dim: int | None = None) -> WavLinkIndex:
         """An empty index for ``model``'s vectors; nothing is written until ``save`` (``update`` saves)."""
-        search_dim = model.spec.embed_dim if search_dim is None else model._check_dim(search_dim)
+        search_dim = model.spec.embed_dim if search_dim is None else model.check_dim(search_dim)
         meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model_identity(model),
                 "search_dim": search_dim, "ann": {"library": "faiss", "kind": "HNSWFlat", "metric": "inner_product",
                                                   "M": HNSW_M, "ef_construction": EF_CONSTRUCTION,

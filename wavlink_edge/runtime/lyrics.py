@@ -24,7 +24,7 @@ from wavlink_edge.runtime.audio import AudioInput, describe_source, iter_audio_b
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, UsageError
 from wavlink_edge.runtime.features import HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
 from wavlink_edge.runtime.manifest import Manifest, artifacts_digest
-from wavlink_edge.runtime.model import _as_items
+from wavlink_edge.runtime.model import as_items
 from wavlink_edge.runtime.session import CPU_EP, ProviderSpec, choose_providers, open_session, trt_cache_dir
 from wavlink_edge.runtime.vectors import normalize, similarity
 
@@ -132,7 +132,7 @@ class Lyrics:
         self.max_chunks = int(config["max_chunks"])
         self.max_new_tokens = int(config["max_new_tokens"])
         layers, heads, d_model = (int(config["decoder"][k]) for k in ("n_layers", "n_heads", "d_model"))
-        self._empty = (np.zeros((layers, 1, heads, d_model // heads, 0), np.float32),
+        self.empty_cache = (np.zeros((layers, 1, heads, d_model // heads, 0), np.float32),
                        np.zeros((layers, 1, heads, 0, d_model // heads), np.float32))
         self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
         self.heads = config.get("heads", "untrained")
@@ -175,7 +175,7 @@ class Lyrics:
 
     def decode_window(self, features: np.ndarray) -> Decoded:
         cross_k, cross_v = self.encoder.run_all({"input_features": np.ascontiguousarray(features, np.float32)})
-        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self._empty, self.max_new_tokens)
+        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self.empty_cache, self.max_new_tokens)
 
     def decode(self, item: AudioInput, source: str | None = None) -> list[Decoded]:
         source = source or describe_source(item, 0)
@@ -197,7 +197,7 @@ class Lyrics:
 
     def iter_embed_lyrics(self, inputs: Iterable[AudioInput]) -> Iterator[LyricsResult]:
         """One result per input, in order; a bad item yields its error and the rest go on."""
-        for index, item in enumerate(_as_items(inputs)):
+        for index, item in enumerate(as_items(inputs)):
             source = describe_source(item, index)
             try:
                 decoded = self.decode(item, source)
@@ -208,7 +208,7 @@ class Lyrics:
                 yield LyricsResult(index, source, None, f"{source}: cannot decode audio ({type(exc).__name__}: {exc})")
                 continue
             states = np.concatenate([d.states for d in decoded])
-            languages = tuple(self._language_code(d.language) for d in decoded)
+            languages = tuple(self.language_code(d.language) for d in decoded)
             yield LyricsResult(index, source, self.embed_states(states), None, len(decoded), self.text(decoded),
                                languages)
 
@@ -221,7 +221,7 @@ class Lyrics:
             rows.append(result.embedding)
         return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
-    def _language_code(self, token: int) -> str:
+    def language_code(self, token: int) -> str:
         if self.tokenizer is None:
             return str(token)
         return (self.tokenizer.id_to_token(token) or str(token)).strip("<|>")

@@ -89,8 +89,8 @@ class WavLink:
         # The Rust tokenizer is immutable once configured, but its Python binding gives no documented
         # thread-safety promise; a lock costs microseconds next to an encoder run.
         self._tokenizer_lock = threading.Lock()
-        self.dim = self.spec.embed_dim  # _check_dim falls back to self.dim, so set the full width first
-        self.dim = self._check_dim(dim)
+        self.dim = self.spec.embed_dim  # check_dim falls back to self.dim, so set the full width first
+        self.dim = self.check_dim(dim)
         self.clip_policy = clip_policy or self.spec.clip_policy
         if self.clip_policy not in CLIP_POLICIES:
             raise UsageError(f"unknown clip policy {self.clip_policy!r}; choose one of {', '.join(CLIP_POLICIES)}")
@@ -207,11 +207,11 @@ class WavLink:
         the graph takes ``frame_lengths``). A bad item yields a result with ``error`` naming it; the
         others go on.
         """
-        dim = self._check_dim(dim)
+        dim = self.check_dim(dim)
         batcher = self._batcher(batch_size)
         states: dict[int, _ItemState] = {}
         next_out = 0
-        for index, item in enumerate(_as_items(inputs)):
+        for index, item in enumerate(as_items(inputs)):
             state = states[index] = _ItemState(describe_source(item, index))
             windows = self._features(item, state.source)
             while True:
@@ -245,7 +245,7 @@ class WavLink:
             if not result.ok:
                 raise AudioInputError(result.error)
             rows.append(result.embedding)
-        return np.stack(rows) if rows else np.zeros((0, self._check_dim(dim)), np.float32)
+        return np.stack(rows) if rows else np.zeros((0, self.check_dim(dim)), np.float32)
 
     def window_features(self, item: AudioInput, source: str | None = None) -> list[np.ndarray]:
         """Every encoder input of one item: for pipelines that decode on other workers than the encoder
@@ -255,7 +255,7 @@ class WavLink:
     def embed_windows(self, items: Sequence[Sequence[np.ndarray]], dim: int | None = None,
                       batch_size: int = 8) -> list[np.ndarray]:
         """Embeddings of items given as their ``window_features``, batched and averaged as ``iter_embed_audio`` does."""
-        dim = self._check_dim(dim)
+        dim = self.check_dim(dim)
         batcher = self._batcher(batch_size)
         states = {}
         for index, windows in enumerate(items):
@@ -307,7 +307,7 @@ class WavLink:
         embeds as the tokenizer's special tokens alone, one vector shared by all such texts); it is
         logged as a warning.
         """
-        dim = self._check_dim(dim)
+        dim = self.check_dim(dim)
         if isinstance(texts, (str, bytes)):
             texts = [texts]
         if texts is None or not isinstance(texts, Iterable) or isinstance(texts, (Mapping, set, frozenset)):
@@ -332,7 +332,7 @@ class WavLink:
 
     similarity = staticmethod(similarity)
 
-    def _check_dim(self, dim: int | None) -> int:
+    def check_dim(self, dim: int | None) -> int:
         if dim is None:
             return self.dim
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) not in self.spec.matryoshka_dims:
@@ -376,7 +376,7 @@ def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: 
         return artifact
 
 
-def _as_items(inputs):
+def as_items(inputs):
     """A lone path or (array, sample_rate) pair is one item, not a sequence of characters or parts."""
     if isinstance(inputs, (str, os.PathLike)) or is_array_pair(inputs) or (
             isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], np.ndarray)):

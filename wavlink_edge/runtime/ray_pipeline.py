@@ -68,7 +68,7 @@ class Encoder:
 
     def __init__(self, export_dir: str, options: dict, dim: int | None, batch_size: int):
         self.model = WavLink.from_pretrained(export_dir, **options)
-        self.dim, self.batch_size = self.model._check_dim(dim), batch_size
+        self.dim, self.batch_size = self.model.check_dim(dim), batch_size
 
     def __call__(self, batch):
         import pyarrow as pa

@@ -30,7 +30,7 @@ def _decode_all(args) -> int:
         decoded = model.decode(path)
         np.savez(target.with_suffix(".tmp.npz"), states=np.concatenate([d.states for d in decoded]),
                  tokens=np.array([t for d in decoded for t in d.tokens], np.int64),
-                 language=np.array(model._language_code(decoded[0].language)), text=np.array(model.text(decoded)))
+                 language=np.array(model.language_code(decoded[0].language)), text=np.array(model.text(decoded)))
         target.with_suffix(".tmp.npz").rename(target)
     return len(clips)
 
