@@ -25,6 +25,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.runtime.features import SAMPLE_RATE
+from wavlink_edge.train.corpus import real
 
 COARSE = {
     "animal": ("frog blackbird crow cuckoo duck goose chicken heron lark sheep cow dog pig deer horse cat camel goat "
@@ -50,7 +51,6 @@ def coarse_class(label: str) -> str | None:
 
 def plan(seed: int = 0, speech: int = SPEECH_CAP) -> list[dict]:
     """The corpus's original recordings with a coarse class, speech capped by a seeded draw."""
-    from wavlink_edge.train.corpus import real
 
     clips = [{**c, "split": split, "class": coarse_class(c["label"])} for split, items in real.plan(seed).items()
              for c in items if c["augment"] == "original"]
@@ -62,8 +62,6 @@ def plan(seed: int = 0, speech: int = SPEECH_CAP) -> list[dict]:
 
 def arrange(out: Path, seed: int = 0, speech: int = SPEECH_CAP, log=print) -> dict[str, int]:
     import soundfile as sf
-
-    from wavlink_edge.train.corpus import real
 
     missing = real.missing_packages()
     if missing:

@@ -18,8 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime import WavLink, vectors
 from wavlink_edge.runtime.errors import ModelFilesError
-from wavlink_edge.runtime.features import SAMPLE_RATE  # noqa: E402,F401  (the one definition; re-exported for bench)
+from wavlink_edge.runtime.features import (
+    CHUNK_FRAMES,
+    SAMPLE_RATE,  # noqa: E402,F401  (the one definition; re-exported for bench)
+    clip_features,
+    trim_frames,
+)
+from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.session import OnnxSession
+from wavlink_edge.runtime.text import TextTokenizer
 
 CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -43,7 +52,6 @@ class Spec:
 
 def load_manifest(export_dir: Path) -> dict:
     """The export's manifest (read and validated by the runtime's Manifest) as a dict."""
-    from wavlink_edge.runtime.manifest import Manifest
 
     return Manifest.load(export_dir).data
 
@@ -111,7 +119,6 @@ def discover(export_dir: Path, towers=("audio", "text"), peers: bool = True, gpu
 # --- shared inputs --------------------------------------------------------------------------------
 
 def mel_batch(waves: list[np.ndarray], n_mels: int, policy: str) -> np.ndarray:
-    from wavlink_edge.runtime.features import clip_features
 
     mels = [clip_features(w, n_mels, policy) for w in waves]
     if len({m.shape[-1] for m in mels}) != 1:
@@ -120,7 +127,6 @@ def mel_batch(waves: list[np.ndarray], n_mels: int, policy: str) -> np.ndarray:
 
 
 def frames_for(seconds: float, policy: str) -> int:
-    from wavlink_edge.runtime.features import CHUNK_FRAMES, trim_frames
 
     return trim_frames(int(round(seconds * SAMPLE_RATE))) if policy == "trim" else CHUNK_FRAMES
 
@@ -133,7 +139,7 @@ def load_reference(export_dir: Path, checkpoint: Path | None = None):
     Refuses a model whose config differs from the export's config.json: ratios and fidelity against
     the wrong reference would be meaningless.
     """
-    from wavlink_edge.export.model import WavLinkModel
+    from wavlink_edge.export.model import WavLinkModel  # optional dependency: torch, for the PyTorch rows only
 
     export_dir = Path(export_dir)
     if checkpoint is None and (export_dir / "model.safetensors").is_file():
@@ -141,7 +147,7 @@ def load_reference(export_dir: Path, checkpoint: Path | None = None):
     if checkpoint is not None:
         model = WavLinkModel.from_pretrained(checkpoint)
     else:
-        from wavlink_edge.export.backbones import build_default_base
+        from wavlink_edge.export.backbones import build_default_base  # optional dependency: torch, for the PyTorch rows only
 
         model, _ = build_default_base()
     exported = {k: v for k, v in json.loads((export_dir / "config.json").read_text()).items() if k != "model_type"}
@@ -158,9 +164,6 @@ def check_reference_matches(model, export_dir: Path, min_cosine: float = 0.9999)
     with the fp32 audio.onnx on one input, so a stale export fails here instead of skewing every figure."""
     import torch
 
-    from wavlink_edge.runtime import vectors
-    from wavlink_edge.runtime.session import OnnxSession
-
     mel = np.random.default_rng(0).standard_normal((1, model.config.audio.n_mels, 200)).astype(np.float32)
     with torch.inference_mode():
         ref = model.audio(torch.from_numpy(mel)).numpy()[0]
@@ -173,13 +176,13 @@ def check_reference_matches(model, export_dir: Path, min_cosine: float = 0.9999)
 
 def ct2_whisper_dir() -> Path:
     """The split CTranslate2 whisper-base joined once into a cache dir (a faster-whisper user has it whole)."""
-    from wavlink_edge.export.backbones import ct2_whisper_base_dir
+    from wavlink_edge.export.backbones import ct2_whisper_base_dir  # optional dependency: torch (export stage), for the CTranslate2 rows only
 
     return ct2_whisper_base_dir(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wavlink-edge" / "ct2-whisper-base")
 
 
 def minilm_dir() -> Path:
-    from wavlink_edge.export.backbones import minilm_dir as _minilm
+    from wavlink_edge.export.backbones import minilm_dir as _minilm  # optional dependency: torch (export stage)
 
     return _minilm()
 
@@ -217,7 +220,6 @@ class Runner:
         torch.set_num_threads(self.threads)
         self._torch = torch
         self.model = load_reference(self.export_dir, self.checkpoint).to(self.spec.device)
-        from wavlink_edge.runtime.text import TextTokenizer
 
         self.tokenizer = TextTokenizer.from_json((self.export_dir / "tokenizer.json").read_text(encoding="utf-8"))
 
@@ -236,7 +238,6 @@ class Runner:
 
     # onnxruntime, through the runtime users call
     def _load_onnxruntime(self):
-        from wavlink_edge.runtime import WavLink
 
         provider = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt": TRT_EP}[self.spec.device]
         precision = f"int8_{self.spec.variant}" if self.spec.precision == "int8" else self.spec.precision

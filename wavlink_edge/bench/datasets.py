@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.features import SAMPLE_RATE
 from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES
 
 BUILTIN = Path(__file__).resolve().parent / "data" / "wavlink_eval"
@@ -177,7 +179,5 @@ def parse_spec(spec: str) -> Dataset:
 def load_wave(path: str) -> np.ndarray:
     """Mono float32 at 16 kHz (the runtime's decoder: soundfile + soxr), first 30 s: the same samples go
     to every backend."""
-    from wavlink_edge.runtime.audio import decode_audio
-    from wavlink_edge.runtime.features import SAMPLE_RATE
 
     return np.ascontiguousarray(decode_audio(path)[: MAX_SECONDS * SAMPLE_RATE])

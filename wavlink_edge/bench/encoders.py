@@ -28,8 +28,15 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     import runpy
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
+from wavlink_edge.bench import backends as B
+from wavlink_edge.bench.machine import usable_cores
 from wavlink_edge.bench.report import DEFAULT_OUT
+from wavlink_edge.runtime import WavLink
+from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import sample_clips
+from wavlink_edge.runtime.features import CHUNK_SAMPLES, SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.session import OnnxSession
 
 SHAPES = ((1, 3000), (4, 3000), (1, 500), (4, 500))
 GOALS = {"int8_vs_ct2_int8_3000": 0.5, "int8_vs_ct2_int8_500": 0.8, "int8_speedup_vs_fp32_3000_b1": 1.8,
@@ -41,7 +48,6 @@ def _threads(n: int) -> None:
 
     torch.set_num_threads(n)
     if hasattr(os, "sched_setaffinity"):
-        from wavlink_edge.bench.machine import usable_cores
 
         os.sched_setaffinity(0, usable_cores()[:n])
 
@@ -50,10 +56,6 @@ def encoder_runners(export_dir: Path, threads: int) -> dict:
     """name -> (callable on a [B, 80, T] float32 log-mel, kind) for every encoder compared."""
     import ctranslate2
     import torch
-
-    from wavlink_edge.bench import backends as B
-    from wavlink_edge.runtime.manifest import Manifest
-    from wavlink_edge.runtime.session import OnnxSession
 
     runners = {}
     model = B.load_reference(export_dir)
@@ -85,7 +87,7 @@ def _transformers_sdpa():
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from wavlink_edge.export.backbones import whisper_base_ct2_state
+    from wavlink_edge.export.backbones import whisper_base_ct2_state  # optional dependency: torch, for the transformers peer only
 
     config = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
                            num_mel_bins=80, max_source_positions=1500, attn_implementation="sdpa")
@@ -142,7 +144,6 @@ def round_robin(runners: dict, shapes, rounds: int, burst: int = 3, log=print) -
 
 def front_end(rounds: int = 15) -> dict:
     """clip_features (trim) of a 5 s clip vs a 30 s clip, interleaved."""
-    from wavlink_edge.runtime.features import CHUNK_SAMPLES, SAMPLE_RATE, clip_features
 
     rng = np.random.default_rng(1)
     audio = (0.1 * rng.standard_normal(CHUNK_SAMPLES)).astype(np.float32)
@@ -159,8 +160,6 @@ def front_end(rounds: int = 15) -> dict:
 
 def _write_clips(folder: Path, seconds: float, count: int) -> list[Path]:
     import soundfile as sf
-
-    from wavlink_edge.runtime.audio import decode_audio
 
     audio = np.concatenate([decode_audio(p) for p in sample_clips()])
     n = int(seconds * 16000)
@@ -185,11 +184,6 @@ def end_to_end(export_dir: Path, threads: int, rounds: int = 3, count: int = 4, 
     own extractor implements), then Whisper.encode int8 on [1, 80, 3000]."""
     import ctranslate2
     from transformers import WhisperFeatureExtractor
-
-    from wavlink_edge.bench import backends as B
-    from wavlink_edge.runtime import WavLink
-    from wavlink_edge.runtime.audio import decode_audio
-    from wavlink_edge.runtime.manifest import Manifest
 
     # int8 where the export has it (the shipped configuration); an fp32-only export (CI's) runs fp32.
     precision = "int8" if "int8_dynamic" in Manifest.load(export_dir).precisions("audio") else "fp32"

@@ -26,6 +26,8 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     import runpy
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
+from wavlink_edge.bench import machine
+from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.bundled import SAMPLES_DIR
 
 SAMPLE = SAMPLES_DIR / "speech_en_female.flac"
@@ -53,7 +55,6 @@ def _time_calls(fn, x, calls: int) -> dict:
 
 
 def child_onnx(model: str, precision: str, frames: list[int], calls: int, threads: int) -> dict:
-    from wavlink_edge.runtime import WavLink
 
     base = _rss_mb()
     t = time.perf_counter()
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         n_mels = json.loads((Path(args.model) / "manifest.json").read_text())["model"]["n_mels"]
         print(json.dumps(child_ct2(args.ct2, args.child_ct2, frames, args.calls, args.threads, n_mels)))
         return 0
-    from wavlink_edge.bench import machine
 
     rows = run(args)
     doc = {"machine": machine.describe(args.threads), "model": args.model, "frames": frames, "rows": rows}

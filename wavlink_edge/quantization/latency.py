@@ -22,13 +22,12 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.quantization import evaluate as ev
-from wavlink_edge.runtime.features import SAMPLE_RATE
+from wavlink_edge.runtime.features import SAMPLE_RATE, clip_features
 
 
 def inputs(export_dir: Path) -> dict:
     manifest = ev.load_manifest(export_dir)
     n_mels = manifest["model"]["n_mels"]
-    from wavlink_edge.runtime.features import clip_features
 
     speech = ev.load_audio(ev.SAMPLES_DIR / "speech_en_female.flac")
     clip5 = np.resize(speech, 5 * SAMPLE_RATE)  # 5 s: the sample repeated or cut

@@ -39,9 +39,11 @@ from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
+from wavlink_edge.runtime.lyrics import Lyrics
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
 from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock, sidecar_path
+from wavlink_edge.runtime.ray_pipeline import cmd_embed_ray
 from wavlink_edge.runtime.session import quiet_onnxruntime
 
 
@@ -197,7 +199,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not sources:
         raise CliError("the given directories and lists hold no audio files (extensions: see --ext)")
     if args.engine == "ray":
-        from wavlink_edge.runtime.ray_pipeline import cmd_embed_ray
         return cmd_embed_ray(args, sources)
 
     def load():
@@ -411,7 +412,6 @@ def add_lyrics_parser(commands) -> None:
 
 def cmd_lyrics(args: argparse.Namespace) -> int:
     """Same rows, order, errors and formats as `embed`; the embedding is the lyrics head's."""
-    from wavlink_edge.runtime.lyrics import Lyrics
 
     sources = expand_inputs(args.paths)
     if not sources:

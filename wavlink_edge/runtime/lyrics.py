@@ -107,7 +107,7 @@ class LyricsResult:
         return self.error is None
 
 
-class _OrtStep:
+class OrtStep:
     """The decoder session as a `Step`."""
 
     def __init__(self, session):
@@ -126,7 +126,7 @@ class Lyrics:
         self.config = config
         self.vocab = WhisperVocab.from_dict(config["vocab"])
         self.encoder, self.head = sessions["lyrics_encoder"], sessions["lyrics_head"]
-        self.step: Step = _OrtStep(sessions["lyrics_decoder"])
+        self.step: Step = OrtStep(sessions["lyrics_decoder"])
         self.tokenizer = tokenizer
         self.dim = int(config["embed_dim"])
         self.max_chunks = int(config["max_chunks"])

@@ -213,7 +213,7 @@ def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):
     sidecar or that were built for another TensorRT version / GPU.
     """
     try:
-        from wavlink_edge.runtime import trt_engine
+        from wavlink_edge.runtime import trt_engine  # optional dependency: TensorRT, for backend="tensorrt" only
     except ImportError as exc:
         raise BackendUnavailableError(f"backend='tensorrt' is not available in this build: {exc}") from None
     cache_dirs = dict.fromkeys([manifest.export_dir / "trt_cache", trt_cache_dir(manifest.export_dir)])

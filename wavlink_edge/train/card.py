@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wavlink_edge.export.backbones import DEMO_HEADS
 from wavlink_edge.train import levers
+from wavlink_edge.train.corpus.real import PROMPT_TEMPLATES
 from wavlink_edge.train.data import POLICIES
 from wavlink_edge.train.heads import DEMO_NAME, TRAINED_TEXT, set_heads_policy
 
@@ -165,7 +166,6 @@ def _peaks(r: dict) -> str:
 
 
 def model_card(results: dict, path: Path) -> Path:
-    from wavlink_edge.train.corpus.real import PROMPT_TEMPLATES
 
     r = results
     prompts = [t.replace("{A}", "{class}") for t in PROMPT_TEMPLATES]

@@ -13,6 +13,12 @@ import numpy as np
 import torch
 
 from wavlink_edge.export.model import WavLinkModel
+from wavlink_edge.export.to_onnx import torch_export
+from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.features import clip_features
+from wavlink_edge.runtime.session import OnnxSession
+from wavlink_edge.runtime.text import TextTokenizer
+from wavlink_edge.train.corpus import generate, load_split, real
 
 SEED = 0
 CAPTIONS_PER_CLIP = 5
@@ -21,7 +27,6 @@ POLICIES = ("trim", "pad")
 
 def build_corpus(corpus: Path, quick: bool, n_train: int, n_test: int) -> None:
     """Generated and real clips into `corpus`, unless an earlier run left them there."""
-    from wavlink_edge.train.corpus import generate, real
 
     if not (corpus / "captions_test.csv").is_file():
         sizes = dict(n_train=24, n_test=8) if quick else dict(n_train=n_train, n_test=n_test)
@@ -32,7 +37,6 @@ def build_corpus(corpus: Path, quick: bool, n_train: int, n_test: int) -> None:
 
 def _frozen_onnx(model: WavLinkModel, path: Path) -> Path:
     """ORT runs the frozen layers about 2-3x faster than PyTorch eager on this CPU."""
-    from wavlink_edge.export.to_onnx import torch_export
 
     class Frozen(torch.nn.Module):
         def __init__(self):
@@ -55,10 +59,6 @@ def cache_audio(model: WavLinkModel, paths: list[str], policy: str, cache: Path,
         return data["states"], data["offsets"]
     from tqdm import tqdm
 
-    from wavlink_edge.runtime.audio import decode_audio
-    from wavlink_edge.runtime.features import clip_features
-    from wavlink_edge.runtime.session import OnnxSession
-
     sess = OnnxSession(_frozen_onnx(model, onnx_path), name="frozen_layers.onnx")
     chunks, offsets = [], [0]
     for path in tqdm(paths, desc=f"{cache.name}", unit="clip", mininterval=30):
@@ -76,7 +76,6 @@ def cache_text(model: WavLinkModel, tokenizer_json: Path, texts: list[str], cach
     cache = cache.with_name(f"{cache.name}_{hashlib.sha256(chr(0).join(texts).encode()).hexdigest()[:12]}")
     if cache.with_suffix(".npy").is_file():
         return np.load(cache.with_suffix(".npy"))
-    from wavlink_edge.runtime.text import TextTokenizer
 
     tokenizer = TextTokenizer.configured(tokenizer_json, model.config.text.max_length, model.config.text.pad_token_id)
     out = []
@@ -165,7 +164,6 @@ def audio_features(model: WavLinkModel, corpus: Path, work: Path, pad: str = "al
     """(clip lists per split, frame states per (split, policy)), from the cache or computed once. Training uses
     trim; the test splits are also cached padded to 30 s (pad="all"), only the real one (pad="real") or neither
     (pad="none": a padded clip costs ~10x a trimmed one)."""
-    from wavlink_edge.train.corpus import load_split
 
     splits = {s: load_split(corpus, s) for s in ("train", "test", "real_train", "real_test")}
     states = {}
@@ -178,7 +176,6 @@ def audio_features(model: WavLinkModel, corpus: Path, work: Path, pad: str = "al
 
 
 def text_features(model: WavLinkModel, tokenizer: Path, corpus: Path, work: Path, splits: dict, states: dict) -> Features:
-    from wavlink_edge.train.corpus import real
 
     texts = {s: cache_text(model, tokenizer, [c for _, caps in splits[s] for c in caps], work / f"text_{s}") for s in splits}
     labels = real.labels(corpus, "test")
@@ -208,7 +205,6 @@ class TestSets:
 def test_sets(model: WavLinkModel, tokenizer: Path, corpus: Path, generated: Path, work: Path, pad: str) -> TestSets:
     """The test splits alone (for scoring heads without training): the real test split of `corpus` and the
     generated test split in `generated` (a corpus, or the committed bench/data/wavlink_eval)."""
-    from wavlink_edge.train.corpus import load_split, real
 
     states, texts = {}, {}
     for split, directory, name in (("real", corpus, "real_test"), ("generated", generated, "test")):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wavlink_edge.export.backbones import build_default_base
 from wavlink_edge.export.model import WavLinkModel
 
 DEMO_NAME = "wavlink-base-demo"
@@ -28,7 +29,6 @@ TRAINED_TEXT = ("the global token (inserted at the input of the last encoder lay
 
 def base_model() -> tuple[WavLinkModel, Path]:
     """The real frozen backbones with seeded untrained heads (the starting point), the token at the last layer."""
-    from wavlink_edge.export.backbones import build_default_base
 
     model, tokenizer = build_default_base(heads=None)
     model.config.global_token_layer = model.audio.token_layer = model.config.audio.n_layers - 1

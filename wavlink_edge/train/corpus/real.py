@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
 from . import surveyed
+from .generate import CAPTION_COLUMNS
+from .rcc import read_rcc
+from .synth import coloured_noise
 from .vocabulary import LABELS
 
 STAMPS = "/usr/share/tuxpaint/stamps"
@@ -306,7 +310,6 @@ def _surveyed_plan(split: str, rng: np.random.Generator | None) -> list[dict]:
 
 
 def _decode(path) -> np.ndarray:
-    from wavlink_edge.runtime.audio import decode_audio
 
     return decode_audio(str(path))
 
@@ -363,8 +366,6 @@ def _moh(i: int, seed: int) -> tuple[np.ndarray, str]:
 def _gcompris(bundle: str, stem: str) -> tuple[np.ndarray, str]:
     import tempfile
 
-    from .rcc import read_rcc
-
     files = read_rcc(_need("gcompris-qt-data") / f"{bundle}.rcc")
     hits = sorted(k for k in files if Path(k).stem == stem and Path(k).suffix in (".ogg", ".wav"))
     if not hits:
@@ -382,8 +383,6 @@ def _opensfx(index: int) -> tuple[np.ndarray, str]:
     import struct
 
     import soundfile as sf
-
-    from wavlink_edge.runtime.audio import decode_audio
 
     data = (_need("openttd-opensfx") / "opensfx.cat").read_bytes()
     offset, size = struct.unpack_from("<II", data, 8 * index)
@@ -425,9 +424,6 @@ def _peak(x: np.ndarray, level: float = 0.5) -> np.ndarray:
 
 def _augment(x: np.ndarray, kind: str, rng: np.random.Generator, partner: np.ndarray | None) -> tuple[np.ndarray, str]:
     """Returns the audio and a caption suffix/qualifier key."""
-    from wavlink_edge.runtime.audio import decode_audio
-
-    from .synth import coloured_noise
 
     if kind == "gain":
         return _peak(x, float(rng.uniform(0.05, 0.9))), ""
@@ -551,8 +547,6 @@ def render_clip(clip: dict, seed: int) -> tuple[np.ndarray, list[str], dict]:
 def generate(out_dir, seed: int = 0, splits=("train", "test"), limit: int | None = None) -> dict:
     """Write DIR/audio/real_<split>/*.flac, captions_real_<split>.csv, metadata_real_<split>.csv."""
     import soundfile as sf
-
-    from .generate import CAPTION_COLUMNS
 
     out = Path(out_dir)
     plans = plan(seed)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.features import SAMPLE_RATE as SR
+
 from .vocabulary import LABELS
 
 TABLE = Path(__file__).with_name("debian_sounds.tsv.gz")
@@ -136,9 +139,6 @@ def decode(row: dict, seed) -> tuple[np.ndarray, str]:
     (`ARCHIVE!MEMBER`) are read from the zip archive."""
     import tempfile
     import zipfile
-
-    from wavlink_edge.runtime.audio import decode_audio
-    from wavlink_edge.runtime.features import SAMPLE_RATE as SR
 
     archive, _, member = row["path"].partition("!")
     path = Path("/" + archive)
