@@ -175,9 +175,10 @@ def test_providers_as_a_string_or_one_tuple(tiny_export):
     assert model.audio_session.providers == ["CPUExecutionProvider"]
 
 
-def test_runtime_wheel_holds_the_runtime_only_and_the_checkout_cannot_shadow_it(tmp_path):
+def test_wheel_holds_every_stage_and_its_small_data_and_the_checkout_cannot_shadow_it(tmp_path):
     """A non-editable install, used from the repository root (the checkout's package is found first) and
-    from elsewhere (the installed one): both import the runtime; the wheel has no build stage."""
+    from elsewhere (the installed one): both import the runtime. The wheel holds every stage's code and the
+    data they read at run time (clips, heads, calibration and held-out sets), not the eval split."""
     pytest.importorskip("setuptools", minversion="70.1", reason="building the wheel offline needs setuptools >= 70.1")
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
@@ -185,7 +186,15 @@ def test_runtime_wheel_holds_the_runtime_only_and_the_checkout_cannot_shadow_it(
     (wheel,) = wheels.glob("wavlink_edge-*.whl")
     packages = {Path(n).parts[1] if len(Path(n).parts) > 2 else Path(n).name
                 for n in zipfile.ZipFile(wheel).namelist() if n.startswith("wavlink_edge/")}
-    assert packages == {"__init__.py", "__main__.py", "runtime"}
+    assert packages == {"__init__.py", "__main__.py", "commands.py", "run_by_path.py", "runtime", "export", "quantization",
+                        "train", "bench"}
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("wavlink_edge/runtime/samples/speech_en_female.flac", "wavlink_edge/export/weights/wavlink-base-demo.safetensors",
+                   "wavlink_edge/export/weights/wealy-base-head.safetensors", "wavlink_edge/quantization/calibration/sentences.txt",
+                   "wavlink_edge/quantization/heldout/sentences.txt", "wavlink_edge/train/corpus/debian_sounds.tsv.gz"):
+        assert needed in names, needed
+    assert not [n for n in names if "/bench/data/" in n or "/bench/results/" in n], "the eval split and results stay out"
+    assert wheel.stat().st_size < 20e6, f"{wheel.stat().st_size / 1e6:.1f} MB"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=600)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import SAMPLE_RATE
 from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES
 
@@ -103,6 +104,13 @@ def load_clotho(root: str | Path, split: str | None = None, name: str = "clotho"
 
 
 def load_builtin(root: str | Path = BUILTIN) -> Dataset:
+    """The bundled eval split. It lives in a checkout (bench/data/wavlink_eval, 12 MB of clips), not in the
+    wheel: an installed package says where to get it."""
+    if not (Path(root) / "captions_test.csv").is_file():
+        raise WavLinkError(f"the built-in eval split is not at {root} (the wheel leaves it out): run from a "
+                              "checkout of wavlink-edge, where it is bench/data/wavlink_eval, or regenerate it with "
+                              "`wavlink-edge corpus generate --out DIR` then `wavlink-edge corpus export-eval --from DIR "
+                              f"--out {root}` (needs Debian's sound packages), or pass --dataset clotho:DIR / esc50:DIR")
     return load_clotho(root, "test", name="wavlink_eval")
 
 

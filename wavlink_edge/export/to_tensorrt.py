@@ -27,6 +27,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 
 from wavlink_edge.export import trt_build as tb
 from wavlink_edge.runtime import trt_engine as te
+from wavlink_edge.runtime.arguments import add_model_option
 from wavlink_edge.runtime.manifest import sha256_file
 
 TOWERS = ("audio", "text")
@@ -112,7 +113,7 @@ def build_engine(job: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("export_dir", type=Path)
+    add_model_option(p, dest="export_dir", positional=True)
     p.add_argument("--precision", required=True, choices=tb.PRECISIONS)
     p.add_argument("--cache-dir", type=Path, help="engine + timing cache (default EXPORT_DIR/trt_cache)")
     p.add_argument("--tower", default="audio,text")

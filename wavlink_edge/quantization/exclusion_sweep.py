@@ -27,6 +27,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
 from wavlink_edge.quantization import quantize as q
+from wavlink_edge.runtime.arguments import add_model_option
 
 
 def sweep(export_dir: Path, tower: str, sets, method: str = "minmax", calibration_limit: int | None = 8, log=print,
@@ -140,7 +141,7 @@ def markdown(rows: list[dict], method: str, model_name: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("export_dir", type=Path)
+    add_model_option(p, dest="export_dir", positional=True)
     p.add_argument("--tower", default="audio,text")
     p.add_argument("--calibration-method", default="minmax", choices=q.CALIBRATION_METHODS)
     p.add_argument("--calibration-limit", type=int, default=8)

@@ -22,6 +22,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.quantization import evaluate as ev
+from wavlink_edge.runtime.arguments import add_model_option
 from wavlink_edge.runtime.features import SAMPLE_RATE, clip_features
 
 
@@ -108,7 +109,7 @@ def markdown(rows: list[dict], runs: int) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("export_dir", type=Path)
+    add_model_option(p, dest="export_dir", positional=True)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--threads", type=int)
     p.add_argument("--markdown", action="store_true")

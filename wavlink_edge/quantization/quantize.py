@@ -30,7 +30,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 
 from wavlink_edge.quantization import evaluate as ev
 from wavlink_edge.quantization import graph, recipes
-from wavlink_edge.runtime.arguments import int_at_least
+from wavlink_edge.runtime.arguments import add_deprecated_alias, add_model_option, int_at_least
 from wavlink_edge.runtime.batching import with_frame_lengths
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.manifest import INT8_VARIANTS, Manifest, sha256_file
@@ -578,7 +578,7 @@ def _artifact_int8_static(run: _Run, src: Path, tower: str, calibration_dir, met
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export_dir", type=Path)
+    add_model_option(parser, dest="export_dir", positional=True)
     parser.add_argument("--precision", default="fp16,int8", help="comma list of fp16, int8 (int8 = dynamic + static)")
     parser.add_argument("--tower", default="audio,text", help="comma list of audio, text")
     parser.add_argument("--calibration-dir", type=Path, help="your own audio (+ optional sentences.txt) for static INT8")
@@ -591,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int_at_least(0), default=8, help="clips taken from the eval dir (default 8)")
     parser.add_argument("--force", action="store_true", help="write artifacts under the gate, marked forced")
     parser.add_argument("--int8-variants", default="dynamic,static", help="comma list of dynamic, static (int8 only)")
-    parser.add_argument("--fast", action="store_true",
+    add_deprecated_alias(parser, "--fast", "--quick", action="store_true")
+    parser.add_argument("--quick", dest="fast", action="store_true",
                         help=f"CI path: {FAST_CALIBRATION_CLIPS} calibration clips, held-out = runtime/samples only")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]

@@ -62,3 +62,17 @@ def error_exit(exc: BaseException) -> int:
         message = str(exc)
     print(f"error: {printable(message)}", file=sys.stderr)
     return 2
+
+
+def add_model_option(parser: argparse.ArgumentParser, dest: str = "model", default: Path | None = DEFAULT_MODEL_DIR,
+                     positional: bool = False) -> None:
+    """`--model DIR`, the one spelling of an export directory. ``positional``: the older spelling, the
+    directory as the first positional argument, keeps working (hidden from --help)."""
+    parser.add_argument("--model", dest=dest, type=Path, default=default, metavar="DIR",
+                        help=f"export directory (default {default})" if default else "export directory")
+    if positional:  # default SUPPRESS: absent, it leaves --model's value alone (argparse passes it through `type`)
+        parser.add_argument(dest, nargs="?", type=_path_or_suppress, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _path_or_suppress(text: str):
+    return text if text is argparse.SUPPRESS else Path(text)

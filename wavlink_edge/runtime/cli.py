@@ -36,7 +36,7 @@ from wavlink_edge import __version__
 from wavlink_edge.commands import BENCHMARKS, STAGE_COMMANDS, StageCommand
 from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
-from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, error_exit, positive_int, printable
+from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, add_model_option, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.lyrics import Lyrics
@@ -116,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe an export: model, dims, policy, precisions and fidelity, "
                                "what would load here")
-    info.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    add_model_option(info, dest="model_dir", positional=True)
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(handler=cmd_info)
     verify = commands.add_parser("verify", help="re-hash every file of an export against its manifest now")
-    verify.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    add_model_option(verify, dest="model_dir", positional=True)
     verify.set_defaults(handler=cmd_verify)
     add_lyrics_parser(commands)
     for name, handler in index_commands.add_commands(commands, _add_model_options, positive_int).items():
@@ -143,7 +143,7 @@ def _check_model_dir(model_dir: Path) -> None:
     if model_dir.exists() and not model_dir.is_dir():
         raise CliError(f"--model {model_dir} is a file, not an export directory")
     if not (model_dir / "manifest.json").is_file():
-        hint = ("create it with `python export/to_onnx.py --size base` from a checkout"
+        hint = ("create it with `wavlink-edge export --size base` (in a checkout: python export/to_onnx.py --size base)"
                 if model_dir == DEFAULT_MODEL_DIR else "pass --model DIR, a directory written by export/to_onnx.py")
         raise CliError(f"no WavLink Edge export at {model_dir}: {hint}")
 

@@ -209,7 +209,8 @@ class Manifest:
         wanted = f"{precision}_{variant}" if variant else precision
         raise ModelFilesError(
             f"{self.export_dir}: no {tower} artifact with precision {wanted!r}; the manifest has "
-            f"{', '.join(self.precisions(tower)) or 'none'} (add others with the quantization step)")
+            f"{', '.join(self.precisions(tower)) or 'none'}; add it with `wavlink-edge quantize --model {self.export_dir} "
+            f"--precision {precision}` (in a checkout: python quantization/quantize.py {self.export_dir} --precision {precision})")
 
     def path(self, name: str) -> Path:
         """The listed file's path, which must resolve inside the export directory (symlinks included)."""

@@ -30,6 +30,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.export.backbones import DEMO_HEADS, load_heads
+from wavlink_edge.runtime.arguments import add_deprecated_alias
 from wavlink_edge.train import card, data, levers, metrics
 from wavlink_edge.train.corpus import real
 from wavlink_edge.train.evaluate import Validation, choose_policy, evaluate_tests, validation_score
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-test", type=int, default=600, help="600 = the committed bench/data/wavlink_eval split")
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)
     parser.add_argument("--real-repeats", type=int, default=Recipe.real_repeats)
-    parser.add_argument("--quick", "--tiny", action="store_true", help="tens of clips, a few epochs: the CI smoke run")
+    parser.add_argument("--quick", action="store_true", help="tens of clips, a few epochs: the CI smoke run")
+    add_deprecated_alias(parser, "--tiny", "--quick", action="store_true")
     parser.add_argument("--out", default=str(DEMO_HEADS.parent), help="where the heads, card and curves go")
     parser.add_argument("--render-card", action="store_true", help="only re-render the card from WORKDIR/results.json")
     parser.add_argument("--pad", choices=("all", "real", "none"), default="all",
