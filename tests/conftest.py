@@ -47,6 +47,20 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+SLOW_FIXTURES = {"base_model", "base_export"}  # the real Whisper-base + MiniLM model, built once per session
+GPU_FIXTURES = {"gpu_trt"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` and `gpu` follow from the fixtures a test uses, so a new test is marked without remembering to."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if used & GPU_FIXTURES:
+            item.add_marker(pytest.mark.gpu)
+
+
 def pytest_sessionfinish(session, exitstatus):
     missing = sorted(set(RUNTIME_TEST_MODULES) & set(_NOT_COLLECTED))
     if os.environ.get("WAVLINK_EDGE_RUNTIME_ONLY") == "1" and missing:

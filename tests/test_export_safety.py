@@ -99,13 +99,15 @@ def test_a_killed_export_leaves_the_previous_one_and_its_leftovers_are_cleaned(t
     out = tmp_path / "exp"
     assert _export(checkpoint, out) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".verified.json"}
+    paused = tmp_path / "paused"
+    env = {**os.environ, "WAVLINK_EDGE_PAUSE_AT": "export: graphs written, not yet validated", "WAVLINK_EDGE_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, str(REPO / "export" / "to_onnx.py"), "--size", "base", "--checkpoint",
-                             str(checkpoint), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list(tmp_path.glob(".exp.building-*/audio.onnx")) and proc.poll() is None and time.time() < deadline:
+                             str(checkpoint), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 600
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.skip("the export finished before it could be killed mid-way")
+    assert paused.exists(), f"the export never reached its pause point (exit code {proc.poll()})"
+    assert list(tmp_path.glob(".exp.building-*/audio.onnx")), "paused with the new graphs in the build directory"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list(tmp_path.glob(".exp.building-*")), "the kill left its build directory (what this test checks)"

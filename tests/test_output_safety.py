@@ -305,13 +305,14 @@ def test_a_killed_embed_leaves_whole_rows_and_resume_completes(tiny_export, clip
 
     out = tmp_path / "emb.jsonl"
     paths = [str(shutil.copy(clips[i % len(clips)], tmp_path / f"c{i:03d}.flac")) for i in range(60)]
+    paused = tmp_path / "paused"
+    env = {**os.environ, "WAVLINK_EDGE_PAUSE_AT": "rows written: 3", "WAVLINK_EDGE_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, "-m", "wavlink_edge", "embed", *paths, "--model", str(tiny_export),
-                             "--batch-size", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while (not out.exists() or out.read_bytes().count(b"\n") < 3) and proc.poll() is None and time.time() < deadline:
+                             "--batch-size", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("the run finished before it could be killed mid-way")
+    assert paused.exists(), f"the run never reached its pause point (exit code {proc.poll()})"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     (tmp_path / ".emb.npy.leftover.tmp").write_bytes(b"half")  # what a kill during an .npy rename leaves

@@ -231,8 +231,7 @@ def test_engine_matches_onnx(gpu_trt, base_export, tmp_path, precision):
         from wavlink_edge.quantization.quantize import quantize_export
 
         quantize_export(export, [precision], towers=("audio",), fast=True, log=lambda *_: None)
-    sys.path.insert(0, str(REPO / "export"))
-    import to_tensorrt
+    from wavlink_edge.export import to_tensorrt
 
     cc = te.compute_capability()
     job = to_tensorrt.plan_tower(export, "audio", precision, gpu_trt.__version__, cc, tmp_path / "cache",

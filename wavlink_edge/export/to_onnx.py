@@ -36,7 +36,7 @@ from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
 from wavlink_edge.runtime.bundled import SAMPLES_DIR, sample_clips
 from wavlink_edge.runtime.errors import WavLinkError
 from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
-from wavlink_edge.runtime.files import ordinary_permissions
+from wavlink_edge.runtime.files import ordinary_permissions, pause_point
 from wavlink_edge.runtime.manifest import Manifest, VerificationCache
 from wavlink_edge.runtime.outputs import exclusive_lock
 from wavlink_edge.runtime.session import OnnxSession
@@ -220,6 +220,7 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
         external[tower] = _gather_external_data(out_dir / f"{tower}.onnx", scattered, bool(external_data))
     tokenizer.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps({"model_type": "wavlink", **cfg.to_dict()}, indent=2))
+    pause_point("export: graphs written, not yet validated")  # the crash test kills the export here
     # Graphs with external data are validated and hashed as files (ORT opens them by path); the rest as
     # the very bytes that are checked and recorded.
     payloads = {name: (out_dir / name).read_bytes() for name in ("tokenizer.json", "config.json")}

@@ -38,6 +38,7 @@ from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, add_model_option, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
+from wavlink_edge.runtime.files import pause_point
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.lyrics import Lyrics
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
@@ -177,6 +178,7 @@ def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: li
         try:
             for source, embedding, error in results:
                 writer.write(source, embedding, error)
+                pause_point(f"rows written: {writer.rows}")  # the crash test kills the run here
                 if error:
                     failed += 1
                     progress.write(f"failed: {printable(error)}", file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -62,3 +63,17 @@ def ordinary_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+# The crash tests kill a run at a point the code names, not after a guessed delay: with
+# WAVLINK_EDGE_PAUSE_AT=<point> the run writes the point's name to WAVLINK_EDGE_PAUSE_FILE when it gets
+# there and waits to be killed. Unset (always, outside those tests), a pause point is one dict lookup.
+PAUSE_AT_ENV, PAUSE_FILE_ENV = "WAVLINK_EDGE_PAUSE_AT", "WAVLINK_EDGE_PAUSE_FILE"
+
+
+def pause_point(name: str) -> None:
+    if os.environ.get(PAUSE_AT_ENV) != name:
+        return
+    Path(os.environ[PAUSE_FILE_ENV]).write_text(name)
+    while True:  # until the test's SIGKILL
+        time.sleep(1)
