@@ -17,6 +17,7 @@ Ray is an extra (`pip install 'wavlink-edge[ray]'`), imported only here, only wh
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def _ray():
     except ImportError:
         raise WavLinkError("--engine ray needs Ray Data: pip install 'wavlink-edge[ray]'") from None
     return ray, pyarrow
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Ray and Ray Data log start-up, execution plans, progress every few seconds and deprecation notes to
+    the terminal; the command prints its own summary, so they are for --verbose only."""
+    if verbose:
+        return
+    ray, _ = _ray()
+    for name in [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")] + ["ray"]:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def featurize(batch, export_dir: str, clip_policy: str | None, window_hop_seconds: float | None):
@@ -107,6 +119,7 @@ def embed_to_parquet(export_dir: str | Path, paths: list[str], out: str | Path, 
         raise UsageError(f"dim {dim} is not one of this model's Matryoshka dims {', '.join(map(str, spec.matryoshka_dims))}")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.getLogger("ray").getEffectiveLevel(),  # ERROR after quiet_ray
                  runtime_env=None if address else {"env_vars": {"OMP_NUM_THREADS": "1"}})
     gpu = "CUDAExecutionProvider" in ort.get_available_providers() and ray.cluster_resources().get("GPU", 0) >= 1
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -145,6 +158,7 @@ def cmd_embed_ray(args: argparse.Namespace, sources: list[str]) -> int:
         raise UsageError(f"--out {args.out}: must be a new or empty directory (Parquet files are written into it)")
     if args.resume:
         raise UsageError("--resume works with the local engine's .jsonl output")
+    quiet_ray(args.verbose)
     summary = embed_to_parquet(args.model, sources, args.out, dim=args.dim, precision=args.precision,
                                providers=args.providers, clip_policy=args.clip_policy, window_hop_seconds=args.hop,
                                batch_size=args.batch_size, address=args.ray_address)
