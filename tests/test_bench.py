@@ -183,7 +183,7 @@ def test_quick_report_schema(quick_report):
     rec = report.validate(json.loads((quick_report / "recall.json").read_text()))
     for doc in (lat, rec):
         assert doc["schema"] == "wavlink-edge-bench/1" and doc["model"]["heads"] in ("trained", "untrained")
-        assert doc["command"].startswith("python bench/run_all.py --model")
+        assert doc["command"].startswith("wavlink-edge bench all --model")
     engines = {r["engine"] for r in lat["rows"]}
     assert {"pytorch", "onnxruntime", "ctranslate2", "sentence-transformers"} <= engines
     ref = [r for r in lat["rows"] if r["reference"]]

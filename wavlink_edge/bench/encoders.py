@@ -30,7 +30,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench.machine import usable_cores
-from wavlink_edge.bench.report import DEFAULT_OUT
+from wavlink_edge.bench.report import DEFAULT_OUT, command_line
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import sample_clips
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--no-rss", action="store_true")
     args = parser.parse_args(argv)
-    command = "python bench/encoders.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("encoders", sys.argv[1:] if argv is None else list(argv))
     doc = run(args.model, args.out, args.rounds, args.threads, not args.no_e2e, not args.no_rss, command)
     print(markdown(doc))
     return 0

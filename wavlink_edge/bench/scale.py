@@ -40,7 +40,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.bench.datasets import load_builtin
 from wavlink_edge.bench.flops import wavlink_audio_flops
 from wavlink_edge.bench.machine import describe
-from wavlink_edge.bench.report import DEFAULT_OUT
+from wavlink_edge.bench.report import DEFAULT_OUT, command_line
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, WindowBatcher
 from wavlink_edge.runtime.index import WavLinkIndex
@@ -510,7 +510,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="re-render scale.md/png from scale.json (measuring the front end if it lacks it)")
     args = parser.parse_args(argv)
-    command = "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("scale", list(argv) if argv is not None else sys.argv[1:])
     if args.mixed:
         model = WavLink.from_pretrained(args.model)
         if args.report_only:  # re-render; the batch plan is recomputed from the recorded set if missing
