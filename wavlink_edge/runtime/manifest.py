@@ -25,7 +25,8 @@ TOWERS = ("audio", "text", "lyrics_encoder", "lyrics_decoder", "lyrics_head")  #
 INT8_VARIANTS = ("dynamic", "static")
 # What a caller may ask for: plain precisions, or an explicit INT8 variant.
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "int8_dynamic", "int8_static")
-MAKE_EXPORT_HINT = "create one with `python export/to_onnx.py --size base --out DIR` (pip install 'wavlink-edge[export]')"
+MAKE_EXPORT_HINT = ("create one with `wavlink-edge export --size base --out DIR` (pip install 'wavlink-edge[export]'; "
+                    "in a checkout: python export/to_onnx.py)")
 _HASH_CHUNK = 1 << 20
 
 
