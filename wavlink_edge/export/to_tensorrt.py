@@ -50,7 +50,7 @@ def plan_tower(export_dir: Path, tower: str, precision: str, trt_version: str, c
     entry = manifest["artifacts"].get(plan.onnx_file)
     if entry is None or not onnx_path.is_file():
         hint = "" if precision == "fp32" else \
-            f" (make it with: wavlink-edge quantize --model {export_dir} --precision {precision})"
+            f" (make it with: wavlink-edge quantize --model {export_dir} --precision {precision}; in a checkout: python quantization/quantize.py)"
         raise FileNotFoundError(f"{plan.onnx_file} is not in {export_dir}{hint}")
     if sha256_file(onnx_path) != entry["sha256"]:
         raise ValueError(f"{plan.onnx_file} does not match its manifest sha256")
