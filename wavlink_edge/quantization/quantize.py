@@ -269,7 +269,7 @@ def calibration_feeds(export_dir: Path, tower: str, calibration_dir: Path | None
     if tower == "audio":
         paths = ev.audio_files(folder, limit=limit or None)
         if not paths:
-            raise QuantizationError(f"no audio ({', '.join(ev.AUDIO_SUFFIXES)}) in calibration dir {folder}")
+            raise QuantizationError(f"no audio ({', '.join(sorted(ev.AUDIO_SUFFIXES))}) in calibration dir {folder}")
         held = {p.resolve() for p in ev.heldout_audio_paths()}
         if any(p.resolve() in held for p in paths):
             raise QuantizationError(f"calibration dir {folder} overlaps the held-out evaluation clips")
@@ -454,7 +454,7 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
         if "audio" in towers:
             paths = ev.audio_files(folder, limit=(FAST_CALIBRATION_CLIPS if fast else calibration_limit) or None)
             if not paths:
-                raise QuantizationError(f"--calibration-dir {folder}: no audio files ({', '.join(ev.AUDIO_SUFFIXES)})")
+                raise QuantizationError(f"--calibration-dir {folder}: no audio files ({', '.join(sorted(ev.AUDIO_SUFFIXES))})")
             for path in paths:  # garbage audio is one line now, not a traceback after the other artifacts
                 try:
                     ev.load_audio(path)
