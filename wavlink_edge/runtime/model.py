@@ -26,7 +26,6 @@ from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manif
 from wavlink_edge.runtime.session import (
     BACKENDS,
     CPU_EP,
-    PROVIDER_PREFERENCE,
     ProviderSpec,
     Session,
     choose_providers,
@@ -34,6 +33,7 @@ from wavlink_edge.runtime.session import (
     open_session,
     provider_name,
     trt_cache_dir,
+    would_start,
 )
 from wavlink_edge.runtime.text import TextTokenizer
 from wavlink_edge.runtime.vectors import normalize, similarity, truncate
@@ -185,12 +185,12 @@ class WavLink:
 
     @staticmethod
     def describe_choice(manifest: Manifest, precision: str, available: Sequence[str]) -> str:
-        """Which artifacts ``from_pretrained(precision=...)`` would load with the default providers, and where."""
-        chosen = [name for name in PROVIDER_PREFERENCE if name in available]
+        """Which artifacts ``from_pretrained(precision=...)`` would load with the default providers, and on which
+        provider: the first whose libraries load here (``session.would_start``), not merely the first listed."""
+        chosen, _ = would_start(available)
         accelerated = is_accelerated(chosen)
         files = [_pick_artifact(manifest, tower, precision, accelerated).file for tower in ("audio", "text")]
-        return f"{' + '.join(files)} on {chosen[0] if chosen else 'no provider'}" + (
-            " (CPU if it does not start)" if accelerated else "")
+        return f"{' + '.join(files)} on {chosen[0]}"
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:

@@ -6,12 +6,19 @@ and the wrapper keeps no per-call state, so one instance serves many threads.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
+import re
+import struct
+import sys
 import warnings
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Protocol, Union
 
@@ -75,7 +82,9 @@ def trt_cache_dir(export_dir: Path) -> Path:
 def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, cache_dir: Path) -> list[ProviderSpec]:
     """The provider list for ORT: ``requested`` if given, else TensorRT -> CUDA -> CPU as this build has them.
 
-    TensorRT entries without options get the engine/timing cache options, so an explicit
+    A GPU provider whose libraries do not load here (``provider_blocker``) is left out before ORT is asked,
+    with one line naming the library: ORT would otherwise try it, print its banner and retry. TensorRT
+    entries without options get the engine/timing cache options, so an explicit
     ``providers=["TensorrtExecutionProvider"]`` still reuses built engines.
     """
     available = ort.get_available_providers()
@@ -93,7 +102,93 @@ def choose_providers(requested: Sequence[ProviderSpec] | None, precision: str, c
             log.info("execution providers: %s (not in this onnxruntime build: %s)", chosen, skipped)
         else:
             log.info("execution providers: %s", chosen)
+    chosen = startable(chosen, explicit=bool(requested))
     return [(TENSORRT_EP, tensorrt_provider_options(cache_dir, precision)) if p == TENSORRT_EP else p for p in chosen]
+
+
+def startable(providers: list[ProviderSpec], explicit: bool = False) -> list[ProviderSpec]:
+    """``providers`` without those whose libraries cannot load here, each dropped one said in one line."""
+    kept = [p for p in providers if provider_blocker(provider_name(p)) is None]
+    if not kept:
+        if explicit:
+            raise BackendUnavailableError(f"{provider_name(providers[0])} cannot start here: "
+                                          f"{provider_blocker(provider_name(providers[0]))}")
+        kept = [CPU_EP]
+    for p in providers:
+        reason = provider_blocker(provider_name(p))
+        if reason is not None:
+            _warn_once(f"{provider_name(p)} cannot start here: {reason}; using {provider_name(kept[0])}")
+    return kept
+
+
+def would_start(available: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(providers the default choice would really start, in order; {provider left out: why}) for ``info``."""
+    preferred = [name for name in PROVIDER_PREFERENCE if name in available]
+    blocked = {name: reason for name in preferred if (reason := provider_blocker(name)) is not None}
+    return [name for name in preferred if name not in blocked] or [CPU_EP], blocked
+
+
+# onnxruntime's shared library per GPU provider (Linux wheels: onnxruntime/capi/libonnxruntime_providers_*.so)
+PROVIDER_LIBRARIES = {TENSORRT_EP: "tensorrt", CUDA_EP: "cuda"}
+# NVIDIA libraries a provider library links: what must load for the provider to start
+_NVIDIA_LIBRARY = re.compile(r"^lib(nvinfer|nvonnxparser|cuda|cublas|cudnn|cufft|curand|nvrtc)")
+
+
+@cache
+def provider_blocker(provider: str) -> str | None:
+    """Why ``provider`` cannot start in this process (the library that does not load), or None.
+
+    Checked the way the provider itself would load: onnxruntime's provider library names the NVIDIA
+    libraries it links (ELF DT_NEEDED: libnvinfer.so.10 for TensorRT 10, libcudart/cublas/cudnn for CUDA),
+    and each is opened with the system's loader (ctypes). Linux only; elsewhere ORT's own check stands.
+    """
+    if provider not in PROVIDER_LIBRARIES or not sys.platform.startswith("linux"):
+        return None
+    library = provider_library(provider)
+    if not library.is_file():
+        return f"{library.name} is not in this onnxruntime install (install onnxruntime-gpu)"
+    try:
+        needed = [name for name in elf_needed(library) if _NVIDIA_LIBRARY.match(name)]
+    except (OSError, ValueError) as exc:
+        return f"{library.name} is unreadable ({exc})"
+    for name in needed:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            what = "TensorRT" if name.startswith(("libnvinfer", "libnvonnxparser")) else "CUDA"
+            return f"{name} could not be loaded ({what} is not installed or not on the library path)"
+    return None
+
+
+def provider_library(provider: str) -> Path:
+    return Path(ort.__file__).resolve().parent / "capi" / f"libonnxruntime_providers_{PROVIDER_LIBRARIES[provider]}.so"
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The DT_NEEDED entries (linked shared libraries) of a 64-bit little-endian ELF file."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            raise ValueError("not a 64-bit little-endian ELF file")
+        shoff, = struct.unpack_from("<Q", header, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
+        f.seek(shoff)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", f.read(shentsize)) for _ in range(shnum)]
+        dynamic = next((s for s in sections if s[1] == 6), None)  # SHT_DYNAMIC
+        if dynamic is None:
+            return []
+        strtab = sections[dynamic[6]]  # sh_link: its string table
+        f.seek(strtab[4])
+        strings = f.read(strtab[5])
+        f.seek(dynamic[4])
+        entries = f.read(dynamic[5])
+    names = []
+    for tag, value in struct.iter_unpack("<qQ", entries[: len(entries) // 16 * 16]):
+        if tag == 1:  # DT_NEEDED
+            names.append(strings[value:strings.index(b"\0", value)].decode())
+        elif tag == 0:
+            break
+    return names
 
 
 def provider_name(provider: ProviderSpec) -> str:
@@ -119,8 +214,8 @@ def _as_provider(provider) -> ProviderSpec:
 
 def quiet_onnxruntime(verbose: bool) -> None:
     """onnxruntime prints a provider that fails to start (no CUDA libraries) in red, at ERROR level, before
-    falling back; we report the fallback ourselves in one line, so its own text is for --verbose only."""
-    ort.set_default_logger_severity(0 if verbose and log.isEnabledFor(logging.DEBUG) else 2 if verbose else 4)
+    falling back; we report the fallback ourselves in one line, so its own text is for debug logging only."""
+    ort.set_default_logger_severity(0 if verbose and log.isEnabledFor(logging.DEBUG) else 4)
 
 
 def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
@@ -145,24 +240,30 @@ class OnnxSession:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
         # ORT's own warnings (unused initialisers) and provider start-up errors are noise for users: the
-        # fallback is reported below in one line; --verbose (quiet_onnxruntime) lets ORT's text through.
-        options.log_severity_level = 3 if log.isEnabledFor(logging.INFO) else 4
+        # fallback is reported below in one line; debug logging lets ORT's text through.
+        options.log_severity_level = 0 if log.isEnabledFor(logging.DEBUG) else 4
         self.name = name or (Path(model).name if not isinstance(model, bytes) else "model")
+        banner = io.StringIO()
         try:
-            with warnings.catch_warnings():  # ORT warns of a provider it lacks; we say it once, below
-                warnings.simplefilter("ignore", UserWarning)
+            # ORT's Python layer prints an "EP Error" banner to stdout when a provider fails and it retries
+            # with the next (stdout may be the user's JSON lines): caught here and said in one line below.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(banner):
+                warnings.simplefilter("ignore", UserWarning)  # ORT warns of a provider it lacks; said below
                 self._session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                                      providers=list(providers))
         except Exception as exc:  # ORT raises several Fail/InvalidGraph types; the message is what matters
-            raise WavLinkError(f"{self.name}: onnxruntime could not load the model: {exc}") from None
+            raise WavLinkError(f"{self.name}: onnxruntime could not load the model: {_first_line(exc)}") from None
+        if banner.getvalue():
+            log.debug("onnxruntime: %s", banner.getvalue())
         self.input_names = [i.name for i in self._session.get_inputs()]
         wanted = [provider_name(p) for p in providers]
         self.providers = self._session.get_providers()
         not_started = [p for p in wanted if p not in self.providers]
         if not_started:
-            # ORT skips a provider whose libraries fail to load (no CUDA driver, TRT missing): one line, once.
-            _warn_once(f"{', '.join(not_started)} could not be started here (run with --verbose for onnxruntime's "
-                       f"reason); running on {self.providers[0]}")
+            # ORT skips a provider that fails to start (no driver, no device, a library provider_blocker does
+            # not know): one line, once, naming the library when ORT's banner did.
+            _warn_once(f"{', '.join(not_started)} could not be started here ({_start_failure(banner.getvalue())}); "
+                       f"running on {self.providers[0]}")
 
     def io_shapes(self) -> dict[str, tuple]:
         """Declared shapes of the graph's inputs and first output (ints, or names for dynamic axes)."""
@@ -182,6 +283,20 @@ class OnnxSession:
 
 
 _WARNED: set[str] = set()
+_SHARED_LIBRARY = re.compile(r"lib[\w.+-]+?\.so(?:\.\d+)*")
+
+
+def _start_failure(banner: str) -> str:
+    """The reason in one phrase: the shared library onnxruntime's banner names, else where to look."""
+    found = _SHARED_LIBRARY.search(banner)
+    if found:
+        return f"{found.group(0)} could not be loaded"
+    return "run with --verbose --verbose for onnxruntime's reason" if banner else "onnxruntime gave no reason"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _warn_once(message: str) -> None:

@@ -1,0 +1,129 @@
+"""Issue 29 on CPU: honest provider choice (a fake provider list), the decode/feature pool feeding one encoder,
+the waveform-in log-mel graph against runtime/features.py, IO binding's fallback, and the fused fp16 audio
+graph's mixed-batch exactness. GPU-only checks skip with the reason."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from wavlink_edge.runtime import WavLink, cli
+from wavlink_edge.runtime import session as session_module
+from wavlink_edge.runtime.session import CPU_EP, CUDA_EP, TENSORRT_EP, OnnxSession, choose_providers
+
+NO_TENSORRT = "libnvinfer.so.10 could not be loaded (TensorRT is not installed or not on the library path)"
+
+
+@pytest.fixture
+def fake_gpu_build(monkeypatch):
+    """An onnxruntime-gpu build without TensorRT's libraries: all three providers listed, TensorRT blocked."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT_EP, CUDA_EP, CPU_EP])
+    blockers = {TENSORRT_EP: NO_TENSORRT}
+    monkeypatch.setattr(session_module, "provider_blocker", lambda name: blockers.get(name))
+    monkeypatch.setattr(session_module, "_WARNED", set())
+    return blockers
+
+
+def _names(providers):
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def test_tensorrt_without_its_libraries_is_left_out_in_one_line(fake_gpu_build, tmp_path, caplog, capfd):
+    with caplog.at_level(logging.WARNING, logger="wavlink_edge.runtime"):
+        chosen = choose_providers(None, "fp16", tmp_path / "trt")
+    assert _names(chosen) == [CUDA_EP, CPU_EP]  # ORT is never asked for TensorRT
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{TENSORRT_EP} cannot start here: {NO_TENSORRT}; using {CUDA_EP}"]
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err and "****" not in out + err
+    # asked for explicitly and alone: an error naming the library, not a silent CPU run
+    with pytest.raises(session_module.BackendUnavailableError, match="libnvinfer.so.10"):
+        choose_providers([TENSORRT_EP], "fp16", tmp_path / "trt")
+    # with its libraries, TensorRT comes first with its cache options
+    fake_gpu_build.clear()
+    chosen = choose_providers(None, "fp16", tmp_path / "trt")
+    assert _names(chosen) == [TENSORRT_EP, CUDA_EP, CPU_EP] and chosen[0][1]["trt_fp16_enable"]
+
+
+def test_info_names_the_provider_that_would_really_start(fake_gpu_build, tiny_export, capsys):
+    assert cli.main(["info", str(tiny_export)]) == 0
+    out = capsys.readouterr().out
+    assert f"--precision fp32: audio.onnx + text.onnx on {CUDA_EP}" in out
+    assert f"{TENSORRT_EP} cannot start here: {NO_TENSORRT}" in out
+    assert "forced" not in out and "vs pytorch: cosine min" in out
+    assert cli.main(["info", str(tiny_export), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["providers_starting"] == [CUDA_EP, CPU_EP] and info["providers_blocked"] == {TENSORRT_EP: NO_TENSORRT}
+
+
+def test_info_prints_recorded_fidelity_and_aligns_columns(tiny_export, tmp_path, capsys):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    fidelity = {"32": {"cosine_mean": 0.999991, "cosine_min": 0.99981}, "16": {"cosine_mean": 0.99997, "cosine_min": 0.9997},
+                "gate": 0.999, "passed": True, "forced": False,
+                "mixed_batch": {"fused_fp32_cpu": {"max_abs": 9.8e-7, "cosine_min": 1.0}}}
+    # a long lyrics-like name must not push its row's columns out of line
+    shutil.copy(export / "audio.onnx", export / "lyrics_decoder_with_past_fp16.onnx")
+    manifest["artifacts"]["lyrics_decoder_with_past_fp16.onnx"] = {
+        **manifest["artifacts"]["audio.onnx"], "tower": "lyrics_decoder", "precision": "fp16", "fidelity": fidelity}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    assert cli.main(["info", str(export)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " MB " in line]
+    assert len(rows) == 3
+    assert len({row.index(" MB") for row in rows}) == 1  # sizes end in one column
+    lyrics = next(row for row in rows if "lyrics_decoder_with_past" in row)
+    assert "vs fp32: cosine mean 0.99997, min 0.99970 (worst dim)" in lyrics and "max-abs 9.8e-07" in lyrics
+    assert "forced" not in lyrics.lower()
+
+
+def test_elf_reader_finds_the_nvidia_library_a_provider_links(tmp_path, monkeypatch):
+    # a real shared library with one linked name swapped (same length) for cuDNN's: the check must name it
+    real = next(Path(ort.__file__).parent.joinpath("capi").glob("onnxruntime_pybind11_state*.so"))
+    assert "libc.so.6" in session_module.elf_needed(real)
+    fake = tmp_path / "libonnxruntime_providers_cuda.so"
+    data = real.read_bytes()
+    assert b"libgcc_s.so.1\0" in data
+    fake.write_bytes(data.replace(b"libgcc_s.so.1\0", b"libcudnn.so.9\0"))
+    assert "libcudnn.so.9" in session_module.elf_needed(fake)
+    monkeypatch.setattr(session_module, "provider_library", lambda provider: fake)
+    session_module.provider_blocker.cache_clear()
+    try:
+        reason = session_module.provider_blocker(CUDA_EP)
+    finally:
+        session_module.provider_blocker.cache_clear()
+    assert reason == "libcudnn.so.9 could not be loaded (CUDA is not installed or not on the library path)"
+    assert session_module.provider_blocker(CPU_EP) is None
+
+
+def test_onnxruntime_fallback_banner_becomes_one_line(tiny_export, monkeypatch, caplog, capfd):
+    """ORT's Python layer prints an 'EP Error' banner to stdout when a provider fails and it retries: the
+    user sees one line naming the library, and stdout (perhaps JSON lines) stays clean."""
+    real = ort.InferenceSession
+
+    def banner_then_cpu(model, options=None, providers=None, **kwargs):
+        print("*************** EP Error ***************")
+        print("EP Error [ONNXRuntimeError] : 1 : FAIL : TensorRT EP could not be loaded: libnvinfer.so.10: cannot "
+              "open shared object file: No such file or directory when using ['TensorrtExecutionProvider']")
+        print("****************************************")
+        return real(model, options, providers=[CPU_EP])
+
+    monkeypatch.setattr(ort, "InferenceSession", banner_then_cpu)
+    monkeypatch.setattr(session_module, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="wavlink_edge.runtime"):
+        sess = OnnxSession(tiny_export / "audio.onnx", providers=[TENSORRT_EP, CPU_EP])
+    assert sess.providers == [CPU_EP]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{TENSORRT_EP} could not be started here (libnvinfer.so.10 could not be loaded); running on {CPU_EP}"]
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err and "****" not in out + err
+
+
+def test_default_load_on_a_cpu_build_starts_cpu(tiny_export):
+    model = WavLink.from_pretrained(tiny_export)
+    assert model.audio_session.providers[0] == CPU_EP
