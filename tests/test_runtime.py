@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 
 from wavlink_edge.runtime import ModelFilesError, WavLink, WavLinkError, similarity
+from wavlink_edge.runtime import session as session_module
 from wavlink_edge.runtime.audio import iter_audio_blocks
 from wavlink_edge.runtime.errors import BackendUnavailableError
 from wavlink_edge.runtime.features import SAMPLE_RATE, iter_windows, trim_frames
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.model import _pick_artifact, normalize
-from wavlink_edge.runtime import session as session_module
 from wavlink_edge.runtime.session import TENSORRT_EP, choose_providers
 
 MIN_COSINE = 0.99999

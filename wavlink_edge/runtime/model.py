@@ -22,6 +22,7 @@ from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pai
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
 from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.frontend import default_decode_workers, ordered_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
 from wavlink_edge.runtime.session import (
     BACKENDS,
@@ -106,6 +107,8 @@ class WavLink:
             raise ValueError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
                              f"got {window_hop_seconds!r}")
         self.max_batch_frames = max_batch_frames
+        # threads decoding and computing features ahead of the encoder (runtime/frontend.py); 0 = serial
+        self.decode_workers = default_decode_workers()
         self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
 
     @property
@@ -199,21 +202,24 @@ class WavLink:
     # -- audio -------------------------------------------------------------------------------------
 
     def iter_embed_audio(self, inputs: Iterable[AudioInput], dim: int | None = None,
-                         batch_size: int = 8) -> Iterator[AudioEmbedding]:
+                         batch_size: int = 8, decode_workers: int | None = None) -> Iterator[AudioEmbedding]:
         """Embed audio items lazily, yielding one ``AudioEmbedding`` per input, in input order.
 
-        Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), and
-        at most about one batch of windows waits at a time (four, sorted into mixed-length batches, where
-        the graph takes ``frame_lengths``). A bad item yields a result with ``error`` naming it; the
-        others go on.
+        Items are decoded in blocks (an hours-long file never sits in memory whole) by ``decode_workers``
+        threads ahead of the encoder (runtime/frontend.py; default ``self.decode_workers``, 0 = in this
+        thread, one item at a time), and at most about one batch of windows waits at a time (four, sorted
+        into mixed-length batches, where the graph takes ``frame_lengths``). A bad item yields a result with
+        ``error`` naming it; the others go on.
         """
         dim = self._check_dim(dim)
         batcher = self._batcher(batch_size)
         states: dict[int, _ItemState] = {}
         next_out = 0
-        for index, item in enumerate(_as_items(inputs)):
+        workers = self.decode_workers if decode_workers is None else decode_workers
+        stream = ordered_windows(_as_items(inputs), lambda item, index: self._features(item, describe_source(item, index)),
+                                 workers)
+        for index, item, windows in stream:
             state = states[index] = _ItemState(describe_source(item, index))
-            windows = self._features(item, state.source)
             while True:
                 try:
                     features = next(windows, None)
