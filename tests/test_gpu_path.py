@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -126,3 +127,71 @@ def test_onnxruntime_fallback_banner_becomes_one_line(tiny_export, monkeypatch, 
 def test_default_load_on_a_cpu_build_starts_cpu(tiny_export):
     model = WavLink.from_pretrained(tiny_export)
     assert model.audio_session.providers[0] == CPU_EP
+
+
+# ---------------------------------------------------------------- the decode/feature pool (runtime/frontend.py)
+
+def test_pool_keeps_input_order_and_each_items_error():
+    import random
+    import time
+
+    from wavlink_edge.runtime.frontend import ordered_windows
+
+    def windows_of(item, index):
+        rng = random.Random(item)
+        for w in range(item % 3 + 1):
+            time.sleep(rng.random() * 0.01)  # later items often finish first
+            if item % 5 == 4 and w == item % 3:
+                raise ValueError(f"item {item} is broken")
+            yield np.full(2, item * 10 + w)
+
+    def collect(workers):
+        out = []
+        for index, item, windows in ordered_windows(iter(range(23)), windows_of, workers):
+            got = []
+            try:
+                for window in windows:
+                    got.append(int(window[0]))
+            except ValueError as exc:
+                got.append(str(exc))
+            out.append((index, item, got))
+        return out
+
+    serial = collect(0)
+    assert [index for index, _, _ in serial] == list(range(23))
+    assert serial[4][2] == [40, "item 4 is broken"] and serial[5][2] == [50, 51, 52] and serial[9][2] == ["item 9 is broken"]
+    assert collect(3) == serial and collect(1) == serial
+
+
+def test_pool_stops_its_threads_when_the_caller_stops_early():
+    import threading
+
+    from wavlink_edge.runtime.frontend import ordered_windows
+
+    def endless(item, index):
+        while True:
+            yield np.zeros(1)
+
+    before = threading.active_count()
+    stream = ordered_windows(range(100), endless, 2)
+    index, item, windows = next(stream)
+    next(windows)
+    stream.close()  # an interrupted job: workers blocked on full queues must end
+    assert threading.active_count() == before
+
+
+def test_embeddings_and_errors_are_the_same_with_and_without_the_pool(tiny_export, sample_clips, tmp_path):
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"not audio at all")
+    items = [sample_clips[0], str(broken), sample_clips[1], (np.zeros(100, np.float32), -5), sample_clips[0]]
+    model = WavLink.from_pretrained(tiny_export)
+    serial = list(model.iter_embed_audio(items, batch_size=2, decode_workers=0))
+    pooled = list(model.iter_embed_audio(items, batch_size=2, decode_workers=3))
+    assert [r.index for r in pooled] == list(range(len(items)))
+    assert [r.error for r in pooled] == [r.error for r in serial]
+    assert serial[1].error and "broken.flac" in serial[1].error and serial[3].error
+    for a, b in zip(serial, pooled):
+        if a.ok:
+            assert np.array_equal(a.embedding, b.embedding)
+    with pytest.raises(ValueError, match="decode workers"):
+        list(model.iter_embed_audio(items, decode_workers=-1))
