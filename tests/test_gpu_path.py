@@ -195,3 +195,86 @@ def test_embeddings_and_errors_are_the_same_with_and_without_the_pool(tiny_expor
             assert np.array_equal(a.embedding, b.embedding)
     with pytest.raises(ValueError, match="decode workers"):
         list(model.iter_embed_audio(items, decode_workers=-1))
+
+
+# ---------------------------------------------------------------- the waveform-in log-mel graph
+
+EVAL_CLIPS = Path(__file__).resolve().parent.parent / "bench" / "data" / "wavlink_eval" / "audio" / "test"
+
+
+@pytest.fixture(scope="module")
+def frontend_session():
+    pytest.importorskip("onnx")
+    from wavlink_edge.export.frontend_graph import build_frontend
+
+    return OnnxSession(build_frontend(80).SerializeToString(), name="audio_frontend.onnx")
+
+
+def _real_clips(sample_clips, n_eval=12):
+    from wavlink_edge.runtime.audio import decode_audio
+
+    paths = list(sample_clips) + sorted(EVAL_CLIPS.glob("*.ogg"))[:n_eval]
+    return [(p.name, decode_audio(p)) for p in paths]
+
+
+def test_waveform_graph_equals_the_numpy_log_mel_on_real_recordings(frontend_session, sample_clips):
+    from wavlink_edge.runtime.features import clip_features, clip_frames, waveform_batch
+
+    clips = _real_clips(sample_clips)
+    assert len(clips) >= 10
+    worst = 0.0
+    for policy in ("pad", "trim"):
+        references, frames, audios = [], [], []
+        for name, audio in clips:
+            keep = clip_frames(audio.size, policy)
+            reference = clip_features(audio, 80, policy)
+            got = frontend_session.run({"waveform": waveform_batch([audio], [keep]),
+                                        "frame_lengths": np.array([keep], np.int64)})[0]
+            assert got.shape == reference.shape, name
+            worst = max(worst, float(np.abs(got - reference).max()))
+            references.append(reference)
+            frames.append(keep)
+            audios.append(audio)
+        # all clips in one zero-padded batch: each row is still its own clip's log-mel (per-row floor)
+        batch = frontend_session.run({"waveform": waveform_batch(audios, frames),
+                                      "frame_lengths": np.array(frames, np.int64)})
+        for row, keep, reference in zip(batch, frames, references):
+            worst = max(worst, float(np.abs(row[:, :keep] - reference).max()))
+    assert worst <= 1e-4
+
+
+def test_waveform_width_reads_only_zeros_past_each_clip():
+    from wavlink_edge.runtime.features import CHUNK_SAMPLES, HOP_LENGTH, N_FFT, waveform_width
+
+    for n in (16000, 16001, 80000, 479_000, 479_700, CHUNK_SAMPLES):
+        width = waveform_width(n, 3000 if n > 470_000 else 100)
+        assert width % HOP_LENGTH == 0 and width <= CHUNK_SAMPLES
+        assert width == CHUNK_SAMPLES or width >= n + N_FFT
+
+
+def test_runtime_feeds_the_waveform_graph_and_gets_the_same_embeddings(frontend_session, tiny_export, tmp_path,
+                                                                       sample_clips):
+    pytest.importorskip("onnx")
+    from wavlink_edge.export.frontend_graph import build_frontend
+    from wavlink_edge.runtime.errors import ModelFilesError
+    from wavlink_edge.runtime.manifest import Manifest
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    with pytest.raises(ModelFilesError, match="audio_frontend.onnx"):
+        WavLink.from_pretrained(export, features="onnx")
+    (export / "audio_frontend.onnx").write_bytes(build_frontend(80).SerializeToString())
+    manifest = Manifest.load(export)
+    manifest.record("audio_frontend.onnx", role="audio_frontend")
+    manifest.save()
+    items = [p for p in sample_clips] + [(np.random.default_rng(0).standard_normal(40000).astype(np.float32), 16000)]
+    numpy_model = WavLink.from_pretrained(export)
+    onnx_model = WavLink.from_pretrained(export, features="onnx")
+    assert onnx_model.frontend_session is not None and numpy_model.frontend_session is None
+    for policy in ("pad", "trim"):
+        numpy_model.clip_policy = onnx_model.clip_policy = policy
+        a = numpy_model.embed_audio(items, batch_size=3)
+        b = onnx_model.embed_audio(items, batch_size=3)
+        assert np.abs(a - b).max() < 1e-4, policy
+    with pytest.raises(ValueError, match="features"):
+        WavLink.from_pretrained(export, features="torch")

@@ -159,4 +159,5 @@ def mixed_batch_exactness(model_path: Path, feeds: list[tuple[str, dict]]) -> di
     features, lengths = padded_batch(windows)
     mixed = sess.run({"input_features": features, FRAME_LENGTHS: lengths}).astype(np.float64)
     return {"max_abs": float(np.abs(mixed - alone).max()), "cosine_min": float(vectors.cosine(mixed, alone).min()),
-            "rows": len(windows), "frames": sorted({int(n) for n in lengths})}
+            "rows": len(windows), "frames_min": int(lengths.min()), "frames_max": int(lengths.max()),
+            "distinct_lengths": len(set(lengths.tolist()))}

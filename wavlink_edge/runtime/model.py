@@ -21,7 +21,17 @@ import numpy as np
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError
-from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.features import (
+    CLIP_POLICIES,
+    FEATURE_ENGINES,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    WAVEFORM_FRONTEND_FILE,
+    clip_features,
+    clip_frames,
+    iter_windows,
+    waveform_batch,
+)
 from wavlink_edge.runtime.frontend import default_decode_workers, ordered_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
 from wavlink_edge.runtime.session import (
@@ -31,6 +41,7 @@ from wavlink_edge.runtime.session import (
     Session,
     choose_providers,
     is_accelerated,
+    open_frontend,
     open_session,
     provider_name,
     trt_cache_dir,
@@ -109,6 +120,7 @@ class WavLink:
         self.max_batch_frames = max_batch_frames
         # threads decoding and computing features ahead of the encoder (runtime/frontend.py); 0 = serial
         self.decode_workers = default_decode_workers()
+        self.frontend_session: Session | None = None  # the waveform-in log-mel graph, when features="onnx"
         self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
 
     @property
@@ -129,7 +141,7 @@ class WavLink:
                         providers: Sequence[ProviderSpec] | None = None, dim: int | None = None,
                         backend: str = "onnxruntime", clip_policy: str | None = None,
                         window_hop_seconds: float | None = None, threads: int | None = None,
-                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> WavLink:
+                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES, features: str = "numpy") -> WavLink:
         """Load an export directory (export/FORMAT.md), checking every file's size and sha256 before use.
 
         precision: fp32 | fp16 | int8 (dynamic variant on CPU, static where CUDA/TensorRT really run) |
@@ -150,6 +162,8 @@ class WavLink:
             raise ValueError(f"threads must be an integer in 1..1024, got {threads!r}")
         if isinstance(max_batch_frames, bool) or not isinstance(max_batch_frames, int) or max_batch_frames < 1:
             raise ValueError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
+        if features not in FEATURE_ENGINES:
+            raise ValueError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_ENGINES)}")
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
@@ -184,6 +198,12 @@ class WavLink:
         model = cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
                     window_hop_seconds, max_batch_frames)
         model.artifacts = artifacts
+        if features == "onnx":
+            if WAVEFORM_FRONTEND_FILE not in manifest.files:
+                raise ModelFilesError(f"{manifest.export_dir}: no {WAVEFORM_FRONTEND_FILE} (exports since issue 29 have it: "
+                                      "re-export with export/to_onnx.py), or use features='numpy'")
+            onnx_providers = chosen if backend == "onnxruntime" else [CPU_EP]
+            model.frontend_session = open_frontend(manifest, onnx_providers, threads)
         return model
 
     @staticmethod
@@ -276,7 +296,13 @@ class WavLink:
         windows = 0
         for window in iter_windows(iter_audio_blocks(item, source), self.window_hop_samples, self.window_samples):
             windows += 1
-            yield clip_features(window, self.spec.n_mels, self.clip_policy, self.spec.max_frames)
+            if self.frontend_session is None:
+                yield clip_features(window, self.spec.n_mels, self.clip_policy, self.spec.max_frames)
+                continue
+            # the waveform-in graph (features="onnx"): the provider computes the log-mel, equal to clip_features
+            frames = clip_frames(window.size, self.clip_policy, self.spec.max_frames)
+            yield self.frontend_session.run({"waveform": waveform_batch([window], [frames], self.window_samples),
+                                             FRAME_LENGTHS: np.array([frames], np.int64)})[0]
         if windows == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from wavlink_edge.runtime.batching import with_frame_lengths
-from wavlink_edge.runtime.errors import BackendUnavailableError, WavLinkError
+from wavlink_edge.runtime.errors import BackendUnavailableError, ModelFilesError, WavLinkError
 from wavlink_edge.runtime.manifest import ArtifactSpec, Manifest
 
 log = logging.getLogger("wavlink_edge.runtime")
@@ -318,6 +318,17 @@ def open_session(backend: str, manifest: Manifest, artifact: ArtifactSpec, provi
     if backend == "tensorrt":
         return open_tensorrt_engine(manifest, artifact)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def open_frontend(manifest: Manifest, providers: Sequence[ProviderSpec], threads: int | None = None) -> OnnxSession:
+    """The export's waveform-in log-mel graph (audio_frontend.onnx), hash-checked like every artifact."""
+    from wavlink_edge.runtime.features import WAVEFORM_FRONTEND_FILE
+
+    session = OnnxSession(manifest.read_verified(WAVEFORM_FRONTEND_FILE), providers, WAVEFORM_FRONTEND_FILE, threads)
+    if session.input_names != ["waveform", "frame_lengths"]:
+        raise ModelFilesError(f"{manifest.export_dir / WAVEFORM_FRONTEND_FILE}: inputs {session.input_names}, expected "
+                              "waveform and frame_lengths")
+    return session
 
 
 def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):
