@@ -278,3 +278,34 @@ def test_runtime_feeds_the_waveform_graph_and_gets_the_same_embeddings(frontend_
         assert np.abs(a - b).max() < 1e-4, policy
     with pytest.raises(ValueError, match="features"):
         WavLink.from_pretrained(export, features="torch")
+
+
+# ---------------------------------------------------------------- IO binding
+
+def test_io_binding_is_off_on_cpu_and_its_path_gives_the_same_result(tiny_export):
+    from wavlink_edge.runtime.batching import padded_batch
+
+    session = OnnxSession(tiny_export / "audio.onnx")
+    assert session.io_binding_device is None  # CPU provider: plain run()
+    rng = np.random.default_rng(0)
+    features, lengths = padded_batch([rng.standard_normal((80, n)).astype(np.float32) for n in (100, 60, 40)])
+    feeds = {"input_features": features, "frame_lengths": lengths}
+    plain = session.run(feeds)
+    bound = session.run_bound(feeds)  # the binding code path, bound on the CPU device
+    assert np.array_equal(plain, bound)
+    single = session.run({"input_features": features[:1]})
+    session.io_binding_device = "cpu"  # as on CUDA: run() goes through the binding, frame_lengths still completed
+    assert np.array_equal(session.run({"input_features": features[:1]}), single)
+
+
+@pytest.mark.skipif(CUDA_EP not in ort.get_available_providers() or session_module.provider_blocker(CUDA_EP) is not None,
+                    reason="needs onnxruntime-gpu with CUDA's libraries and a GPU")
+def test_io_binding_on_cuda_equals_plain_run(tiny_export):
+    session = OnnxSession(tiny_export / "audio.onnx", providers=[CUDA_EP, CPU_EP])
+    if session.providers[0] != CUDA_EP:
+        pytest.skip("the CUDA provider did not start (no GPU)")
+    assert session.io_binding_device == "cuda"
+    features = np.random.default_rng(0).standard_normal((2, 80, 100)).astype(np.float32)
+    plain = OnnxSession(tiny_export / "audio.onnx", providers=[CUDA_EP, CPU_EP], io_binding=False).run(
+        {"input_features": features})
+    assert np.abs(session.run({"input_features": features}) - plain).max() < 1e-5
