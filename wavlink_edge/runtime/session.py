@@ -367,6 +367,9 @@ def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):
     except ImportError as exc:
         raise BackendUnavailableError(f"backend='tensorrt' is not available in this build: {exc}") from None
     cache_dirs = dict.fromkeys([manifest.export_dir / "trt_cache", trt_cache_dir(manifest.export_dir)])
+    # an fp16 audio engine is built from the fp32 graph the fp16 artifact was made from (export/trt_build.py:
+    # TensorRT cannot parse the fused attention of audio_fp16.onnx), which its manifest entry names with its sha256
+    sources = {artifact.sha256, ((manifest.files.get(artifact.file) or {}).get("source") or {}).get("sha256")} - {None}
     candidates = []
     for cache_dir in cache_dirs:
         for engine in sorted(cache_dir.glob(f"{artifact.tower}_{artifact.precision}_*.engine")):
@@ -374,7 +377,7 @@ def open_tensorrt_engine(manifest: Manifest, artifact: ArtifactSpec):
                 key = json.loads(trt_engine.sidecar_path(engine).read_text())["key"]
             except (OSError, ValueError, KeyError):
                 continue
-            if key.get("onnx_sha256") == artifact.sha256:
+            if key.get("onnx_sha256") in sources:
                 candidates.append(engine)
     how = f"build one with `python export/to_tensorrt.py {manifest.export_dir}` on this machine"
     if not candidates:
