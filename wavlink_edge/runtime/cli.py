@@ -34,6 +34,7 @@ from wavlink_edge import __version__
 from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.errors import InputError, WavLinkError
+from wavlink_edge.runtime.features import WAVEFORM_FRONTEND_FILE
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
 from wavlink_edge.runtime.model import WavLink
@@ -313,7 +314,8 @@ def describe_export(model_dir: Path) -> dict:
             here[precision] = f"unavailable: {exc}"
     return {"export": str(model_dir), "model": spec.__dict__ | {"matryoshka_dims": list(spec.matryoshka_dims)},
             "warning": manifest.data.get("warning"), "artifacts": artifacts, "providers_here": available,
-            "providers_starting": starts, "providers_blocked": blocked, "would_load": here}
+            "providers_starting": starts, "providers_blocked": blocked, "would_load": here,
+            "waveform_frontend": manifest.files.get(WAVEFORM_FRONTEND_FILE)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -335,6 +337,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     for row in rows:  # columns as wide as their longest entry (the lyrics towers' names are long)
         print("  " + "  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
               + f"  {row[4]}")
+    frontend = info["waveform_frontend"]
+    if frontend:
+        max_abs = (frontend.get("fidelity") or {}).get("max_abs")
+        print(f"  {WAVEFORM_FRONTEND_FILE}: waveform in, log-mel out (features='onnx')"
+              + (f"; vs runtime/features.py max-abs {max_abs:.1e}" if isinstance(max_abs, float) else ""))
     print(f"  providers in this onnxruntime: {', '.join(info['providers_here'])}")
     for provider, reason in info["providers_blocked"].items():
         print(f"  {provider} cannot start here: {reason}")
