@@ -309,3 +309,48 @@ def test_io_binding_on_cuda_equals_plain_run(tiny_export):
     plain = OnnxSession(tiny_export / "audio.onnx", providers=[CUDA_EP, CPU_EP], io_binding=False).run(
         {"input_features": features})
     assert np.abs(session.run({"input_features": features}) - plain).max() < 1e-5
+
+
+# ---------------------------------------------------------------- the fused fp16 audio graph (real base weights)
+
+def test_fused_fp16_audio_graph_is_batch_exact_on_the_cpu_provider(base_export, tmp_path, sample_clips):
+    onnx = pytest.importorskip("onnx")
+    from wavlink_edge.quantization import evaluate as ev
+    from wavlink_edge.quantization import quantize as q
+
+    # the export writes the waveform-in graph beside the towers, validated and listed
+    manifest = json.loads((base_export / "manifest.json").read_text())
+    frontend = manifest["artifacts"]["audio_frontend.onnx"]
+    assert frontend["role"] == "audio_frontend" and frontend["fidelity"]["max_abs"] <= 1e-4
+    assert frontend["fidelity"]["mixed_batch_max_abs"] <= 1e-4
+
+    fp16 = tmp_path / "audio_fp16.onnx"
+    recipe = q.make_fp16(base_export / "audio.onnx", fp16)
+    assert recipe["attention"]["fused_blocks"] == 6 and "[batch]" in recipe["attention"]["mask"]
+    graph = onnx.load(str(fp16))
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    mha = [n for n in graph.graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(mha) == 6 and not [n for n in graph.graph.node if n.op_type == "Softmax"]
+    assert all(producers[n.input[4]].op_type == "ReduceSum" for n in mha)  # per-row key lengths, not [B, T]
+
+    feeds = ev.audio_feeds(sample_clips, 80)  # pad and trim: 3000 frames and several shorter lengths
+    fused32 = tmp_path / "audio_fused_fp32.onnx"
+    onnx.save(q.fused_audio_graph(onnx.load(str(base_export / "audio.onnx")), base_export)[0], str(fused32))
+    exact = ev.mixed_batch_exactness(fused32, feeds)
+    assert exact["rows"] == len(feeds) and exact["distinct_lengths"] > 2 and exact["max_abs"] <= 1e-5
+    half = ev.mixed_batch_exactness(fp16, feeds)
+    assert half["cosine_min"] >= 0.9999
+    # the fused graph computes what the exported one does
+    reference = ev.embed(ev.session(base_export / "audio.onnx"), feeds)
+    assert np.abs(ev.embed(ev.session(fused32), feeds) - reference).max() <= 1e-5
+
+
+def test_gpu_benchmark_says_it_needs_cuda_on_a_cpu_host(capsys):
+    pytest.importorskip("onnx")
+    from wavlink_edge.bench import gpu
+
+    if gpu.cuda_unavailable() is None:
+        pytest.skip("CUDA is here: bench/gpu.py would measure")
+    assert gpu.main(["--model", "nowhere"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bench/gpu.py needs CUDA: ") and "Nothing measured." in out and len(out.splitlines()) == 1
