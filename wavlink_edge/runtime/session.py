@@ -214,8 +214,9 @@ def _as_provider(provider) -> ProviderSpec:
 
 def quiet_onnxruntime(verbose: bool) -> None:
     """onnxruntime prints a provider that fails to start (no CUDA libraries) in red, at ERROR level, before
-    falling back; we report the fallback ourselves in one line, so its own text is for debug logging only."""
-    ort.set_default_logger_severity(0 if verbose and log.isEnabledFor(logging.DEBUG) else 4)
+    falling back; we report the fallback ourselves in one line, so its own text is for --verbose only (and a
+    provider whose libraries do not load is never asked for: ``provider_blocker``)."""
+    ort.set_default_logger_severity(0 if verbose and log.isEnabledFor(logging.DEBUG) else 2 if verbose else 4)
 
 
 def is_accelerated(providers: Sequence[ProviderSpec]) -> bool:
@@ -242,8 +243,8 @@ class OnnxSession:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
         # ORT's own warnings (unused initialisers) and provider start-up errors are noise for users: the
-        # fallback is reported below in one line; debug logging lets ORT's text through.
-        options.log_severity_level = 0 if log.isEnabledFor(logging.DEBUG) else 4
+        # fallback is reported below in one line; --verbose (quiet_onnxruntime) lets ORT's text through.
+        options.log_severity_level = 3 if log.isEnabledFor(logging.INFO) else 4
         self.name = name or (Path(model).name if not isinstance(model, bytes) else "model")
         banner = io.StringIO()
         try:
@@ -315,7 +316,7 @@ def _start_failure(banner: str) -> str:
     found = _SHARED_LIBRARY.search(banner)
     if found:
         return f"{found.group(0)} could not be loaded"
-    return "run with --verbose --verbose for onnxruntime's reason" if banner else "onnxruntime gave no reason"
+    return "run with --verbose for onnxruntime's reason" if banner else "onnxruntime gave no reason"
 
 
 def _first_line(exc: Exception) -> str:
