@@ -164,7 +164,7 @@ def test_unavailable_provider_is_reported_once_in_one_line(tiny_export, monkeypa
         model = WavLink.from_pretrained(tiny_export)
     assert model.audio_session.providers[0] == "CPUExecutionProvider"
     lines = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
-    assert lines == ["CUDAExecutionProvider could not be started here (onnxruntime gave no reason); "
+    assert lines == ["CUDAExecutionProvider could not be started here (run with --verbose for onnxruntime's reason); "
                      "running on CPUExecutionProvider"]
     assert "EP Error" not in capfd.readouterr().err
 

@@ -312,11 +312,12 @@ _SHARED_LIBRARY = re.compile(r"lib[\w.+-]+?\.so(?:\.\d+)*")
 
 
 def _start_failure(banner: str) -> str:
-    """The reason in one phrase: the shared library onnxruntime's banner names, else where to look."""
+    """The reason in one phrase: the shared library onnxruntime's banner names, else where to look (ORT logs
+    start-up failures inside its C++ layer without a banner)."""
     found = _SHARED_LIBRARY.search(banner)
     if found:
         return f"{found.group(0)} could not be loaded"
-    return "run with --verbose for onnxruntime's reason" if banner else "onnxruntime gave no reason"
+    return "run with --verbose for onnxruntime's reason"
 
 
 def _first_line(exc: Exception) -> str:
