@@ -158,6 +158,7 @@ def test_unavailable_provider_is_reported_once_in_one_line(tiny_export, monkeypa
     from wavlink_edge.runtime import session
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "provider_blocker", lambda name: None)  # its libraries load; ORT still cannot start it
     monkeypatch.setattr(session, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="wavlink_edge.runtime"):
         model = WavLink.from_pretrained(tiny_export)

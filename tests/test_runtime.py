@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from wavlink_edge.runtime import ModelFilesError, WavLink, WavLinkError, similarity
+from wavlink_edge.runtime import session as session_module
 from wavlink_edge.runtime.audio import iter_audio_blocks
 from wavlink_edge.runtime.errors import BackendUnavailableError
 from wavlink_edge.runtime.features import SAMPLE_RATE, iter_windows, trim_frames
@@ -205,6 +206,7 @@ def test_provider_choice_and_tensorrt_cache_options(monkeypatch, tmp_path, tiny_
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: [TENSORRT_EP, "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session_module, "provider_blocker", lambda name: None)  # as if their libraries loaded
     chosen = choose_providers(None, "fp16", cache_dir=tmp_path / "trt")
     assert [p[0] if isinstance(p, tuple) else p for p in chosen] == [TENSORRT_EP, "CUDAExecutionProvider",
                                                                     "CPUExecutionProvider"]
@@ -372,6 +374,8 @@ def test_int8_variant_follows_the_provider_that_really_started(tiny_export, tmp_
     manifest.save()
     real = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    # its libraries load (the check passes) but ORT cannot start it: the CPU fallback after the fact
+    monkeypatch.setattr(session_module, "provider_blocker", lambda name: None)
     with caplog.at_level("WARNING", logger="wavlink_edge.runtime"):
         model = WavLink.from_pretrained(export, precision="int8")
     assert model.audio_session.name == "audio_int8_dynamic.onnx"

@@ -29,10 +29,9 @@ def _key(**over):
 
 @pytest.mark.parametrize("version,precision,typed,flags,onnx_file", [
     ("10.3.0", "fp32", False, (), "audio.onnx"),
-    ("10.3.0", "fp16", False, ("FP16",), "audio_fp16.onnx"),
+    ("10.3.0", "fp16", False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), "audio.onnx"),  # fused attention: not for TRT
     ("10.3.0", "int8", False, ("INT8",), "audio_int8_static.onnx"),
-    ("10.13.2.6", "fp16", False, ("FP16",), "audio_fp16.onnx"),
-    ("11.0.0", "fp16", True, (), "audio_fp16.onnx"),
+    ("10.13.2.6", "fp16", False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), "audio.onnx"),
     ("11.2.1", "int8", True, (), "audio_int8_static.onnx"),
     ("11.0.0", "fp32", True, (), "audio.onnx"),
 ])
@@ -45,7 +44,11 @@ def test_build_plan_refusals_and_options():
     with pytest.raises(ValueError, match="not supported"):
         tb.build_plan("8.6.1", "fp16", "audio")
     with pytest.raises(ValueError, match="strongly typed"):
-        tb.build_plan("11.0.0", "fp16", "audio", strongly_typed=False)
+        tb.build_plan("11.0.0", "fp32", "audio", strongly_typed=False)
+    with pytest.raises(ValueError, match="MultiHeadAttention"):  # TRT 11 would need a standard-op fp16 graph
+        tb.build_plan("11.0.0", "fp16", "audio")
+    assert tb.build_plan("11.0.0", "fp16", "text").onnx_file == "text_fp16.onnx"
+    assert tb.build_plan("10.3.0", "fp16", "audio").fp32_layer_types == ("NORMALIZATION", "REDUCE")
     with pytest.raises(ValueError, match="precision"):
         tb.build_plan("10.3.0", "int4", "audio")
     plan = tb.build_plan("10.3.0", "int8", "text", strongly_typed=True)
@@ -157,7 +160,7 @@ def tiny_export(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("trt_export")
     artifacts = {}
-    for name in ("audio.onnx", "text.onnx", "audio_fp16.onnx"):
+    for name in ("audio.onnx", "text.onnx", "audio_fp16.onnx", "text_fp16.onnx"):
         data = f"stand-in {name}".encode()
         (d / name).write_bytes(data)
         artifacts[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -171,10 +174,18 @@ def _cli(*args):
 
 
 def test_cli_dry_run_prints_plan_and_trtexec(tiny_export):
-    r = _cli(tiny_export, "--precision", "fp16", "--tower", "audio", "--dry-run", "--trt-version", "11.1.0",
+    r = _cli(tiny_export, "--precision", "fp16", "--tower", "text", "--dry-run", "--trt-version", "11.1.0",
              "--compute-capability", "8.7")
     assert r.returncode == 0, r.stderr
     assert "strongly typed" in r.stdout and "trtexec --onnx=" in r.stdout and "--stronglyTyped" in r.stdout
+    # fp16 audio on TensorRT 10: the standard-op fp32 graph with the FP16 flag (audio_fp16.onnx is ORT-fused)
+    r = _cli(tiny_export, "--precision", "fp16", "--tower", "audio", "--dry-run", "--trt-version", "10.3.0",
+             "--compute-capability", "8.7")
+    assert r.returncode == 0, r.stderr
+    assert "--onnx=" in r.stdout and "audio.onnx" in r.stdout and "--fp16" in r.stdout
+    r = _cli(tiny_export, "--precision", "fp16", "--tower", "audio", "--dry-run", "--trt-version", "11.1.0",
+             "--compute-capability", "8.7")
+    assert r.returncode == 2 and "MultiHeadAttention" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_missing_precision_artifact_is_a_clear_error(tiny_export):

@@ -48,4 +48,6 @@ BENCHMARKS = {
     "formats": StageCommand("wavlink_edge.bench.formats", "bench", "embeddings of compressed copies of the clips"),
     "large": StageCommand("wavlink_edge.bench.large", "bench", "load time, RSS and latency of a (large) export"),
     "wealy": StageCommand("wavlink_edge.bench.wealy", "bench", "WEALY lyrics pipeline speed"),
+    "gpu": StageCommand("wavlink_edge.bench.gpu", "bench", "fused fp16 audio on CUDA vs PyTorch SDPA fp16 (a CUDA host)"),
+    "frontend": StageCommand("wavlink_edge.bench.frontend", "bench", "end-to-end files/s with and without the decode pool"),
 }

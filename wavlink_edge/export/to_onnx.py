@@ -28,6 +28,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 
 from wavlink_edge import __version__
 from wavlink_edge.export.backbones import build_default_base
+from wavlink_edge.export.frontend_graph import FRONTEND_FILE, build_frontend
 from wavlink_edge.export.model import SIZES, WavLinkModel
 from wavlink_edge.export.wealy import export_base_lyrics
 from wavlink_edge.runtime.arguments import error_exit
@@ -35,7 +36,14 @@ from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
 from wavlink_edge.runtime.bundled import SAMPLES_DIR, sample_clips
 from wavlink_edge.runtime.errors import WavLinkError
-from wavlink_edge.runtime.features import CLIP_POLICIES, SAMPLE_RATE, clip_features
+from wavlink_edge.runtime.features import (
+    CLIP_POLICIES,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    clip_features,
+    clip_frames,
+    waveform_batch,
+)
 from wavlink_edge.runtime.files import ordinary_permissions, pause_point
 from wavlink_edge.runtime.manifest import Manifest, VerificationCache
 from wavlink_edge.runtime.outputs import exclusive_lock
@@ -165,6 +173,37 @@ def validate(model: WavLinkModel, audio_onnx: bytes | Path, text_onnx: bytes | P
     return figures
 
 
+FRONTEND_MAX_ABS = 1e-4  # the waveform-in graph against runtime/features.py
+
+
+def validate_frontend(frontend_onnx: bytes, n_mels: int, max_frames: int) -> dict:
+    """The waveform-in log-mel graph against the numpy front end on the bundled real clips, both clip policies,
+    each alone and all in one zero-padded batch. Fails above FRONTEND_MAX_ABS."""
+    session = OnnxSession(frontend_onnx, name=FRONTEND_FILE)
+    window = max_frames * HOP_LENGTH
+    windows, frames, worst, n = [], [], 0.0, 0
+    for path in sorted(SAMPLES_DIR.glob("*.flac")):
+        audio = decode_audio(path)[:window]
+        for policy in CLIP_POLICIES:
+            reference = clip_features(audio, n_mels, policy, max_frames)
+            keep = clip_frames(audio.size, policy, max_frames)
+            got = session.run({"waveform": waveform_batch([audio], [keep], window),
+                               FRAME_LENGTHS: np.array([keep], np.int64)})[0]
+            worst = max(worst, float(np.abs(got - reference).max()))
+            windows.append((audio, reference))
+            frames.append(keep)
+            n += 1
+    batch = session.run({"waveform": waveform_batch([a for a, _ in windows], frames, window),
+                         FRAME_LENGTHS: np.array(frames, np.int64)})
+    batch_worst = max(float(np.abs(row[:, :keep] - ref).max()) for row, keep, (_, ref) in zip(batch, frames, windows))
+    figures = {"reference": "runtime/features.py clip_features", "inputs": n, "max_abs": worst,
+               "mixed_batch_max_abs": batch_worst, "threshold_max_abs": FRONTEND_MAX_ABS}
+    if max(worst, batch_worst) > FRONTEND_MAX_ABS:
+        raise ExportError(f"{FRONTEND_FILE} does not match runtime/features.py: max-abs {max(worst, batch_worst):.2e} "
+                          f"(need <= {FRONTEND_MAX_ABS})")
+    return figures
+
+
 def model_spec(cfg) -> dict:
     """The manifest's "model" section: what the runtime needs to feed and read the towers."""
     return {"name": cfg.name, "size": cfg.size, "heads": cfg.heads,
@@ -219,11 +258,12 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
         scattered = [p for p in out_dir.iterdir() if p.name not in listed and p.name != f"{tower}.onnx"]
         external[tower] = _gather_external_data(out_dir / f"{tower}.onnx", scattered, bool(external_data))
     tokenizer.save(out_dir / "tokenizer.json")
+    (out_dir / FRONTEND_FILE).write_bytes(build_frontend(cfg.audio.n_mels).SerializeToString())
     (out_dir / "config.json").write_text(json.dumps({"model_type": "wavlink", **cfg.to_dict()}, indent=2))
     pause_point("export: graphs written, not yet validated")  # the crash test kills the export here
     # Graphs with external data are validated and hashed as files (ORT opens them by path); the rest as
     # the very bytes that are checked and recorded.
-    payloads = {name: (out_dir / name).read_bytes() for name in ("tokenizer.json", "config.json")}
+    payloads = {name: (out_dir / name).read_bytes() for name in ("tokenizer.json", "config.json", FRONTEND_FILE)}
     for tower in ("audio", "text"):
         if not external[tower]:
             payloads[f"{tower}.onnx"] = (out_dir / f"{tower}.onnx").read_bytes()
@@ -244,6 +284,11 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
                         fidelity={"reference": "pytorch", **figures[tower]})
     for name in ("tokenizer.json", "config.json"):
         manifest.record(name, payloads[name])
+    # not a tower: a graph any audio artifact can be fed through (the runtime's features="onnx")
+    manifest.record(FRONTEND_FILE, payloads[FRONTEND_FILE], role="audio_frontend",
+                    inputs={"waveform": "float32 [batch, samples]", FRAME_LENGTHS: "int64 [batch]"},
+                    outputs={"input_features": f"float32 [batch, {cfg.audio.n_mels}, max(frame_lengths)]"},
+                    fidelity=validate_frontend(payloads[FRONTEND_FILE], cfg.audio.n_mels, 2 * cfg.audio.n_ctx))
     if cfg.heads != "trained":
         manifest.data["warning"] = ("untrained heads: the global token and projectors are seeded, not trained; "
                                     "embeddings are not meaningful for retrieval")
@@ -389,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
           f"in {manifest['export']['seconds']} s")
     for tower in ("audio", "text"):
         print(f"  {tower}: ORT vs PyTorch cosine min {v[tower]['cosine_min']:.8f}, max-abs {v[tower]['max_abs']:.2e}")
+    frontend = manifest["artifacts"].get(FRONTEND_FILE)
+    if frontend:
+        print(f"  {FRONTEND_FILE} (waveform in): vs runtime/features.py max-abs {frontend['fidelity']['max_abs']:.2e}")
     if "lyrics" in v:
         print(f"  lyrics: ORT vs PyTorch greedy tokens equal on {len(v['lyrics']['clips'])} clips, decoder states "
               f"cosine min {v['lyrics']['state_cosine_min']:.8f}, head cosine min {v['lyrics']['head_cosine_min']:.8f}")

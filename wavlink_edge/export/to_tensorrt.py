@@ -85,6 +85,13 @@ def build_engine(job: dict) -> Path:
     if not parser.parse_from_file(str(job["onnx"])):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {job['onnx'].name}: {errors}")
+    pinned = {getattr(trt.LayerType, name) for name in plan.fp32_layer_types}
+    for index in range(network.num_layers if pinned else 0):
+        layer = network.get_layer(index)
+        if layer.type in pinned:  # kept fp32 under the FP16 flag (OBEY_PRECISION_CONSTRAINTS makes it binding)
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_MIB << 20)
     for flag in plan.builder_flags:

@@ -32,6 +32,15 @@ class BuildPlan:
     strongly_typed: bool
     builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
     note: str
+    fp32_layer_types: tuple[str, ...] = ()  # names in trt.LayerType pinned to fp32 (with OBEY_PRECISION_CONSTRAINTS)
+
+
+# fp16 audio for TensorRT: audio_fp16.onnx carries onnxruntime's com.microsoft.MultiHeadAttention (fused for
+# its CUDA kernels, quantization/quantize.py), which TensorRT's ONNX parser does not implement. TensorRT gets
+# the standard-op graph instead -- the fp32 audio.onnx with the FP16 flag -- because its own MHA fusion works
+# on exactly that form (MatMul -> masked scores -> Softmax -> MatMul), and the LayerNorms (and the final L2
+# reduction) are pinned to fp32 as the fp16 ONNX keeps them. Not measured on a GPU yet (docs/gpu.md).
+AUDIO_FP16_FP32_LAYERS = ("NORMALIZATION", "REDUCE")
 
 
 def build_plan(trt_version: str, precision: str, tower: str, strongly_typed: bool | None = None) -> BuildPlan:
@@ -44,6 +53,16 @@ def build_plan(trt_version: str, precision: str, tower: str, strongly_typed: boo
     if major < 10:
         raise ValueError(f"TensorRT {trt_version} is not supported: need 10.x (JetPack 6 ships 10.3) or 11.x")
     onnx_file = ONNX_FOR_PRECISION[precision].format(tower=tower)
+    if tower == "audio" and precision == "fp16":
+        if major >= 11 or strongly_typed:
+            raise ValueError("fp16 audio: a strongly typed build takes its precision from the ONNX, and audio_fp16.onnx "
+                             "holds onnxruntime's fused MultiHeadAttention, which TensorRT cannot parse; build with "
+                             "TensorRT 10.x without --strongly-typed (fp32 graph + FP16 flag), or run audio_fp16.onnx "
+                             "on onnxruntime's CUDA provider")
+        return BuildPlan(trt_version, precision, "audio.onnx", False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
+                         "TensorRT 10.x, fp16 audio: the standard-op fp32 graph with the FP16 flag (TensorRT fuses "
+                         "its attention itself), LayerNorm and the L2 reduction pinned to fp32",
+                         AUDIO_FP16_FP32_LAYERS)
     if major >= 11:
         if strongly_typed is False:
             raise ValueError("TensorRT 11 removed the FP16/INT8 builder flags: networks are strongly typed")

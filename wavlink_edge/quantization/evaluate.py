@@ -13,6 +13,7 @@ import numpy as np
 
 from wavlink_edge.runtime import vectors
 from wavlink_edge.runtime.audio import decode_audio
+from wavlink_edge.runtime.batching import FRAME_LENGTHS, padded_batch
 from wavlink_edge.runtime.bundled import SAMPLES_DIR  # noqa: F401  (quantize.py and latency.py read ev.SAMPLES_DIR)
 from wavlink_edge.runtime.features import clip_features
 from wavlink_edge.runtime.inputs import AUDIO_SUFFIXES  # the runtime decodes every one of them
@@ -146,3 +147,17 @@ def min_mean(fig: dict) -> float:
 
 def min_min(fig: dict) -> float:
     return min(v["cosine_min"] for k, v in fig.items() if k.isdigit())
+
+
+def mixed_batch_exactness(model_path: Path, feeds: list[tuple[str, dict]]) -> dict:
+    """Every audio feed (clips of several lengths) in one zero-padded batch with ``frame_lengths`` against each
+    run alone, by the same graph: max-abs and the smallest cosine (1.0 = a clip's batch-mates change nothing)."""
+
+    sess = session(model_path)
+    windows = [feed["input_features"][0] for _, feed in feeds]
+    alone = embed(sess, feeds)
+    features, lengths = padded_batch(windows)
+    mixed = sess.run({"input_features": features, FRAME_LENGTHS: lengths}).astype(np.float64)
+    return {"max_abs": float(np.abs(mixed - alone).max()), "cosine_min": float(vectors.cosine(mixed, alone).min()),
+            "rows": len(windows), "frames_min": int(lengths.min()), "frames_max": int(lengths.max()),
+            "distinct_lengths": len(set(lengths.tolist()))}

@@ -71,11 +71,20 @@ def remove_dead_nodes(model: onnx.ModelProto) -> None:
     g.initializer.extend(inits)
 
 
-def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelProto, int]:
+def fuse_attention(model: onnx.ModelProto, num_heads: int, key_lengths: bool = False) -> tuple[onnx.ModelProto, int]:
     """Copy of `model` with every Whisper self-attention block as one MultiHeadAttention node.
+
+    key_lengths: the padding goes to the node as each row's number of real keys (a 1-D key_padding_mask,
+    [B] int32: right padding) instead of the [B, T_kv] mask. The two mean the same for this graph's mask,
+    which is a prefix of ones (global token first, then the clip's frames, then padding) -- callers check
+    that (the token position is in config.json) and measure it. Why: onnxruntime's CUDA flash and
+    memory-efficient kernels take per-row lengths but not a 2-D mask, which sends every batch to the
+    unfused kernel (2.4x slower at 32 x 3000 frames on an H200, issue 29's probe).
 
     Returns (model, number of blocks fused). Fails loudly if a block does not have the exported shape.
     """
+    import numpy as np
+
     model = copy_model(model)
     by_name = {n.name: n for n in model.graph.node}
     layers = sorted({int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))})
@@ -102,17 +111,23 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> tuple[onnx.ModelPr
         if p + "Where" in by_name:
             mask = _key_mask(by_name[p + "Where"], producers, layer)
             if mask not in key_masks:
-                key_masks[mask] = helper.make_node("Cast", [mask], [mask + "/int32"], to=onnx.TensorProto.INT32,
-                                                   name=mask + "/int32")
-            inputs += ["", mask + "/int32"]  # (no bias), key_padding_mask [B, T_kv], 1 = real key
+                key_masks[mask] = [helper.make_node("Cast", [mask], [mask + "/int32"], to=onnx.TensorProto.INT32,
+                                                    name=mask + "/int32")]
+                if key_lengths:  # [B, T_kv] prefix of ones -> [B] real keys per row
+                    key_masks[mask].append(helper.make_node(
+                        "ReduceSum", [mask + "/int32", _const(model, mask + "/axis1", np.array([1], np.int64))],
+                        [mask + "/lengths"], keepdims=0, name=mask + "/lengths"))
+            # (no bias), key_padding_mask: [B] real keys per row, or [B, T_kv] with 1 = real key
+            inputs += ["", mask + ("/lengths" if key_lengths else "/int32")]
         # rename the old output so the new node can own the name the out_proj reads
         old = out.output[0]
         out.output[0] = old + "__unfused"
         fused_nodes.append((out, helper.make_node("MultiHeadAttention", inputs, [old], domain=MS_DOMAIN,
                                                   name=p + "MultiHeadAttention", num_heads=num_heads)))
     nodes = list(model.graph.node)
-    for mask, cast in key_masks.items():
-        nodes.insert(nodes.index(producers[mask]) + 1, cast)
+    for mask, steps in key_masks.items():
+        at = nodes.index(producers[mask]) + 1
+        nodes[at:at] = steps
     for anchor, node in fused_nodes:
         nodes.insert(nodes.index(anchor) + 1, node)
     del model.graph.node[:]

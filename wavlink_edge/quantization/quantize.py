@@ -43,6 +43,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # overflows fp16), Softmax (exp/sum precision), and the L2-normalisation tail (ReduceL2 of a 512-d
 # vector). The final global-token LayerNorm is a LayerNormalization op and is covered by the op list.
 FP16_OP_BLOCK_LIST = ["LayerNormalization", "Softmax", "ReduceL2"]
+# fused fp16 audio graph: each clip in a mixed-length batch must equal itself alone (fp32 copy, CPU provider)
+MIXED_BATCH_MAX_ABS = 1e-5
 # dynamic INT8: weights int8 per output channel (per-tensor loses ~0.035 mean cosine on the text
 # tower), activations uint8 with 7-bit range so u8 x s8 pairs cannot saturate the 16-bit intermediate
 # of AVX2 without VNNI (vpmaddubsw); on VNNI / ARM dot-product CPUs it costs < 0.001 cosine (measured,
@@ -91,14 +93,44 @@ def quiet_ort_logging() -> None:
 # ---------------------------------------------------------------- artifacts (one function each)
 
 def make_fp16(src: Path, dst: Path) -> dict:
-    """fp16 weights and compute, fp32 inputs/outputs; blocked ops stay fp32 (GPU / TensorRT artifact)."""
+    """fp16 weights and compute, fp32 inputs/outputs; blocked ops stay fp32 (GPU / TensorRT artifact).
+
+    audio (`audio.onnx`): attention first fused into one com.microsoft.MultiHeadAttention per layer (graph.fuse_attention)
+    with the padding as per-row key lengths, the form onnxruntime's CUDA flash / memory-efficient kernels
+    take, so full-length and mixed-length batches both run fused (a 2-D mask or the exported MatMul/
+    Softmax chain send every batch to the unfused path). LayerNorm stays fp32: fp16 LayerNorm was ~5 %
+    faster in issue 29's GPU probe, but it was not measured for fidelity here (no GPU), and Whisper's
+    residual stream reaches |x| > 1e3, where fp16 variance overflows.
+    """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    recipe = {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+              "kept_fp32_ops": FP16_OP_BLOCK_LIST}
+    source: str | onnx.ModelProto = str(src)
+    if Path(src).name == "audio.onnx":
+        fused, recipe["attention"] = fused_audio_graph(onnx.load(str(src)), Path(src).parent)
+        source = fused
     # by path: ORT then runs shape inference on the file (infer_shapes_path), which works past protobuf's 2 GB
-    model = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
+    model = convert_float_to_float16(source, keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
     onnx.save(model, str(dst))
-    return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-            "kept_fp32_ops": FP16_OP_BLOCK_LIST}
+    return recipe
+
+
+def fused_audio_graph(model: onnx.ModelProto, export_dir: Path) -> tuple[onnx.ModelProto, dict]:
+    """The fp32 audio graph with fused attention for GPUs: per-row key lengths where the key mask is a prefix
+    of ones (global token first, right padding), else the [B, T] mask. Returns (graph, recipe entry)."""
+    import json
+
+    try:
+        config = json.loads((Path(export_dir) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantizationError(f"{export_dir}/config.json: unreadable ({exc})") from None
+    key_lengths = config.get("global_token_position", "first") == "first"
+    fused, blocks = graph.fuse_attention(model, audio_heads(Path(export_dir) / "audio.onnx"), key_lengths=key_lengths)
+    mask = ("key_padding_mask [batch]: real keys per row (right padding), from frame_lengths in the graph"
+            if key_lengths else "key_padding_mask [batch, keys] (the global token is last: keys are not right-padded)")
+    return fused, {"fused_blocks": blocks, "op": "com.microsoft.MultiHeadAttention", "mask": mask,
+                   "layernorm": "fp32 (fp16 not measured for fidelity: no GPU in the session that built this)"}
 
 
 def _exclusions(model: onnx.ModelProto, tower: str, exclusion_set: str) -> list[str]:
@@ -516,6 +548,20 @@ def _artifact_fp16(run: _Run, src: Path, tower: str) -> None:
     tmp = run.tmp(artifact_name(tower, "fp16"))
     recipe = make_fp16(src, tmp)
     fid, _ = run.measure(tmp, tower, "fp16")
+    if tower == "audio":
+        # each clip in a padded mixed-length batch against itself alone, by the fp16 graph on the CPU provider
+        # (onnxruntime's CPU MultiHeadAttention runs fp16) and by the same fused graph in fp32
+        held = run.held(tower)
+        fid["mixed_batch"] = {"fp16_cpu": ev.mixed_batch_exactness(tmp, held.feeds)}
+        with tempfile.TemporaryDirectory() as scratch:
+            fused32 = Path(scratch) / "audio_fused_fp32.onnx"
+            onnx.save(fused_audio_graph(onnx.load(str(src)), src.parent)[0], str(fused32))
+            fid["mixed_batch"]["fused_fp32_cpu"] = ev.mixed_batch_exactness(fused32, held.feeds)
+        fid["mixed_batch"]["gate"] = {"fused_fp32_cpu_max_abs": MIXED_BATCH_MAX_ABS}
+        worst = fid["mixed_batch"]["fused_fp32_cpu"]["max_abs"]
+        if worst > MIXED_BATCH_MAX_ABS:
+            raise QuantizationError(f"audio fp16: the fused fp32 graph's mixed batch differs from each clip alone by "
+                                    f"{worst:.2e} (allowed {MIXED_BATCH_MAX_ABS:.0e}): the key-length mask is wrong here")
     recipe["seconds"] = round(time.perf_counter() - t, 1)
     run.commit(tmp, tower, "fp16", None, fid, recipe, {"batch_independent": True})
 

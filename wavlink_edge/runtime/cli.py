@@ -38,6 +38,7 @@ from wavlink_edge.runtime import index as index_commands
 from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, add_model_option, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
+from wavlink_edge.runtime.features import WAVEFORM_FRONTEND_FILE
 from wavlink_edge.runtime.files import pause_point
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.lyrics import Lyrics
@@ -45,7 +46,7 @@ from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
 from wavlink_edge.runtime.model import WavLink
 from wavlink_edge.runtime.outputs import OUTPUT_SUFFIXES, RowWriter, check_output, exclusive_lock, sidecar_path
 from wavlink_edge.runtime.ray_pipeline import cmd_embed_ray
-from wavlink_edge.runtime.session import quiet_onnxruntime
+from wavlink_edge.runtime.session import quiet_onnxruntime, would_start
 
 
 class CliError(WavLinkError):
@@ -298,6 +299,7 @@ def describe_export(model_dir: Path) -> dict:
         artifacts[artifact.file] = {"tower": artifact.tower, "precision": artifact.precision_key,
                                     "bytes": entry.get("bytes"), "fidelity": entry.get("fidelity")}
     available = ort.get_available_providers()
+    starts, blocked = would_start(available)
     here = {}
     for precision in ("fp32", "fp16", "int8"):
         try:
@@ -306,7 +308,8 @@ def describe_export(model_dir: Path) -> dict:
             here[precision] = f"unavailable: {exc}"
     return {"export": str(model_dir), "model": spec.__dict__ | {"matryoshka_dims": list(spec.matryoshka_dims)},
             "warning": manifest.data.get("warning"), "artifacts": artifacts, "providers_here": available,
-            "would_load": here}
+            "providers_starting": starts, "providers_blocked": blocked, "would_load": here,
+            "waveform_frontend": manifest.files.get(WAVEFORM_FRONTEND_FILE)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -322,16 +325,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  dims {spec['embed_dim']} (Matryoshka {', '.join(map(str, spec['matryoshka_dims']))}); "
           f"{spec['n_mels']} mel bins, windows of {spec['max_frames']} frames, clip policy {spec['clip_policy']}; "
           f"text up to {spec['text_max_length']} tokens")
-    for name, artifact in info["artifacts"].items():
-        fidelity = artifact["fidelity"] or {}
-        figures = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in fidelity.items()
-                            if k in ("reference", "cosine_min", "cosine_mean", "max_abs", "forced"))
-        print(f"  {name:28s} {artifact['tower']:5s} {artifact['precision']:12s} {artifact['bytes'] / 1e6:8.1f} MB"
-              f"  {figures}")
-    print(f"  providers here: {', '.join(info['providers_here'])}")
+    rows = [(name, artifact["tower"], artifact["precision"], f"{(artifact['bytes'] or 0) / 1e6:.1f} MB",
+             fidelity_summary(artifact["fidelity"] or {})) for name, artifact in info["artifacts"].items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else []
+    for row in rows:  # columns as wide as their longest entry (the lyrics towers' names are long)
+        print("  " + "  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+              + f"  {row[4]}")
+    frontend = info["waveform_frontend"]
+    if frontend:
+        max_abs = (frontend.get("fidelity") or {}).get("max_abs")
+        print(f"  {WAVEFORM_FRONTEND_FILE}: waveform in, log-mel out (features='onnx')"
+              + (f"; vs runtime/features.py max-abs {max_abs:.1e}" if isinstance(max_abs, float) else ""))
+    print(f"  providers in this onnxruntime: {', '.join(info['providers_here'])}")
+    for provider, reason in info["providers_blocked"].items():
+        print(f"  {provider} cannot start here: {reason}")
     for precision, choice in info["would_load"].items():
         print(f"  --precision {precision}: {choice}")
     return 0
+
+
+def fidelity_summary(fidelity: dict) -> str:
+    """The manifest's measured figures in one phrase: fp32 against PyTorch; fp16/INT8 against fp32 (worst
+    Matryoshka dim), the mixed-batch check where recorded, and a mark only when written under the gate."""
+    if not fidelity:
+        return ""
+    if "reference" in fidelity:
+        text = f"vs {fidelity['reference']}: cosine min {fidelity.get('cosine_min', float('nan')):.6f}"
+        return text + (f", max-abs {fidelity['max_abs']:.1e}" if isinstance(fidelity.get("max_abs"), float) else "")
+    dims = [v for k, v in fidelity.items() if k.isdigit() and isinstance(v, dict)]
+    if not dims:
+        return ""
+    text = (f"vs fp32: cosine mean {min(d['cosine_mean'] for d in dims):.5f}, "
+            f"min {min(d['cosine_min'] for d in dims):.5f} (worst dim)")
+    mixed = (fidelity.get("mixed_batch") or {}).get("fused_fp32_cpu")
+    if mixed:
+        text += f"; mixed batch vs alone max-abs {mixed['max_abs']:.1e} (fp32 copy)"
+    return text + ("; FORCED under its gate" if fidelity.get("forced") else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -19,6 +19,9 @@ CHUNK_SECONDS = 30
 CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480 000
 CHUNK_FRAMES = CHUNK_SAMPLES // HOP_LENGTH  # 3000
 MIN_TRIM_FRAMES = 100  # 1 s: the shortest input the "trim" policy hands to the encoder
+# The same log-mel as an ONNX graph (export/frontend_graph.py): waveform + frame_lengths -> input_features
+WAVEFORM_FRONTEND_FILE = "audio_frontend.onnx"
+FEATURE_ENGINES = ("numpy", "onnx")  # where the runtime computes log-mel: this module, or that graph
 
 
 def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -151,6 +154,30 @@ def clip_features(audio: np.ndarray, n_mels: int, policy: str, window_frames: in
         full = log_mel_spectrogram(audio, n_mels, window_samples / SAMPLE_RATE)
         return np.ascontiguousarray(full[:, : trim_frames(audio.size, window_frames)])
     return log_mel_spectrogram(audio, n_mels, window_samples / SAMPLE_RATE)
+
+
+def clip_frames(n_samples: int, policy: str, window_frames: int = CHUNK_FRAMES) -> int:
+    """Frames ``clip_features`` returns for a window of n_samples under a policy."""
+    return window_frames if policy == "pad" else trim_frames(n_samples, window_frames)
+
+
+def waveform_width(n_samples: int, frames: int, window_samples: int = CHUNK_SAMPLES) -> int:
+    """Samples a row of the waveform-in graph (export/frontend_graph.py) must hold, zero-padded, for its first
+    ``frames`` log-mel frames and its per-clip floor to equal ``clip_features``: every frame that sees audio plus
+    one more of zeros (samples + N_FFT), at least ``frames`` hops, in whole hops; the whole window when that is
+    more (then the graph's reflect padding reads what the reference's does)."""
+    need = max(HOP_LENGTH * frames, n_samples + N_FFT)
+    need = -(-need // HOP_LENGTH) * HOP_LENGTH
+    return window_samples if need >= window_samples else need
+
+
+def waveform_batch(windows: list[np.ndarray], frames: list[int], window_samples: int = CHUNK_SAMPLES) -> np.ndarray:
+    """Windows zero-padded to one width (the widest ``waveform_width`` of them): the graph's ``waveform`` input."""
+    width = max(waveform_width(w.size, f, window_samples) for w, f in zip(windows, frames))
+    batch = np.zeros((len(windows), width), np.float32)
+    for row, window in zip(batch, windows):
+        row[: window.size] = window
+    return batch
 
 
 def iter_windows(blocks, hop_samples: int = CHUNK_SAMPLES, window_samples: int = CHUNK_SAMPLES,

@@ -21,19 +21,31 @@ import numpy as np
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError, UsageError
-from wavlink_edge.runtime.features import CLIP_POLICIES, HOP_LENGTH, SAMPLE_RATE, clip_features, iter_windows
+from wavlink_edge.runtime.features import (
+    CLIP_POLICIES,
+    FEATURE_ENGINES,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    WAVEFORM_FRONTEND_FILE,
+    clip_features,
+    clip_frames,
+    iter_windows,
+    waveform_batch,
+)
+from wavlink_edge.runtime.frontend import default_decode_workers, ordered_windows
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, ArtifactSpec, Manifest, artifacts_digest
 from wavlink_edge.runtime.session import (
     BACKENDS,
     CPU_EP,
-    PROVIDER_PREFERENCE,
     ProviderSpec,
     Session,
     choose_providers,
     is_accelerated,
+    open_frontend,
     open_session,
     provider_name,
     trt_cache_dir,
+    would_start,
 )
 from wavlink_edge.runtime.text import TextTokenizer
 from wavlink_edge.runtime.vectors import normalize, similarity, truncate
@@ -106,6 +118,9 @@ class WavLink:
             raise UsageError(f"window_hop_seconds must be at least {HOP_LENGTH / SAMPLE_RATE:g} s (one frame), "
                              f"got {window_hop_seconds!r}")
         self.max_batch_frames = max_batch_frames
+        # threads decoding and computing features ahead of the encoder (runtime/frontend.py); 0 = serial
+        self.decode_workers = default_decode_workers()
+        self.frontend_session: Session | None = None  # the waveform-in log-mel graph, when features="onnx"
         self.artifacts: dict[str, ArtifactSpec] = {}  # tower -> the artifact its session runs (from_pretrained)
 
     @property
@@ -126,7 +141,7 @@ class WavLink:
                         providers: Sequence[ProviderSpec] | None = None, dim: int | None = None,
                         backend: str = "onnxruntime", clip_policy: str | None = None,
                         window_hop_seconds: float | None = None, threads: int | None = None,
-                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES) -> WavLink:
+                        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES, features: str = "numpy") -> WavLink:
         """Load an export directory (export/FORMAT.md), checking every file's size and sha256 before use.
 
         precision: fp32 | fp16 | int8 (dynamic variant on CPU, static where CUDA/TensorRT really run) |
@@ -147,6 +162,8 @@ class WavLink:
             raise UsageError(f"threads must be an integer in 1..1024, got {threads!r}")
         if isinstance(max_batch_frames, bool) or not isinstance(max_batch_frames, int) or max_batch_frames < 1:
             raise UsageError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
+        if features not in FEATURE_ENGINES:
+            raise UsageError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_ENGINES)}")
         manifest = Manifest.load(export_dir)
         chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         accelerated = backend == "tensorrt" or is_accelerated(chosen)
@@ -181,16 +198,22 @@ class WavLink:
         model = cls(manifest, sessions["audio"], sessions["text"], tokenizer, precision, dim, clip_policy,
                     window_hop_seconds, max_batch_frames)
         model.artifacts = artifacts
+        if features == "onnx":
+            if WAVEFORM_FRONTEND_FILE not in manifest.files:
+                raise ModelFilesError(f"{manifest.export_dir}: no {WAVEFORM_FRONTEND_FILE} (exports since issue 29 have it: "
+                                      "re-export with export/to_onnx.py), or use features='numpy'")
+            onnx_providers = chosen if backend == "onnxruntime" else [CPU_EP]
+            model.frontend_session = open_frontend(manifest, onnx_providers, threads)
         return model
 
     @staticmethod
     def describe_choice(manifest: Manifest, precision: str, available: Sequence[str]) -> str:
-        """Which artifacts ``from_pretrained(precision=...)`` would load with the default providers, and where."""
-        chosen = [name for name in PROVIDER_PREFERENCE if name in available]
+        """Which artifacts ``from_pretrained(precision=...)`` would load with the default providers, and on which
+        provider: the first whose libraries load here (``session.would_start``), not merely the first listed."""
+        chosen, _ = would_start(available)
         accelerated = is_accelerated(chosen)
         files = [_pick_artifact(manifest, tower, precision, accelerated).file for tower in ("audio", "text")]
-        return f"{' + '.join(files)} on {chosen[0] if chosen else 'no provider'}" + (
-            " (CPU if it does not start)" if accelerated else "")
+        return f"{' + '.join(files)} on {chosen[0]}"
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
@@ -199,21 +222,24 @@ class WavLink:
     # -- audio -------------------------------------------------------------------------------------
 
     def iter_embed_audio(self, inputs: Iterable[AudioInput], dim: int | None = None,
-                         batch_size: int = 8) -> Iterator[AudioEmbedding]:
+                         batch_size: int = 8, decode_workers: int | None = None) -> Iterator[AudioEmbedding]:
         """Embed audio items lazily, yielding one ``AudioEmbedding`` per input, in input order.
 
-        Items are decoded one at a time in blocks (an hours-long file never sits in memory whole), and
-        at most about one batch of windows waits at a time (four, sorted into mixed-length batches, where
-        the graph takes ``frame_lengths``). A bad item yields a result with ``error`` naming it; the
-        others go on.
+        Items are decoded in blocks (an hours-long file never sits in memory whole) by ``decode_workers``
+        threads ahead of the encoder (runtime/frontend.py; default ``self.decode_workers``, 0 = in this
+        thread, one item at a time), and at most about one batch of windows waits at a time (four, sorted
+        into mixed-length batches, where the graph takes ``frame_lengths``). A bad item yields a result with
+        ``error`` naming it; the others go on.
         """
         dim = self.check_dim(dim)
         batcher = self._batcher(batch_size)
         states: dict[int, _ItemState] = {}
         next_out = 0
-        for index, item in enumerate(as_items(inputs)):
+        workers = self.decode_workers if decode_workers is None else decode_workers
+        stream = ordered_windows(as_items(inputs), lambda item, index: self._features(item, describe_source(item, index)),
+                                 workers)
+        for index, item, windows in stream:
             state = states[index] = _ItemState(describe_source(item, index))
-            windows = self._features(item, state.source)
             while True:
                 try:
                     features = next(windows, None)
@@ -270,7 +296,13 @@ class WavLink:
         windows = 0
         for window in iter_windows(iter_audio_blocks(item, source), self.window_hop_samples, self.window_samples):
             windows += 1
-            yield clip_features(window, self.spec.n_mels, self.clip_policy, self.spec.max_frames)
+            if self.frontend_session is None:
+                yield clip_features(window, self.spec.n_mels, self.clip_policy, self.spec.max_frames)
+                continue
+            # the waveform-in graph (features="onnx"): the provider computes the log-mel, equal to clip_features
+            frames = clip_frames(window.size, self.clip_policy, self.spec.max_frames)
+            yield self.frontend_session.run({"waveform": waveform_batch([window], [frames], self.window_samples),
+                                             FRAME_LENGTHS: np.array([frames], np.int64)})[0]
         if windows == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
 
