@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -62,3 +63,25 @@ def ordinary_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+# Fault injection for the tests of crash safety: a test that must kill a process at a known point (not on a
+# timer) sets WAVLINK_EDGE_HOLD_AT to the point's name and WAVLINK_EDGE_HOLD_FILE to a path. The first
+# process to reach that point creates the file (holding its pid) and then sleeps until it is killed;
+# every other process, and every run without these variables, passes straight through.
+HOLD_AT, HOLD_FILE = "WAVLINK_EDGE_HOLD_AT", "WAVLINK_EDGE_HOLD_FILE"
+
+
+def hold_point(name: str) -> None:
+    if os.environ.get(HOLD_AT) != name or not os.environ.get(HOLD_FILE):
+        return
+    target = os.environ[HOLD_FILE]
+    try:
+        os.close(os.open(target + ".claimed", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return  # another process holds already
+    with open(target + ".tmp", "w", encoding="ascii") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(target + ".tmp", target)  # the test sees the pid whole, or nothing
+    while True:
+        time.sleep(1)
