@@ -308,6 +308,8 @@ def describe_export(model_dir: Path) -> dict:
     for precision in ("fp32", "fp16", "int8"):
         try:
             here[precision] = WavLink.describe_choice(manifest, precision, available)
+            for name in here[precision].split(" on ")[0].split(" + "):  # what would load must be there, unaltered
+                manifest.verify_artifact(name)
         except WavLinkError as exc:
             here[precision] = f"unavailable: {exc}"
     return {"export": str(model_dir), "model": spec.__dict__ | {"matryoshka_dims": list(spec.matryoshka_dims)},

@@ -7,6 +7,13 @@ cache (`lyrics_decoder.onnx`, one token per step) -> the final decoder layer's s
 step, concatenated over windows -> `lyrics_head.onnx` (projection, 4 transformer blocks, GeM, linear) ->
 L2-normalised embedding.
 
+Whisper decodes silence, or a clip too short to hold a word, as "you" / "Thank you." with full
+confidence; an embedding of that says nothing of the item. So a window whose RMS is below
+``SILENCE_DBFS`` (an energy floor: digital silence and near-silence) is not decoded, and an item is
+an error (its row says so, and the command prints the line) when it holds under ``MIN_SECONDS`` of
+audio ("too short") or only silent windows ("no speech"). An item that keeps some windows reports how
+many it skipped (``LyricsResult.silent_windows``, and a warning line).
+
 The greedy rules are CTranslate2's (what faster-whisper runs) with beam_size=1: the model's suppress
 list at every step, blank and end-of-text suppressed at the first step.
 """
@@ -31,6 +38,10 @@ from wavlink_edge.runtime.vectors import normalize, similarity
 log = logging.getLogger("wavlink_edge.runtime")
 
 CONFIG_FILE = "lyrics.json"
+# Under this RMS level a window is silence (digital silence is -inf; a quiet room recording sits near -50).
+SILENCE_DBFS = -60.0
+# Whisper needs a word's worth of audio; below this the decoder's text is its prior ("you"), not the clip.
+MIN_SECONDS = 0.5
 TOWERS = ("lyrics_encoder", "lyrics_decoder", "lyrics_head")
 # Step = (tokens [1, n], past k, past v, cross k, cross v) -> (states [1, n, d], logits [1, V], k, v)
 Step = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -101,6 +112,7 @@ class LyricsResult:
     windows: int = 0
     text: str | None = None
     languages: tuple[str, ...] = ()
+    silent_windows: int = 0  # windows below SILENCE_DBFS, not decoded
 
     @property
     def ok(self) -> bool:
@@ -166,23 +178,45 @@ class Lyrics:
 
     def windows(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
         """Padded log-mel windows [1, n_mels, max_frames] (30 s for Whisper) of the first `max_chunks`."""
+        for samples in self._window_samples(item, source):
+            yield self._features(samples)
+
+    def _window_samples(self, item: AudioInput, source: str) -> Iterator[np.ndarray]:
         blocks = iter_audio_blocks(item, source)
         window = self.max_frames * HOP_LENGTH
         for n, samples in enumerate(iter_windows(blocks, window, window)):
             if n == self.max_chunks:
                 break
-            yield clip_features(samples, self.n_mels, "pad")[None, :, : self.max_frames]
+            yield samples
+
+    def _features(self, samples: np.ndarray) -> np.ndarray:
+        return clip_features(samples, self.n_mels, "pad")[None, :, : self.max_frames]
 
     def decode_window(self, features: np.ndarray) -> Decoded:
         cross_k, cross_v = self.encoder.run_all({"input_features": np.ascontiguousarray(features, np.float32)})
         return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self._empty, self.max_new_tokens)
 
     def decode(self, item: AudioInput, source: str | None = None) -> list[Decoded]:
-        source = source or describe_source(item, 0)
-        decoded = [self.decode_window(features) for features in self.windows(item, source)]
-        if not decoded:
+        """Every non-silent window decoded; raises AudioInputError for a clip too short or with no speech."""
+        return self._decode(item, source or describe_source(item, 0))[0]
+
+    def _decode(self, item: AudioInput, source: str) -> tuple[list[Decoded], int]:
+        decoded, silent, samples_seen = [], 0, 0
+        for samples in self._window_samples(item, source):
+            samples_seen += samples.size
+            if rms_dbfs(samples) < SILENCE_DBFS:
+                silent += 1
+                continue
+            decoded.append(self.decode_window(self._features(samples)))
+        if samples_seen == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
-        return decoded
+        if samples_seen < MIN_SECONDS * SAMPLE_RATE and len(decoded) <= 1:
+            raise AudioInputError(f"{source}: too short for lyrics: {samples_seen / SAMPLE_RATE:.3f} s of audio "
+                                  f"(at least {MIN_SECONDS:g} s; Whisper decodes less as \"you\")")
+        if not decoded:
+            raise AudioInputError(f"{source}: no speech: every window ({silent}) is silent (RMS below "
+                                  f"{SILENCE_DBFS:g} dBFS); nothing to transcribe")
+        return decoded, silent
 
     def text(self, decoded: Sequence[Decoded]) -> str:
         if self.tokenizer is None:
@@ -200,7 +234,7 @@ class Lyrics:
         for index, item in enumerate(_as_items(inputs)):
             source = describe_source(item, index)
             try:
-                decoded = self.decode(item, source)
+                decoded, silent = self._decode(item, source)
             except AudioInputError as exc:
                 yield LyricsResult(index, source, None, str(exc))
                 continue
@@ -209,8 +243,11 @@ class Lyrics:
                 continue
             states = np.concatenate([d.states for d in decoded])
             languages = tuple(self._language_code(d.language) for d in decoded)
+            if silent:
+                log.warning("%s: %d of %d windows are silent (RMS below %g dBFS): not decoded, the rest embedded",
+                            source, silent, silent + len(decoded), SILENCE_DBFS)
             yield LyricsResult(index, source, self.embed_states(states), None, len(decoded), self.text(decoded),
-                               languages)
+                               languages, silent)
 
     def embed_lyrics(self, inputs: Iterable[AudioInput]) -> np.ndarray:
         """float32 [N, dim]; raises on the first bad item, naming it."""
@@ -225,6 +262,12 @@ class Lyrics:
         if self.tokenizer is None:
             return str(token)
         return (self.tokenizer.id_to_token(token) or str(token)).strip("<|>")
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    """The RMS level of float samples in dB relative to full scale (-inf for digital silence)."""
+    power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
+    return 10.0 * np.log10(power) if power > 0 else float("-inf")
 
 
 def fused_similarity(lyrics_a: np.ndarray, lyrics_b: np.ndarray, audio_a: np.ndarray, audio_b: np.ndarray,
