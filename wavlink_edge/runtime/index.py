@@ -428,6 +428,7 @@ class _Checkpoint:
             self.pending += 1
             if self.pending >= self.batch_size:
                 self._sync()
+                hold_point("index-checkpoint")  # tests kill a run here: a batch is on disk
         except OSError:
             self.close()
 
@@ -435,7 +436,6 @@ class _Checkpoint:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.pending = 0
-        hold_point("index-checkpoint")
 
     def close(self) -> None:
         if self.handle is not None:
@@ -448,8 +448,11 @@ class _Checkpoint:
 
 
 def _printable(text: str) -> str:
-    """A name for a terminal or a UTF-8 stream: non-UTF-8 bytes shown as \\xNN escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """UTF-8 text for a terminal, a UTF-8 stream or Arrow: a non-UTF-8 name's bytes shown as \\xNN escapes."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _HashingWriter:

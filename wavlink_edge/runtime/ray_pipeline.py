@@ -31,8 +31,11 @@ from wavlink_edge.runtime.model import WavLink
 
 
 def printable(text: str) -> str:
-    """UTF-8 text for Arrow and the terminal: a non-UTF-8 name's bytes as \\xNN escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """UTF-8 text for a terminal, a UTF-8 stream or Arrow: a non-UTF-8 name's bytes shown as \\xNN escapes."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _ray():
