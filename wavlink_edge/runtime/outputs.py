@@ -1,10 +1,12 @@
 """Embedding outputs that never lose or corrupt a file: .jsonl (streamed, resumable), .npy + sidecar, .npz.
 
 - An ``--out`` that resolves to one of the inputs (symlinks and hard links included) is refused.
-- One writer per output: an exclusive lock (``.<name>.lock`` beside it) makes a second run refuse.
+- One writer per output file, whatever name it is reached by: an exclusive lock (``.<name>.lock``
+  beside the resolved path, plus a lock on the existing file's inode for hard links) makes a second run refuse.
 - A file output starts with a header row naming the model, the export's digest, dim, precision, clip
-  policy and tower; ``--resume`` appends only to a file whose header matches, repairs a row cut by an
-  interrupt (truncating back to the last complete row) and refuses anything else, by line number.
+  policy and tower; ``--resume`` reads that header before changing anything (a file without it is
+  refused untouched), appends only to a file whose header matches, repairs a row cut by an interrupt
+  (truncating back to the last complete row) and refuses anything else, by line number.
 - .jsonl rows are written and flushed as they finish; when the run completes, the file is rewritten
   (atomically) in input order with one row per source if resuming or retries disturbed it.
 - .npy + its ``.sources.jsonl`` sidecar are written as one unit: both go to temporary files first (a
