@@ -146,7 +146,20 @@ class WavLinkIndex:
 
     @classmethod
     def open(cls, path: str | Path) -> WavLinkIndex:
-        """Open an index, checking its format and every file's sha256 before use."""
+        """Open an index, checking its format and every file's sha256 before use. Readers take no lock: a
+        writer replaces each file atomically, index.json last, so a file whose hash disagrees while
+        index.json has changed since it was read was caught mid-update, and is read again."""
+        for _ in range(5):
+            before = _read_or_none(Path(path) / "index.json")
+            try:
+                return cls._open(path)
+            except IndexFileError:
+                if _read_or_none(Path(path) / "index.json") == before:
+                    raise
+        return cls._open(path)
+
+    @classmethod
+    def _open(cls, path: str | Path) -> WavLinkIndex:
         path = Path(path)
         try:
             meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
@@ -400,6 +413,13 @@ class WavLinkIndex:
                 "ann": int(_faiss().serialize_index(self.ann).nbytes) if self.ann is not None else 0}
 
 
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 class _Checkpoint:
     """checkpoint.jsonl: a header naming the model, then one row per embedded file with its float32 vector
     (base64), appended and fsync'd every ``batch_size`` rows: a kill loses at most one batch."""
@@ -513,14 +533,15 @@ def index_lock(path: str | Path, wait: bool = False):
     writer refuses in one line, or with ``wait`` blocks until the first is done."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return exclusive_lock(path, f"the index {path}", wait=wait)
+    return exclusive_lock(path, f"the index {path}", wait=wait, hint=" (--wait waits for it)")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from wavlink_edge.runtime.parallel import cap_workers, embed_parallel  # only the CLI's --workers needs it
 
     if args.out.exists() and not (args.out / "index.json").is_file():
-        if not args.out.is_dir() or any(p.name != CHECKPOINT for p in args.out.iterdir()):
+        ours = {CHECKPOINT, *FILES} if args.rebuild else {CHECKPOINT}  # --rebuild: what is left of an index
+        if not args.out.is_dir() or any(p.name not in ours and not p.name.startswith(".") for p in args.out.iterdir()):
             raise IndexFileError(f"--out {args.out}: exists and is not a wavlink-edge index")
     _faiss(searching=False)  # before any embedding: the graph is built at save, and a save that fails keeps nothing
     with index_lock(args.out, args.wait):

@@ -102,17 +102,16 @@ def lock_file_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[Path]:
+def exclusive_lock(path: Path, what: str, wait: bool = False, hint: str = "") -> Iterator[Path]:
     """Hold the lock of ``path`` for the block, or raise OutputError if another process holds it (``wait``:
-    block until it is free). Every name of one file shares the lock: the lock file sits beside the
+    block until it is free; ``hint`` is added to the refusal, e.g. how to wait). Every name of one file shares the lock: the lock file sits beside the
     resolved path (symbolic links), and an existing regular file is also locked itself, by its inode, so a
     hard link under another name finds it taken. The lock file is removed afterwards; a process that locked
     a lock file someone just removed retries."""
     import fcntl
 
     lock_path = lock_file_for(path)
-    busy = (f"another wavlink-edge run is writing {what} (it holds {lock_path}); wait for it to finish"
-            + ("" if wait else " (or pass --wait where the command has it)") + " or choose another path")
+    busy = f"another wavlink-edge run is writing {what} (it holds {lock_path}); wait for it to finish{hint} or choose another path"
     mode = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
     while True:
         try:
