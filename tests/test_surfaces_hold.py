@@ -527,3 +527,26 @@ def test_lyrics_reports_silence_and_too_short_clips(tiny_lyrics, tmp_path, capsy
     assert "windows are silent" in err and "half.wav" in err
     rows = read_rows(tmp_path / "l.jsonl")[1]
     assert ["error" in r for r in rows] == [True, True, True, False, False]
+
+
+def test_lyrics_no_speech_probability_is_whispers_and_gates_an_item(tiny_lyrics, tmp_path, monkeypatch):
+    """The tiny model's tokenizer-less export has no no-speech token; give it one and check the field is the
+    softmax at the first step, and that an item above the threshold in every window is a "no speech" error."""
+    from wavlink_edge.runtime import lyrics as lyrics_module
+
+    model = lyrics_module.Lyrics.from_pretrained(tiny_lyrics)
+    assert model.no_speech_id is None  # no tokenizer: the field stays None, nothing is gated
+    model.no_speech_id = 5
+    clip = (0.3 * np.random.default_rng(1).standard_normal(32000)).astype(np.float32)
+    expected = []
+    for features in model.windows((clip, 16000), "clip"):
+        cross_k, cross_v = model.encoder.run_all({"input_features": features})
+        logits = model.step(np.array([[model.vocab.sot]], np.int64), *model._empty, cross_k, cross_v)[1][0]
+        logits = logits.astype(np.float64)
+        expected.append(np.exp(logits[5] - logits.max()) / np.exp(logits - logits.max()).sum())
+    result = next(model.iter_embed_lyrics([(clip, 16000)]))
+    assert result.ok and result.no_speech_prob == pytest.approx(min(expected), rel=1e-5)
+    monkeypatch.setattr(lyrics_module, "NO_SPEECH_THRESHOLD", min(expected) / 2)
+    result = next(model.iter_embed_lyrics([(clip, 16000)]))
+    assert result.embedding is None and "no speech: Whisper's no-speech probability" in result.error
+    assert len(model.decode((clip, 16000))) == 2  # the low-level decode (training caches) is not gated

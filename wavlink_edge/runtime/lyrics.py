@@ -11,7 +11,9 @@ Whisper decodes silence, or a clip too short to hold a word, as "you" / "Thank y
 confidence; an embedding of that says nothing of the item. So a window whose RMS is below
 ``SILENCE_DBFS`` (an energy floor: digital silence and near-silence) is not decoded, and an item is
 an error (its row says so, and the command prints the line) when it holds under ``MIN_SECONDS`` of
-audio ("too short") or only silent windows ("no speech"). An item that keeps some windows reports how
+audio ("too short"), only silent windows, or -- where the export's tokenizer has Whisper's no-speech
+token -- only windows whose no-speech probability exceeds ``NO_SPEECH_THRESHOLD`` ("no speech": a
+chime, a ring, a tone). ``LyricsResult.no_speech_prob`` is the lowest over an item's windows. An item that keeps some windows reports how
 many it skipped (``LyricsResult.silent_windows``, and a warning line).
 
 The greedy rules are CTranslate2's (what faster-whisper runs) with beam_size=1: the model's suppress
@@ -42,6 +44,12 @@ CONFIG_FILE = "lyrics.json"
 SILENCE_DBFS = -60.0
 # Whisper needs a word's worth of audio; below this the decoder's text is its prior ("you"), not the clip.
 MIN_SECONDS = 0.5
+# Whisper's own no-speech threshold (openai-whisper's transcribe default). On the bundled samples with the
+# real Whisper-base decoder: speech 0.026; chime 0.73, phone ring 0.63, a 440 Hz tone 0.80, noise 0.85
+# (python -c in docs/wealy.md). An item is "no speech" only when every window is above it, so a song
+# with an instrumental passage keeps all its windows and its embedding.
+NO_SPEECH_THRESHOLD = 0.6
+NO_SPEECH_TOKENS = ("<|nocaptions|>", "<|nospeech|>")  # Whisper's name for it before and after large-v3
 TOWERS = ("lyrics_encoder", "lyrics_decoder", "lyrics_head")
 # Step = (tokens [1, n], past k, past v, cross k, cross v) -> (states [1, n, d], logits [1, V], k, v)
 Step = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -73,14 +81,21 @@ class Decoded:
     language: int
     tokens: list[int]
     states: np.ndarray
+    no_speech_prob: float | None = None  # softmax at the first step of the no-speech token, when asked for
 
 
 def greedy_decode(step: Step, cross_k: np.ndarray, cross_v: np.ndarray, vocab: WhisperVocab,
-                  past_k: np.ndarray, past_v: np.ndarray, max_new_tokens: int = 224) -> Decoded:
+                  past_k: np.ndarray, past_v: np.ndarray, max_new_tokens: int = 224,
+                  no_speech_id: int | None = None) -> Decoded:
     """Greedy decoding of one window; `past_k`/`past_v` are the empty caches ([L, 1, h, d_head, 0] and
     [L, 1, h, 0, d_head]). The step that predicts end-of-text contributes its state, so silence still
-    yields one state."""
+    yields one state. ``no_speech_id``: Whisper's <|nocaptions|> token, whose probability after
+    <|startoftranscript|> is its no-speech probability (as openai-whisper and faster-whisper read it)."""
     _, logits, past_k, past_v = step(np.array([[vocab.sot]], np.int64), past_k, past_v, cross_k, cross_v)
+    no_speech_prob = None
+    if no_speech_id is not None:
+        first = logits[0].astype(np.float64)
+        no_speech_prob = float(np.exp(first[no_speech_id] - first.max()) / np.exp(first - first.max()).sum())
     lang_ids = np.asarray(vocab.lang_ids)
     language = int(lang_ids[np.argmax(logits[0, lang_ids])])
     prompt = np.array([[language, vocab.transcribe, vocab.no_timestamps]], np.int64)
@@ -100,7 +115,7 @@ def greedy_decode(step: Step, cross_k: np.ndarray, cross_v: np.ndarray, vocab: W
             break
         states, logits, past_k, past_v = step(np.array([[token]], np.int64), past_k, past_v, cross_k, cross_v)
         collected.append(states[0, -1])
-    return Decoded(language, tokens, np.stack(collected).astype(np.float32))
+    return Decoded(language, tokens, np.stack(collected).astype(np.float32), no_speech_prob)
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,7 @@ class LyricsResult:
     text: str | None = None
     languages: tuple[str, ...] = ()
     silent_windows: int = 0  # windows below SILENCE_DBFS, not decoded
+    no_speech_prob: float | None = None  # the lowest over the decoded windows (None: the export has no such token)
 
     @property
     def ok(self) -> bool:
@@ -148,6 +164,8 @@ class Lyrics:
                        np.zeros((layers, 1, heads, 0, d_model // heads), np.float32))
         self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
         self.heads = config.get("heads", "untrained")
+        self.no_speech_id = next((tokenizer.token_to_id(t) for t in NO_SPEECH_TOKENS
+                                  if tokenizer is not None and tokenizer.token_to_id(t) is not None), None)
         self.digest = artifacts_digest([manifest.find_artifact(tower, "fp32") for tower in TOWERS],
                                        f"{CONFIG_FILE}:{manifest.files[CONFIG_FILE]['sha256']}")
 
@@ -194,13 +212,21 @@ class Lyrics:
 
     def decode_window(self, features: np.ndarray) -> Decoded:
         cross_k, cross_v = self.encoder.run_all({"input_features": np.ascontiguousarray(features, np.float32)})
-        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self._empty, self.max_new_tokens)
+        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self._empty, self.max_new_tokens,
+                             self.no_speech_id)
 
     def decode(self, item: AudioInput, source: str | None = None) -> list[Decoded]:
-        """Every non-silent window decoded; raises AudioInputError for a clip too short or with no speech."""
-        return self._decode(item, source or describe_source(item, 0))[0]
+        """Every window decoded, as it is (silence and non-speech included: what training caches read);
+        ``iter_embed_lyrics`` is the checked path."""
+        source = source or describe_source(item, 0)
+        decoded = [self.decode_window(self._features(samples)) for samples in self._window_samples(item, source)]
+        if not decoded:
+            raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
+        return decoded
 
-    def _decode(self, item: AudioInput, source: str) -> tuple[list[Decoded], int]:
+    def _decode_speech(self, item: AudioInput, source: str) -> tuple[list[Decoded], int]:
+        """The non-silent windows decoded, and how many were silent; raises AudioInputError for a clip too
+        short, or with no speech (every window silent, or above the no-speech threshold)."""
         decoded, silent, samples_seen = [], 0, 0
         for samples in self._window_samples(item, source):
             samples_seen += samples.size
@@ -210,12 +236,17 @@ class Lyrics:
             decoded.append(self.decode_window(self._features(samples)))
         if samples_seen == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
-        if samples_seen < MIN_SECONDS * SAMPLE_RATE and len(decoded) <= 1:
+        if samples_seen < MIN_SECONDS * SAMPLE_RATE:
             raise AudioInputError(f"{source}: too short for lyrics: {samples_seen / SAMPLE_RATE:.3f} s of audio "
                                   f"(at least {MIN_SECONDS:g} s; Whisper decodes less as \"you\")")
         if not decoded:
             raise AudioInputError(f"{source}: no speech: every window ({silent}) is silent (RMS below "
                                   f"{SILENCE_DBFS:g} dBFS); nothing to transcribe")
+        lowest = _lowest_no_speech(decoded)
+        if lowest is not None and lowest > NO_SPEECH_THRESHOLD:
+            raise AudioInputError(f"{source}: no speech: Whisper's no-speech probability is {lowest:.2f} or more in "
+                                  f"every window (threshold {NO_SPEECH_THRESHOLD}); its transcript would be a guess "
+                                  f"({self.text(decoded)!r})")
         return decoded, silent
 
     def text(self, decoded: Sequence[Decoded]) -> str:
@@ -234,7 +265,7 @@ class Lyrics:
         for index, item in enumerate(_as_items(inputs)):
             source = describe_source(item, index)
             try:
-                decoded, silent = self._decode(item, source)
+                decoded, silent = self._decode_speech(item, source)
             except AudioInputError as exc:
                 yield LyricsResult(index, source, None, str(exc))
                 continue
@@ -247,7 +278,7 @@ class Lyrics:
                 log.warning("%s: %d of %d windows are silent (RMS below %g dBFS): not decoded, the rest embedded",
                             source, silent, silent + len(decoded), SILENCE_DBFS)
             yield LyricsResult(index, source, self.embed_states(states), None, len(decoded), self.text(decoded),
-                               languages, silent)
+                               languages, silent, _lowest_no_speech(decoded))
 
     def embed_lyrics(self, inputs: Iterable[AudioInput]) -> np.ndarray:
         """float32 [N, dim]; raises on the first bad item, naming it."""
@@ -262,6 +293,11 @@ class Lyrics:
         if self.tokenizer is None:
             return str(token)
         return (self.tokenizer.id_to_token(token) or str(token)).strip("<|>")
+
+
+def _lowest_no_speech(decoded: Sequence[Decoded]) -> float | None:
+    probs = [d.no_speech_prob for d in decoded if d.no_speech_prob is not None]
+    return min(probs) if probs else None
 
 
 def rms_dbfs(samples: np.ndarray) -> float:
