@@ -293,6 +293,7 @@ def test_a_non_utf8_name_is_one_row_in_the_ray_engine(tiny_export, tmp_path, wri
     folder, good, bad = _bad_name_folder(tmp_path, write_clip)
     missing = os.fsdecode(os.path.join(os.fsencode(folder), b"gone\xff.wav"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    capsys.readouterr()  # Ray's start-up logging went to whatever handler an earlier cli.main left on the root logger
     try:
         code, _, err = run(capsys, "embed", folder, missing, "--model", tiny_export, "--engine", "ray",
                            "--out", tmp_path / "parquet")
