@@ -100,7 +100,7 @@ def test_a_killed_export_leaves_the_previous_one_and_its_leftovers_are_cleaned(t
     assert _export(checkpoint, out) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".verified.json"}
     paused = tmp_path / "paused"
-    env = {**os.environ, "WAVLINK_EDGE_PAUSE_AT": "export: graphs written, not yet validated", "WAVLINK_EDGE_PAUSE_FILE": str(paused)}
+    env = {**os.environ, "WAVLINK_EDGE_HOLD_AT": "export: graphs written, not yet validated", "WAVLINK_EDGE_HOLD_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, str(REPO / "export" / "to_onnx.py"), "--size", "base", "--checkpoint",
                              str(checkpoint), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 600

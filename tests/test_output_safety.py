@@ -306,7 +306,7 @@ def test_a_killed_embed_leaves_whole_rows_and_resume_completes(tiny_export, clip
     out = tmp_path / "emb.jsonl"
     paths = [str(shutil.copy(clips[i % len(clips)], tmp_path / f"c{i:03d}.flac")) for i in range(60)]
     paused = tmp_path / "paused"
-    env = {**os.environ, "WAVLINK_EDGE_PAUSE_AT": "rows written: 3", "WAVLINK_EDGE_PAUSE_FILE": str(paused)}
+    env = {**os.environ, "WAVLINK_EDGE_HOLD_AT": "rows written: 3", "WAVLINK_EDGE_HOLD_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, "-m", "wavlink_edge", "embed", *paths, "--model", str(tiny_export),
                              "--batch-size", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300

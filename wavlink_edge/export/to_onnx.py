@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from wavlink_edge.runtime.features import (
     clip_frames,
     waveform_batch,
 )
-from wavlink_edge.runtime.files import ordinary_permissions, pause_point
+from wavlink_edge.runtime.files import hold_point, ordinary_permissions
 from wavlink_edge.runtime.manifest import Manifest, VerificationCache
 from wavlink_edge.runtime.outputs import exclusive_lock
 from wavlink_edge.runtime.session import OnnxSession
@@ -260,7 +261,7 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
     tokenizer.save(out_dir / "tokenizer.json")
     (out_dir / FRONTEND_FILE).write_bytes(build_frontend(cfg.audio.n_mels).SerializeToString())
     (out_dir / "config.json").write_text(json.dumps({"model_type": "wavlink", **cfg.to_dict()}, indent=2))
-    pause_point("export: graphs written, not yet validated")  # the crash test kills the export here
+    hold_point("export: graphs written, not yet validated")  # the crash test kills the export here
     # Graphs with external data are validated and hashed as files (ORT opens them by path); the rest as
     # the very bytes that are checked and recorded.
     payloads = {name: (out_dir / name).read_bytes() for name in ("tokenizer.json", "config.json", FRONTEND_FILE)}
@@ -296,6 +297,32 @@ def export_model(model: WavLinkModel, tokenizer_json: Path, out_dir: Path, opset
     return manifest.data
 
 
+# Names, inside a build directory, the export it is building: stale-build cleanup removes only directories
+# whose marker names its own export (a concurrent export beside it, whatever its name, is never touched).
+BUILD_OWNER = ".wavlink-build-owner"
+
+
+def stale_builds(out: Path) -> list[Path]:
+    """Build directories a killed export to ``out`` left beside it: the name pattern with ``out``'s name
+    escaped (``exp[1]`` is not a pattern for ``exp1``), and a marker naming ``out`` (or none: from an
+    older version, which wrote no marker -- those match the escaped pattern exactly)."""
+    found = []
+    for suffix in (".building-*", ".old-*"):
+        for candidate in out.parent.glob(f".{glob.escape(out.name)}{suffix}"):
+            if not candidate.is_dir() or candidate.is_symlink():
+                continue
+            marker = candidate / BUILD_OWNER
+            try:
+                owner = marker.read_text(encoding="utf-8", errors="surrogateescape")
+            except FileNotFoundError:
+                owner = str(out)
+            except OSError:
+                continue
+            if owner == str(out):
+                found.append(candidate)
+    return found
+
+
 @contextlib.contextmanager
 def exclusive_output(out: Path, force: bool = False, log=print):
     """Build into a fresh directory beside ``out``; yield it; then move what was built into ``out``.
@@ -316,9 +343,10 @@ def exclusive_output(out: Path, force: bool = False, log=print):
                           "(choose another directory, or pass --force)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out, f"the export {out}"):
-        for stale in [*out.parent.glob(f".{out.name}.building-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        for stale in stale_builds(out):
             shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: their writer is gone
         building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        (building / BUILD_OWNER).write_text(str(out), encoding="utf-8", errors="surrogateescape")
         umask = os.umask(0)
         os.umask(umask)
         building.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary directory
@@ -358,7 +386,7 @@ def _update_in_place(building: Path, out: Path, log) -> None:
     for name, entry in kept.items():
         new.files[name] = entry
     for path in sorted(building.iterdir(), key=lambda p: p.name == "manifest.json"):
-        if path.name != "manifest.json":
+        if path.name not in ("manifest.json", BUILD_OWNER):
             os.replace(path, out / path.name)
     new.export_dir = out
     new.save()

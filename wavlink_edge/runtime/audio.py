@@ -149,6 +149,7 @@ def _ffmpeg_blocks(path: Path, source: str, sf_reason: str) -> Iterator[np.ndarr
     except ImportError:
         raise AudioInputError(f"{source}: not a readable audio file ({sf_reason}); {path.suffix} files are decoded "
                               "by FFmpeg through PyAV, which is not installed (pip install av)") from None
+    _check_matroska_complete(path, source)
     try:
         with open(path, "rb") as raw, av.open(raw, mode="r") as container:  # a file object: any file name opens
             streams = container.streams.audio
@@ -236,6 +237,70 @@ def _check_ogg_end_of_stream(path: Path, source: str) -> None:
 
 
 _OGG_TAIL_BYTES = 1 << 16  # an Ogg page is at most ~64 kB, so the last page header lies in this tail
+
+_EBML_MAGIC, _MATROSKA_SEGMENT, _MATROSKA_CLUSTER = 0x1A45DFA3, 0x18538067, 0x1F43B675
+
+
+def _check_matroska_complete(path: Path, source: str) -> None:
+    """FFmpeg decodes a cut-off WebM/Matroska file as a shorter clip, silently (the Ogg check's counterpart).
+    Every element declares its size, so the file must hold all the bytes the Segment declares and, walking
+    the Segment's top-level children (SeekHead, Info, Tracks, Clusters ...: a few bytes read per element,
+    not the audio), each child's declared end. A size the writer left unknown (live recording) ends the
+    walk: nothing more can be told. Files that are not EBML pass untouched."""
+    size = path.stat().st_size
+    with open(path, "rb") as raw:
+        if _read_ebml_id(raw) != _EBML_MAGIC:
+            return
+        header_size = _read_ebml_size(raw)
+        if header_size is None:
+            return
+        raw.seek(header_size, os.SEEK_CUR)
+        if _read_ebml_id(raw) != _MATROSKA_SEGMENT:
+            return
+        segment_size = _read_ebml_size(raw)
+        segment_start = raw.tell()
+        if segment_size is not None and segment_start + segment_size > size:
+            raise AudioInputError(f"{source}: truncated file: the WebM/Matroska segment announces "
+                                  f"{segment_start + segment_size} bytes, the file holds {size}")
+        end = size if segment_size is None else segment_start + segment_size
+        position = segment_start
+        while position < end:
+            raw.seek(position)
+            element, length = _read_ebml_id(raw), _read_ebml_size(raw)
+            if element is None or length is None:
+                return  # unreadable id or a size left unknown: the decoder is the judge from here
+            position = raw.tell() + length
+            if position > size:
+                what = "a cluster of audio" if element == _MATROSKA_CLUSTER else f"element 0x{element:X}"
+                raise AudioInputError(f"{source}: truncated file: {what} announces {length} bytes, the file ends "
+                                      f"{position - size} bytes short")
+
+
+def _read_ebml_vint(raw) -> tuple[int, int] | None:
+    first = raw.read(1)
+    if not first or first[0] == 0:
+        return None
+    length = 9 - first[0].bit_length()
+    rest = raw.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    return int.from_bytes(first + rest, "big"), length
+
+
+def _read_ebml_id(raw) -> int | None:
+    vint = _read_ebml_vint(raw)
+    return None if vint is None else vint[0]  # an ID keeps its length marker
+
+
+def _read_ebml_size(raw) -> int | None:
+    """A data size, or None when unreadable or "unknown" (every value bit set)."""
+    vint = _read_ebml_vint(raw)
+    if vint is None:
+        return None
+    value, length = vint
+    bits = 7 * length
+    value &= (1 << bits) - 1
+    return None if value == (1 << bits) - 1 else value
 
 
 def _block_frames(rate: int) -> int:

@@ -39,7 +39,7 @@ from wavlink_edge.runtime import parallel
 from wavlink_edge.runtime.arguments import DEBUG_ENV, DEFAULT_MODEL_DIR, add_model_option, error_exit, positive_int, printable
 from wavlink_edge.runtime.errors import InputError, WavLinkError
 from wavlink_edge.runtime.features import WAVEFORM_FRONTEND_FILE
-from wavlink_edge.runtime.files import pause_point
+from wavlink_edge.runtime.files import hold_point
 from wavlink_edge.runtime.inputs import expand_inputs
 from wavlink_edge.runtime.lyrics import Lyrics
 from wavlink_edge.runtime.manifest import PRECISION_CHOICES, Manifest
@@ -179,7 +179,7 @@ def _run_rows(args, writer: RowWriter, total: int, unit: str, results, order: li
         try:
             for source, embedding, error in results:
                 writer.write(source, embedding, error)
-                pause_point(f"rows written: {writer.rows}")  # the crash test kills the run here
+                hold_point(f"rows written: {writer.rows}")  # the crash test kills the run here
                 if error:
                     failed += 1
                     progress.write(f"failed: {printable(error)}", file=sys.stderr)
@@ -304,6 +304,8 @@ def describe_export(model_dir: Path) -> dict:
     for precision in ("fp32", "fp16", "int8"):
         try:
             here[precision] = WavLink.describe_choice(manifest, precision, available)
+            for name in here[precision].split(" on ")[0].split(" + "):  # what would load must be there, unaltered
+                manifest.verify_artifact(name)
         except WavLinkError as exc:
             here[precision] = f"unavailable: {exc}"
     return {"export": str(model_dir), "model": spec.__dict__ | {"matryoshka_dims": list(spec.matryoshka_dims)},

@@ -65,15 +65,23 @@ def ordinary_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-# The crash tests kill a run at a point the code names, not after a guessed delay: with
-# WAVLINK_EDGE_PAUSE_AT=<point> the run writes the point's name to WAVLINK_EDGE_PAUSE_FILE when it gets
-# there and waits to be killed. Unset (always, outside those tests), a pause point is one dict lookup.
-PAUSE_AT_ENV, PAUSE_FILE_ENV = "WAVLINK_EDGE_PAUSE_AT", "WAVLINK_EDGE_PAUSE_FILE"
+# Fault injection for the tests of crash safety: a test that must kill a process at a known point (not on a
+# timer) sets WAVLINK_EDGE_HOLD_AT to the point's name and WAVLINK_EDGE_HOLD_FILE to a path. The first
+# process to reach that point creates the file (holding its pid) and then sleeps until it is killed;
+# every other process, and every run without these variables, passes straight through.
+HOLD_AT, HOLD_FILE = "WAVLINK_EDGE_HOLD_AT", "WAVLINK_EDGE_HOLD_FILE"
 
 
-def pause_point(name: str) -> None:
-    if os.environ.get(PAUSE_AT_ENV) != name:
+def hold_point(name: str) -> None:
+    if os.environ.get(HOLD_AT) != name or not os.environ.get(HOLD_FILE):
         return
-    Path(os.environ[PAUSE_FILE_ENV]).write_text(name)
-    while True:  # until the test's SIGKILL
+    target = os.environ[HOLD_FILE]
+    try:
+        os.close(os.open(target + ".claimed", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return  # another process holds already
+    with open(target + ".tmp", "w", encoding="ascii") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(target + ".tmp", target)  # the test sees the pid whole, or nothing
+    while True:
         time.sleep(1)

@@ -8,6 +8,7 @@ are plain file names inside the export directory: a manifest cannot point outsid
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterable
@@ -250,6 +251,13 @@ class Manifest:
             self.verification.remember(name, status, entry["sha256"])
         return path
 
+    def verify_artifact(self, name: str) -> None:
+        """An artifact and its external-data files present and matching the manifest (size, sha256; the
+        verification cache may vouch): what loading it would check. Raises ModelFilesError naming the file."""
+        artifact = next((a for a in self.artifacts if a.file == name), None)
+        for listed in (name, *(artifact.external_data if artifact else ())):
+            self.verified_path(listed)
+
     def verify_all(self) -> list[str]:
         """Re-hash every listed file now, whatever the cache says; the names checked."""
         self.verification.forget()
@@ -318,18 +326,27 @@ class Manifest:
 
 
 class VerificationCache:
-    """Which files were hashed and found right, and their (size, mtime, ctime, inode) then.
+    """Which files were hashed and found right, and their (size, mtime, ctime, inode, device) then.
 
     Hashing ~170 MB of fp32 graphs costs more than the first embedding, so a file is hashed on first
     load and again only when its stat changes. ctime moves on every write and cannot be set back by a
     user, so an edited byte is always re-hashed. Kept as ``.verified.json`` beside the manifest, or in
     the user cache directory when the export is read-only; a cache that cannot be written only costs time.
+
+    The cache is a shortcut past the sha256 check, so it must not be forgeable by whoever can write the
+    export directory: each stamp is an HMAC-SHA256, under a random key private to this user
+    (``<user cache>/wavlink-edge/verify.key``, mode 0600), of the file's name, stat, expected sha256 and
+    the manifest's digest. Anyone can read a tampered file's stat, but without the key they cannot make
+    the stamp that vouches for it, so a forged ``.verified.json`` only means the file is hashed (and
+    refused). Without a usable key the cache is off: every load hashes.
     """
 
     NAME = ".verified.json"
+    KEY_FILE = "verify.key"
 
     def __init__(self, path: Path, manifest_digest: str):
         self.path, self.manifest_digest = path, manifest_digest
+        self.key = _user_key()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             valid = isinstance(data, dict) and data.get("manifest_sha256") == manifest_digest
@@ -342,18 +359,26 @@ class VerificationCache:
         if os.access(export_dir, os.W_OK):
             return cls(export_dir / cls.NAME, manifest_digest)
         key = hashlib.sha256(str(export_dir.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cls(base / "wavlink-edge" / "verified" / f"{key}.json", manifest_digest)
+        return cls(_user_cache_dir() / "verified" / f"{key}.json", manifest_digest)
 
-    @staticmethod
-    def _stamp(status: os.stat_result, sha256: str) -> list:
-        return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino, status.st_dev, sha256]
+    def _stamp(self, name: str, status: os.stat_result, sha256: str) -> str | None:
+        if self.key is None:
+            return None
+        fields = [name, self.manifest_digest, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino,
+                  status.st_dev, sha256]
+        # a digest name, not hashlib.sha256: hmac then runs OpenSSL's HMAC directly
+        return hmac.digest(self.key, json.dumps(fields).encode("utf-8", "surrogateescape"), "sha256").hex()
 
     def vouches(self, name: str, status: os.stat_result, sha256: str) -> bool:
-        return self.entries.get(name) == self._stamp(status, sha256)
+        stamp = self._stamp(name, status, sha256)
+        entry = self.entries.get(name)
+        return stamp is not None and isinstance(entry, str) and hmac.compare_digest(entry, stamp)
 
     def remember(self, name: str, status: os.stat_result, sha256: str) -> None:
-        self.entries[name] = self._stamp(status, sha256)
+        stamp = self._stamp(name, status, sha256)
+        if stamp is None:
+            return
+        self.entries[name] = stamp
         self._save()
 
     def forget(self) -> None:
@@ -366,3 +391,36 @@ class VerificationCache:
             atomic_write(self.path, lambda handle: handle.write(text.encode("utf-8")))
         except OSError:
             pass  # a read-only cache only means the next load hashes again
+
+
+def _user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wavlink-edge"
+
+
+def _user_key() -> bytes | None:
+    """This user's verification key: read, or made once (32 random bytes, mode 0600, created exclusively so
+    two first runs agree); None if it cannot be had (the cache is then off)."""
+    path = _user_cache_dir() / VerificationCache.KEY_FILE
+    for _ in range(2):
+        try:
+            key = path.read_bytes()
+            return key if len(key) == 32 else None
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+            try:
+                os.link(tmp, path)  # fails if another process made it first: theirs is used
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            return None
+    return None

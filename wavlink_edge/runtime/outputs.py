@@ -1,10 +1,12 @@
 """Embedding outputs that never lose or corrupt a file: .jsonl (streamed, resumable), .npy + sidecar, .npz.
 
 - An ``--out`` that resolves to one of the inputs (symlinks and hard links included) is refused.
-- One writer per output: an exclusive lock (``.<name>.lock`` beside it) makes a second run refuse.
+- One writer per output file, whatever name it is reached by: an exclusive lock (``.<name>.lock``
+  beside the resolved path, plus a lock on the existing file's inode for hard links) makes a second run refuse.
 - A file output starts with a header row naming the model, the export's digest, dim, precision, clip
-  policy and tower; ``--resume`` appends only to a file whose header matches, repairs a row cut by an
-  interrupt (truncating back to the last complete row) and refuses anything else, by line number.
+  policy and tower; ``--resume`` reads that header before changing anything (a file without it is
+  refused untouched), appends only to a file whose header matches, repairs a row cut by an interrupt
+  (truncating back to the last complete row) and refuses anything else, by line number.
 - .jsonl rows are written and flushed as they finish; when the run completes, the file is rewritten
   (atomically) in input order with one row per source if resuming or retries disturbed it.
 - .npy + its ``.sources.jsonl`` sidecar are written as one unit: both go to temporary files first (a
@@ -19,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,36 +94,74 @@ def _same_file(a: str, b: Path) -> bool:
         return False
 
 
+def lock_file_for(path: Path) -> Path:
+    """The lock file of ``path``: ``.<name>.lock`` beside the file the name resolves to, so a symbolic link
+    (or a link to its folder) and the file itself share one lock."""
+    real = Path(os.path.realpath(path))
+    return real.parent / f".{real.name}.lock"
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[Path]:
-    """Hold ``.<name>.lock`` beside ``path`` for the block, or raise OutputError if another process holds it.
-    The lock file is removed afterwards; a process that locked a file someone just removed retries."""
+def exclusive_lock(path: Path, what: str, wait: bool = False, hint: str = "") -> Iterator[Path]:
+    """Hold the lock of ``path`` for the block, or raise OutputError if another process holds it (``wait``:
+    block until it is free; ``hint`` is added to the refusal, e.g. how to wait). Every name of one file shares the lock: the lock file sits beside the
+    resolved path (symbolic links), and an existing regular file is also locked itself, by its inode, so a
+    hard link under another name finds it taken. The lock file is removed afterwards; a process that locked
+    a lock file someone just removed retries."""
     import fcntl
 
-    lock_path = path.parent / f".{path.name}.lock"
+    lock_path = lock_file_for(path)
+    busy = f"another wavlink-edge run is writing {what} (it holds {lock_path}); wait for it to finish{hint} or choose another path"
+    mode = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
     while True:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputError(f"{lock_path}: cannot create the lock file ({exc.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
             os.close(fd)
-            raise OutputError(f"another wavlink-edge run is writing {what} (it holds {lock_path}); wait for it to "
-                              "finish or choose another path") from None
+            raise OutputError(busy) from None
         try:
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder removed it between our open and our lock: take the new one
+    inode_fd = None
+    try:
+        inode_fd = _lock_inode(path, mode)
+    except BlockingIOError:
+        os.close(fd)  # the lock file stays: if it is ours alone, the next run reuses it
+        raise OutputError(busy.replace(f"(it holds {lock_path})", "(through another name of this file)")) from None
     try:
         yield lock_path
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
+        if inode_fd is not None:
+            os.close(inode_fd)
         os.close(fd)
+
+
+def _lock_inode(path: Path, mode: int) -> int | None:
+    """flock on the existing regular file itself (its inode): what its hard links have in common."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang us
+    except OSError:
+        return None  # not there yet (a new output): the name's lock is all there is to take
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _io_error(exc: OSError, path: Path) -> OSError:
@@ -160,9 +201,25 @@ class RowWriter:
 
     def _validate_for_resume(self, out: Path) -> set[str]:
         data = out.read_bytes()
+        if not data.strip():
+            raise OutputError(f"--resume: {out} is empty; run without --resume")
+        # The header first, before anything is changed: a file this package did not write (no header row)
+        # is refused untouched, whatever its last line looks like.
+        first_end = data.find(b"\n")
+        header_row = self._parse(out, 1, data if first_end < 0 else data[:first_end])
+        header = header_row.get(HEADER_KEY)
+        if first_end < 0 or not isinstance(header, dict):
+            raise OutputError(f"--resume: {out} has no wavlink-edge header on line 1 (not written by `wavlink-edge "
+                              "--out`, or by an older version); it was left untouched; choose another --out or run "
+                              "without --resume")
+        different = [f"{k} {header.get(k)!r} vs this run's {self.header.get(k)!r}" for k in MATCHING_FIELDS
+                     if header.get(k) != self.header.get(k)]
+        if different:
+            raise OutputError(f"--resume: {out} was written by another run ({'; '.join(different)}); "
+                              "choose another --out or run without --resume")
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            # A row cut by an interrupt or a full disk: drop the partial tail so the file is whole rows again.
+            # Our own file, a row cut by an interrupt or a full disk: drop the partial tail so it is whole rows again.
             self.notify(f"--resume: {out} ended inside a row ({len(data) - end} bytes after the last complete "
                         "row); that partial row was removed and will be redone")
             try:
@@ -171,19 +228,8 @@ class RowWriter:
             except OSError as exc:
                 raise _io_error(exc, out) from None
             data = data[:end]
-        lines = data.split(b"\n")[:-1] if data else []
-        if not lines:
-            raise OutputError(f"--resume: {out} is empty; run without --resume")
-        rows = [self._parse(out, number, line) for number, line in enumerate(lines, 1)]
-        header = rows[0].get(HEADER_KEY) if isinstance(rows[0], dict) else None
-        if not isinstance(header, dict):
-            raise OutputError(f"--resume: {out} has no wavlink-edge header on line 1 (not written by `wavlink-edge "
-                              "--out`, or by an older version); choose another --out or run without --resume")
-        different = [f"{k} {header.get(k)!r} vs this run's {self.header.get(k)!r}" for k in MATCHING_FIELDS
-                     if header.get(k) != self.header.get(k)]
-        if different:
-            raise OutputError(f"--resume: {out} was written by another run ({'; '.join(different)}); "
-                              "choose another --out or run without --resume")
+        lines = data.split(b"\n")[:-1]
+        rows = [header_row] + [self._parse(out, number, line) for number, line in enumerate(lines[1:], 2)]
         done, seen = set(), set()
         for number, row in enumerate(rows[1:], 2):
             source = row.get(self.source_key)

@@ -2,14 +2,16 @@
 
     read (from_items: index, source) -> decode + log-mel (stateless CPU tasks, map_batches with a function)
     -> encoder (map_batches with a callable class: an actor pool, one model and session per actor; one GPU
-    per actor when ORT's CUDA provider is present) -> Parquet (index, source, embedding, error, model, dim,
-    precision)
+    per actor when ORT's CUDA provider is present) -> Parquet (index, source, source_bytes, embedding, error,
+    model, dim, precision)
 
 Ray schedules, retries and streams between the stages; nothing here is a scheduler. Ray Data does not
 keep row order (its docs and ray-project/ray#50890), so rows carry their input ``index``; sort on it.
 ``map_batches`` batch sizes are a target, not a promise (ray#51419): the encoder takes any size. Features
 travel as float32 bytes plus their frame counts (windows of one clip differ in length under ``trim``).
-A file that cannot be decoded becomes a row with its error; every input gives exactly one row.
+A file that cannot be decoded becomes a row with its error; every input gives exactly one row. A file name
+that is not valid UTF-8 cannot be an Arrow string: ``source`` shows it with \\xNN escapes and
+``source_bytes`` keeps its bytes exactly.
 The paths and the export directory must be readable on every node (a shared file system); the Parquet
 directory is written by the workers, so on a cluster it must be shared storage too (or s3://...).
 Ray is an extra (`pip install 'wavlink-edge[ray]'`), imported only here, only when this engine is asked for.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +29,14 @@ import numpy as np
 from wavlink_edge.runtime.errors import AudioInputError, UsageError, WavLinkError
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.model import WavLink
+
+
+def printable(text: str) -> str:
+    """UTF-8 text for a terminal, a UTF-8 stream or Arrow: a non-UTF-8 name's bytes shown as \\xNN escapes."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _ray():
@@ -55,9 +66,9 @@ def featurize(batch, export_dir: str, clip_policy: str | None, window_hop_second
     front_end = WavLink(Manifest.load(export_dir), None, None, None, "fp32", clip_policy=clip_policy,
                         window_hop_seconds=window_hop_seconds)
     features, frames, errors = [], [], []
-    for source in batch["source"].to_pylist():
+    for source, raw in zip(batch["source"].to_pylist(), batch["source_bytes"].to_pylist()):
         try:
-            windows = front_end.window_features(source, source)
+            windows = front_end.window_features(os.fsdecode(raw), source)
         except AudioInputError as exc:
             windows, error = None, str(exc)
         except (ValueError, TypeError, OSError, MemoryError, RuntimeError) as exc:
@@ -65,12 +76,12 @@ def featurize(batch, export_dir: str, clip_policy: str | None, window_hop_second
         if windows is None:
             features.append(None)
             frames.append(None)
-            errors.append(error)
+            errors.append(printable(error))  # Arrow strings are UTF-8: an OS error may quote the raw name
         else:
             features.append(b"".join(np.ascontiguousarray(w, np.float32).tobytes() for w in windows))
             frames.append([w.shape[-1] for w in windows])
             errors.append(None)
-    return pa.table({"index": batch["index"], "source": batch["source"],
+    return pa.table({"index": batch["index"], "source": batch["source"], "source_bytes": batch["source_bytes"],
                      "features": pa.array(features, pa.binary()), "frames": pa.array(frames, pa.list_(pa.int32())),
                      "error": pa.array(errors, pa.string())})
 
@@ -98,6 +109,7 @@ class Encoder:
             embeddings[i] = embedding.tolist()
         count = len(embeddings)
         return pa.table({"index": rows["index"], "source": rows["source"],
+                         "source_bytes": pa.array(rows["source_bytes"], pa.binary()),
                          "embedding": pa.array(embeddings, pa.list_(pa.float32())),
                          "error": pa.array(rows["error"], pa.string()),
                          "model": [self.model.spec.name] * count, "dim": [self.dim] * count,
@@ -126,7 +138,10 @@ def embed_to_parquet(export_dir: str | Path, paths: list[str], out: str | Path, 
     actors = actors or (int(ray.cluster_resources()["GPU"]) if gpu else max(1, cpus // 2))
     options = {"precision": precision, "providers": providers, "clip_policy": clip_policy,
                "window_hop_seconds": window_hop_seconds, "threads": threads or max(1, cpus // actors)}
-    ds = ray.data.from_items([{"index": i, "source": str(p)} for i, p in enumerate(paths)])
+    # Arrow strings must be UTF-8 and a file name need not be: "source" is the name for reading (non-UTF-8
+    # bytes as \xNN escapes), "source_bytes" the exact bytes (os.fsdecode gives the path back).
+    ds = ray.data.from_items([{"index": i, "source": printable(os.fspath(p)), "source_bytes": os.fsencode(p)}
+                              for i, p in enumerate(paths)])
     # Half a CPU per decode task: its resources then differ from the encoder's, so Ray keeps the stages
     # apart (decode tasks spread over every node) instead of fusing decoding into the encoder actors.
     ds = ds.map_batches(featurize, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5,
