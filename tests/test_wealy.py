@@ -74,7 +74,7 @@ def _scripted_step(rows: list[np.ndarray], d: int = 4):
         n = tokens.shape[1]
         states = np.full((1, n, d), float(i), np.float32)
         grow = lambda a, axis: np.concatenate([a, np.zeros(a.shape[:axis] + (n,) + a.shape[axis + 1 :], a.dtype)], axis)  # noqa: E731
-        return states, rows[i][None], grow(past_k, 4), grow(past_v, 3)
+        return states, rows[i][None], [grow(k, 3) for k in past_k], [grow(v, 2) for v in past_v]
 
     return step, calls
 
@@ -93,7 +93,7 @@ def test_greedy_picks_language_applies_suppression_and_collects_one_state_per_st
             _logits([2, 9]),             # 2 is suppressed -> 9
             _logits([59, 9])]            # end of text
     step, calls = _scripted_step(rows)
-    empty_k, empty_v = np.zeros((1, 1, 1, 4, 0), np.float32), np.zeros((1, 1, 1, 0, 4), np.float32)
+    empty_k, empty_v = [np.zeros((1, 1, 4, 0), np.float32)], [np.zeros((1, 1, 0, 4), np.float32)]
     out = greedy_decode(step, None, None, TINY_VOCAB, empty_k, empty_v)
     assert out.language == 56
     assert calls[:2] == [[[60]], [[56, 61, 62]]]
@@ -103,8 +103,8 @@ def test_greedy_picks_language_applies_suppression_and_collects_one_state_per_st
 
 def test_greedy_stops_at_max_new_tokens():
     step, _ = _scripted_step([_logits([55])] + [_logits([7])] * 10)
-    out = greedy_decode(step, None, None, TINY_VOCAB, np.zeros((1, 1, 1, 4, 0), np.float32),
-                        np.zeros((1, 1, 1, 0, 4), np.float32), max_new_tokens=4)
+    out = greedy_decode(step, None, None, TINY_VOCAB, [np.zeros((1, 1, 4, 0), np.float32)],
+                        [np.zeros((1, 1, 0, 4), np.float32)], max_new_tokens=4)
     assert out.tokens == [7] * 4 and len(out.states) == 4
 
 
