@@ -202,3 +202,82 @@ def test_lyrics_cli_keeps_order_marks_failures(tiny_lyrics, inputs, tmp_path, ca
 def test_lyrics_needs_a_lyrics_export(tiny_export, capsys):
     assert cli.main(["lyrics", "x.flac", "--model", str(tiny_export)]) == 2
     assert "no lyrics model" in capsys.readouterr().err
+
+
+def test_windows_decoded_together_equal_each_alone(tiny_lyrics, sample_clips):
+    out, ref, _, _ = tiny_lyrics
+    model = Lyrics.from_pretrained(out)
+    windows = np.concatenate([next(model.windows(str(c), str(c))) for c in sample_clips[:3]])
+    together = model.decode_windows(windows)
+    for i, got in enumerate(together):
+        alone = model.decode_windows(windows[i : i + 1])[0]
+        want = ref.decode_features(windows[i : i + 1], model.max_new_tokens)
+        assert got.tokens == alone.tokens == want.tokens and got.language == want.language
+        np.testing.assert_allclose(got.states, want.states, atol=1e-4)
+        np.testing.assert_allclose(got.states, alone.states, atol=1e-5)
+
+
+def test_decoder_graph_has_per_layer_caches(tiny_lyrics):
+    import onnx
+
+    out, ref, _, _ = tiny_lyrics
+    graph = onnx.load(str(out / "lyrics_decoder.onnx")).graph
+    names = [i.name for i in graph.input]
+    assert names[0] == "tokens" and "past_k_1" in names and "cross_v_1" in names and "cross_k" not in names
+    assert [o.name for o in graph.output][:3] == ["states", "logits", "present_k_0"]
+
+
+@pytest.fixture(scope="module")
+def quantized_lyrics(tiny_lyrics, tmp_path_factory, sample_clips):
+    from wavlink_edge.quantization.lyrics import quantize_lyrics
+
+    out = tmp_path_factory.mktemp("lyrics_q") / "export"
+    shutil.copytree(tiny_lyrics[0], out)
+    lines = []
+    # random tiny weights: the gates are for real models (measured on base), so this writes under them
+    written = quantize_lyrics(out, ["fp16", "int8"], force=True, log=lines.append, clips=sample_clips[:2])
+    return out, written, lines
+
+
+def test_quantized_lyrics_artifacts_are_listed_with_fidelity_and_serve(quantized_lyrics, sample_clips):
+    import onnx
+
+    out, written, lines = quantized_lyrics
+    manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
+    for precision in ("fp16", "int8"):
+        for tower in ("lyrics_encoder", "lyrics_decoder", "lyrics_head"):
+            entry = manifest[f"{tower}_{precision}.onnx"]
+            assert entry["precision"] == precision and entry["tower"] == tower and entry["source"]["file"] == f"{tower}.onnx"
+            fid = entry["fidelity"]
+            assert len(fid["clips"]) == 2 and {"differing_tokens", "embedding_cosine"} <= set(fid["clips"][0])
+            assert -1 <= fid["embedding_cosine_min"] <= fid["embedding_cosine_mean"] <= 1 + 1e-9
+    decoder16 = onnx.load(str(out / "lyrics_decoder_fp16.onnx")).graph
+    kinds = {i.name: i.type.tensor_type.elem_type for i in decoder16.input}
+    assert kinds["past_k_0"] == kinds["cross_v_1"] == onnx.TensorProto.FLOAT16 and kinds["tokens"] == onnx.TensorProto.INT64
+    ops = {n.op_type for n in onnx.load(str(out / "lyrics_decoder_int8.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    fp32 = Lyrics.from_pretrained(out).embed_lyrics([str(sample_clips[0])])[0]
+    for precision in ("fp16", "int8"):
+        model = Lyrics.from_pretrained(out, precision=precision)
+        got = model.embed_lyrics([str(sample_clips[0])])[0]
+        assert got.dtype == np.float32 and got.shape == fp32.shape
+        assert abs(np.linalg.norm(got) - 1) < 1e-3
+    assert any("wrote lyrics int8" in line for line in lines)
+
+
+def test_quantized_lyrics_under_the_gate_are_refused(tiny_lyrics, tmp_path, sample_clips, monkeypatch):
+    from wavlink_edge.quantization import lyrics as lq
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_lyrics[0], out)
+    monkeypatch.setattr(lq, "EMBEDDING_GATE", (1.5, 1.5))  # no cosine reaches it
+    with pytest.raises(lq.LyricsQuantizationError, match="int8"):
+        lq.quantize_lyrics(out, ["int8"], log=lambda _: None, clips=sample_clips[:1])
+    assert not any("_int8" in name for name in json.loads((out / "manifest.json").read_text())["artifacts"])
+    assert not list(out.glob("*int8*")) and not list(out.glob(".tmp-*"))
+
+
+def test_quantize_lyrics_leaves_exports_without_lyrics_alone(tiny_export):
+    from wavlink_edge.quantization.lyrics import quantize_lyrics
+
+    assert quantize_lyrics(tiny_export, ["int8"]) == {}

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from wavlink_edge.runtime.audio import decode_audio
-from wavlink_edge.runtime.features import log_mel_spectrogram
+from wavlink_edge.runtime.features import HOP_LENGTH, clip_features
 from wavlink_edge.runtime.lyrics import CONFIG_FILE, TOWERS, OrtDecoder, WhisperVocab
 from wavlink_edge.runtime.manifest import Manifest, sha256_file
 from wavlink_edge.runtime.session import OnnxSession
@@ -84,12 +84,14 @@ def artifact_name(tower: str, precision: str) -> str:
     return f"{tower}_{precision}.onnx"
 
 
-def heldout_features(paths=HELDOUT_CLIPS) -> tuple[list[str], np.ndarray]:
-    """One 30 s window per clip: [N, 80, 3000] log-mel."""
+def heldout_features(manifest: Manifest, paths=HELDOUT_CLIPS) -> tuple[list[str], np.ndarray]:
+    """The first window of each clip, as the runtime cuts it: [N, n_mels, max_frames] log-mel."""
     paths = [Path(p) for p in paths if Path(p).is_file()]
     if not paths:
         raise LyricsQuantizationError("no held-out speech clip found for the lyrics gates")
-    return [p.name for p in paths], np.stack([log_mel_spectrogram(decode_audio(p)) for p in paths]).astype(np.float32)
+    frames, n_mels = manifest.model.max_frames, manifest.model.n_mels
+    windows = [clip_features(decode_audio(p)[: frames * HOP_LENGTH], n_mels, "pad")[:, :frames] for p in paths]
+    return [p.name for p in paths], np.stack(windows).astype(np.float32)
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -181,7 +183,7 @@ def quantize_lyrics(export_dir, precisions, force: bool = False, log=print, fast
     sources = {tower: manifest.path(manifest.find_artifact(tower, "fp32").file) for tower in TOWERS}
     for path in sources.values():
         manifest.read_verified(path.name)  # size and sha256 before anything is derived from it
-    names, features = heldout_features(list(clips)[:FAST_CLIPS] if fast else clips)
+    names, features = heldout_features(manifest, list(clips)[:FAST_CLIPS] if fast else clips)
     reference = _Towers(sources, vocab, threads)
     results, refused = {}, []
     for precision in [p for p in precisions if p in PRECISIONS]:
