@@ -148,6 +148,19 @@ class _EncoderGraph(nn.Module):
         return (*ks, *vs)
 
 
+def name_like_audio_tower(path: Path) -> None:
+    """Rename the encoder layers' nodes /layers.N/... to /audio/layers.N/..., the audio tower graph's names
+    (the tracer drops the scope of a method call), so the audio INT8 recipe's graph passes (attention
+    fusion, per-token int8: quantization/graph.py) find them. Names only; the computation is unchanged."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        if node.name.startswith("/layers."):
+            node.name = "/audio" + node.name
+    onnx.save(model, str(path))
+
+
 class _DecoderGraph(nn.Module):
     """The exported decoder step: tokens, then past_k_i, past_v_i, cross_k_i, cross_v_i per layer ->
     states, logits, present_k_i, present_v_i. Per-layer tensors, so no step slices a stacked cache."""
@@ -276,6 +289,7 @@ def export_graphs(ref: LyricsReference, head: WealyHead, out_dir: Path, opset: i
             "lyrics_head": _export(head.eval(), (torch.randn(2, 7, head.dims.d_in),), out_dir / "lyrics_head.onnx",
                                    ["states"], ["embedding"], {"states": {0: "batch", 1: "tokens"}}, opset),
         }
+    name_like_audio_tower(paths["lyrics_encoder"])
     return paths
 
 
@@ -338,6 +352,7 @@ def export_lyrics(export_dir: str | Path, ref: LyricsReference, head: WealyHead,
     config = {"model_type": "wealy", "heads": heads, "embed_dim": head.dims.embed_dim,
               "head": asdict(head.dims), "decoder": {"n_layers": dims.n_layers, "n_heads": dims.n_heads,
                                                      "d_model": dims.d_model, "n_vocab": dims.n_vocab},
+              "encoder": {"n_heads": ref.encoder.tower.dims.n_heads},
               "vocab": asdict(ref.vocab), "max_chunks": MAX_CHUNKS, "max_new_tokens": max_new_tokens,
               "training": {k: v for k, v in (meta or {}).items() if k != "dims"}}
     manifest = Manifest.load(export_dir)

@@ -3,13 +3,18 @@ what the user gets.
 
     fp16  every float tensor fp16, inputs, outputs and the self-attention cache included (the artifact's
           precision end to end: a GPU keeps the cache in fp16); LayerNorm, Softmax and Pow (GeM) stay fp32
-    int8  every weight MatMul as ORT MatMulNBits with 8-bit symmetric weights (blocks of INT8_BLOCK along
-          the input dimension) and accuracy_level 4: the activations are quantized to int8 at run time per
-          row and block, so no statistic crosses tokens or batch rows (batch-independent like the audio
-          tower's per-token recipe) and the product runs on int8 dot products (VNNI / AMX). The decoder's
-          output projection (the 51865 x 512 token table, read in full at every step) is one of them;
-          the token embedding Gather keeps the fp32 table. Attention products (act x act), LayerNorm,
-          Softmax and the convolutional front end stay fp32, as do the caches and cross K/V.
+    int8  every weight MatMul as ORT MatMulNBits: 8-bit symmetric weights in blocks of INT8_BLOCK along the
+          input dimension, accuracy_level 4 (activations quantized at run time per row and block:
+          batch-independent; int8 dot products on VNNI / AMX). The decoder's output projection (the
+          51865 x 512 token table, read in full at every step) is one of them; the token embedding Gather
+          keeps the fp32 table. Attention products, LayerNorm and Softmax stay fp32, as do the caches and
+          cross K/V. Measured and not shipped (docs/wealy.md): the audio tower's per-token recipe for the
+          encoder (fused attention + per-token int8 GEMMs; 7- or 8-bit weights, with or without
+          SmoothQuant, fc1/fc2, attention projections or first/last layer kept fp32) is ~3x faster
+          there but changed 9-20 greedy tokens on the Swedish and Japanese clips (embedding cosine
+          0.93-0.98) although its states kept cosine 0.999: greedy decoding turns small encoder errors
+          into different words at near-ties. Fusing the attention before MatMulNBits flipped the same two
+          clips (11 and 10 tokens).
 
 Gates (`lyrics_fidelity`, on real speech clips that no step of the export or of the quantization fits on):
 the candidate's greedy tokens against fp32's (edit distance per window at most TOKEN_TOLERANCE of the fp32
@@ -63,10 +68,12 @@ def make_fp16(src: Path, dst: Path) -> dict:
 
 
 def make_int8(src: Path, dst: Path) -> dict:
+    """Every weight MatMul as 8-bit MatMulNBits with int8 compute."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    model = onnx.load(str(src))
     config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), False)
     n = sum(node.op_type == "MatMulNBits" for node in onnx.load(str(dst), load_external_data=False).graph.node)
@@ -75,9 +82,6 @@ def make_int8(src: Path, dst: Path) -> dict:
             "activations": "int8 at run time per row and block (accuracy_level 4): batch-independent",
             "not_quantized": "attention act x act, LayerNorm, Softmax, Conv front end, token embedding Gather; "
                              "caches and cross K/V fp32"}
-
-
-MAKERS = {"fp16": make_fp16, "int8": make_int8}
 
 
 def artifact_name(tower: str, precision: str) -> str:
@@ -190,7 +194,8 @@ def quantize_lyrics(export_dir, precisions, force: bool = False, log=print, fast
         start = time.perf_counter()
         tmp = {tower: export_dir / f".tmp-{os.getpid()}-{artifact_name(tower, precision)}" for tower in TOWERS}
         try:
-            recipes = {tower: MAKERS[precision](sources[tower], tmp[tower]) for tower in TOWERS}
+            recipes = {tower: make_fp16(sources[tower], tmp[tower]) if precision == "fp16" else
+                       make_int8(sources[tower], tmp[tower]) for tower in TOWERS}
             fidelity = lyrics_fidelity(reference, _Towers(tmp, vocab, threads), names, features, vocab, max_new_tokens)
             seconds = round(time.perf_counter() - start, 1)
             summary = (f"tokens identical on {fidelity['tokens_identical_windows']}/{len(names)} windows "
