@@ -97,9 +97,9 @@ def step_costs(models: dict[str, Lyrics], features: np.ndarray, sequence: list[i
         steps[name], states[name] = model.step, [k, v, *cross]
     if baseline is not None:
         step = StackedStep(baseline, threads)
-        ref = models["fp32"]
-        cross = [np.stack([c.numpy() for c in layers]) for layers in ref.decoder.cross(features)]
-        empty = [np.stack(e) for e in ref.decoder.empty_cache(1)]
+        ref = next(iter(models.values()))
+        cross = [np.stack([c.numpy() for c in layers]).astype(np.float32) for layers in ref.decoder.cross(features)]
+        empty = [np.stack(e).astype(np.float32) for e in ref.decoder.empty_cache(1)]
         _, _, k, v = step(np.array([sequence[:4]], np.int64), *empty, *cross)
         steps["baseline_fp32"], states["baseline_fp32"] = step, [k, v, *cross]
     times = {name: [] for name in steps}
@@ -124,18 +124,34 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the fp16 lyrics graphs on ORT's CUDA provider (caches bound on the GPU) against "
+                             "CTranslate2 int8_float16 on the GPU")
     parser.add_argument("--baseline-decoder", type=Path, default=None,
                         help="lyrics_decoder.onnx of an export with stacked caches (before the per-layer layout)")
     args = parser.parse_args(argv)
     import ctranslate2
 
-    models = {"fp32": Lyrics.from_pretrained(args.model, threads=args.threads)}
-    if "int8" in models["fp32"].manifest.precisions("lyrics_decoder"):
-        models["int8"] = Lyrics.from_pretrained(args.model, threads=args.threads, precision="int8")
+    if args.device == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers() or not ctranslate2.get_cuda_device_count():
+            print("skipped: --device cuda needs onnxruntime-gpu with the CUDA provider and a CUDA device for "
+                  "CTranslate2; this host has neither", file=sys.stderr)
+            return 0
+        models = {"fp16": Lyrics.from_pretrained(args.model, providers=["CUDAExecutionProvider"], precision="fp16")}
+        ct2_device, ct2_compute = "cuda", "int8_float16"
+    else:
+        models = {"fp32": Lyrics.from_pretrained(args.model, threads=args.threads)}
+        if "int8" in models["fp32"].manifest.precisions("lyrics_decoder"):
+            models["int8"] = Lyrics.from_pretrained(args.model, threads=args.threads, precision="int8")
+        ct2_device, ct2_compute = "cpu", "int8"
+    first = next(iter(models))
     clips, skipped = inputs()
     ct2_tmp = tempfile.TemporaryDirectory()  # the CTranslate2 model files, kept until the run ends
-    whisper = ctranslate2.models.Whisper(str(ct2_whisper_base_dir(ct2_tmp.name)), device="cpu", compute_type="int8",
-                                         intra_threads=args.threads)
+    whisper = ctranslate2.models.Whisper(str(ct2_whisper_base_dir(ct2_tmp.name)), device=ct2_device,
+                                         compute_type=ct2_compute, intra_threads=args.threads)
+    ct2 = f"ctranslate2_{ct2_compute}"
 
     def transcribe(features):
         mel = ctranslate2.StorageView.from_array(features)
@@ -145,10 +161,10 @@ def main(argv=None) -> int:
                                 beam_size=1)[0].sequences_ids[0]
 
     systems = {f"lyrics_{p}": (lambda f, m=m: _embed(m, f)) for p, m in models.items()}
-    systems["ctranslate2_int8"] = transcribe
+    systems[ct2] = transcribe
     rows = []
     for kind, name, audio in clips:
-        features = next(models["fp32"].windows((audio, SAMPLE_RATE), name))
+        features = next(models[first].windows((audio, SAMPLE_RATE), name))
         times, outputs = {s: [] for s in systems}, {}
         for _ in range(args.repeats):
             for system, fn in systems.items():
@@ -156,13 +172,13 @@ def main(argv=None) -> int:
                 times[system].append(seconds)
         row = {"kind": kind, "clip": name, "seconds_of_audio": round(len(audio) / SAMPLE_RATE, 1),
                "best_s": {s: min(t) for s, t in times.items()}}
-        ct2_ids = outputs["ctranslate2_int8"]
+        ct2_ids = outputs[ct2]
         row["tokens"] = {s: len(o[1].tokens) for s, o in outputs.items() if s.startswith("lyrics")}
-        row["tokens"]["ctranslate2_int8"] = len(ct2_ids)
-        row["fp32_tokens_equal"] = {s: o[1].tokens == outputs["lyrics_fp32"][1].tokens
-                                    for s, o in outputs.items() if s.startswith("lyrics")}
-        row["fp32_tokens_equal"]["ctranslate2_int8"] = ct2_ids == outputs["lyrics_fp32"][1].tokens
-        row["ratio_to_ct2_int8"] = {s: row["best_s"][s] / row["best_s"]["ctranslate2_int8"] for s in systems}
+        row["tokens"][ct2] = len(ct2_ids)
+        row[f"{first}_tokens_equal"] = {s: o[1].tokens == outputs[f"lyrics_{first}"][1].tokens
+                                        for s, o in outputs.items() if s.startswith("lyrics")}
+        row[f"{first}_tokens_equal"][ct2] = ct2_ids == outputs[f"lyrics_{first}"][1].tokens
+        row[f"ratio_to_{ct2}"] = {s: row["best_s"][s] / row["best_s"][ct2] for s in systems}
         if "lyrics_int8" in outputs:
             e8, e32 = outputs["lyrics_int8"][0], outputs["lyrics_fp32"][0]
             row["int8_embedding_cosine"] = float(np.dot(e8, e32))
@@ -172,14 +188,14 @@ def main(argv=None) -> int:
     def total(kind, system):
         return sum(r["best_s"][system] for r in rows if r["kind"] == kind)
 
-    summary = {kind: {s: {"sum_best_s": total(kind, s), "ratio_to_ct2_int8": total(kind, s) / total(kind, "ctranslate2_int8")}
+    summary = {kind: {s: {"sum_best_s": total(kind, s), f"ratio_to_{ct2}": total(kind, s) / total(kind, ct2)}
                       for s in systems} for kind in ("short", "dense_30s") if any(r["kind"] == kind for r in rows)}
     dense = next((r for r in rows if r["kind"] == "dense_30s"), rows[-1])
-    features = next(models["fp32"].windows((dict((n, a) for _, n, a in clips)[dense["clip"]], SAMPLE_RATE), "dense"))
-    decoded = models["fp32"].decode_windows(features)[0]
-    v = models["fp32"].vocab
+    features = next(models[first].windows((dict((n, a) for _, n, a in clips)[dense["clip"]], SAMPLE_RATE), "dense"))
+    decoded = models[first].decode_windows(features)[0]
+    v = models[first].vocab
     sequence = [v.sot, decoded.language, v.transcribe, v.no_timestamps] + decoded.tokens
-    results = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+    results = {"machine": platform.processor() or platform.machine(), "device": args.device, "threads": args.threads,
                "repeats": args.repeats, "skipped_clips": skipped, "rows": rows, "summary": summary,
                "decoder_step": {"clip": dense["clip"], **step_costs(models, features, sequence, args.baseline_decoder,
                                                                      args.threads)}}
