@@ -10,8 +10,8 @@ what the user gets.
           keeps the fp32 table. Attention products, LayerNorm and Softmax stay fp32, as do the caches and
           cross K/V. Measured and not shipped (docs/wealy.md): the audio tower's per-token recipe for the
           encoder (fused attention + per-token int8 GEMMs; 7- or 8-bit weights, with or without
-          SmoothQuant, fc1/fc2, attention projections or first/last layer kept fp32) is ~3x faster
-          there but changed 9-20 greedy tokens on the Swedish and Japanese clips (embedding cosine
+          SmoothQuant, fc1/fc2, attention projections or first/last layer kept fp32) ran an encoder
+          window ~2x faster but changed 9-20 greedy tokens on the Swedish and Japanese clips (embedding cosine
           0.93-0.98) although its states kept cosine 0.999: greedy decoding turns small encoder errors
           into different words at near-ties. Fusing the attention before MatMulNBits flipped the same two
           clips (11 and 10 tokens).
