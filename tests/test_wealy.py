@@ -281,3 +281,13 @@ def test_quantize_lyrics_leaves_exports_without_lyrics_alone(tiny_export):
     from wavlink_edge.quantization.lyrics import quantize_lyrics
 
     assert quantize_lyrics(tiny_export, ["int8"]) == {}
+
+
+def test_lyrics_cli_runs_the_chosen_precision(quantized_lyrics, sample_clips, tmp_path):
+    out, _, _ = quantized_lyrics
+    npy = tmp_path / "lyr8.npy"
+    assert cli.main(["lyrics", str(sample_clips[0]), "--model", str(out), "--precision", "int8", "--out", str(npy)]) == 0
+    header, _ = read_rows(tmp_path / "lyr8.npy.sources.jsonl")
+    assert header["precision"] == "int8"
+    np.testing.assert_allclose(np.load(npy)[0], Lyrics.from_pretrained(out, precision="int8").embed_lyrics(
+        [str(sample_clips[0])])[0], atol=1e-6)
