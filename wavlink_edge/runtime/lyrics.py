@@ -157,7 +157,7 @@ def run_bound(session, feeds: dict, kept: Sequence[str], device: str = "cpu") ->
     return [value if name in kept else value.numpy() for name, value in zip(names, binding.get_outputs())]
 
 
-class _OrtStep:
+class OrtStep:
     """The decoder session as a `Step` over per-layer caches (lists of past_k_i, past_v_i, cross_k_i,
     cross_v_i). The caches it returns, and the cross K/V `OrtDecoder` gives it, are OrtValues bound from
     one call to the next without a round trip through numpy (on CUDA they never leave the GPU); only the
@@ -195,7 +195,7 @@ class OrtDecoder:
         self.n_layers = sum(name.startswith("past_k_") for name in names)
         shape = next(i.shape for i in decoder._session.get_inputs() if i.name == "past_k_0")  # [B, h, d_head, T]
         self.heads, self.d_head = int(shape[1]), int(shape[2])
-        self.step = _OrtStep(decoder, self.n_layers)
+        self.step = OrtStep(decoder, self.n_layers)
         self.feature_type = _float_type(encoder, "input_features")
         self.cache_type = _float_type(decoder, "past_k_0")
         self._cross = [o.name for o in encoder._session.get_outputs()]
@@ -235,7 +235,7 @@ class Lyrics:
         self.dim = int(config["embed_dim"])
         self.max_chunks = int(config["max_chunks"])
         self.max_new_tokens = int(config["max_new_tokens"])
-        self._empty = self.decoder.empty_cache(1)
+        self.empty_cache = self.decoder.empty_cache(1)  # one window's empty per-layer caches
         # windows of one item decoded together; 4 keeps the cross K/V (37 MB per window fp32) modest
         self.batch_windows = max(1, int(batch_windows))
         self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
