@@ -74,7 +74,7 @@ def _scripted_step(rows: list[np.ndarray], d: int = 4):
         n = tokens.shape[1]
         states = np.full((1, n, d), float(i), np.float32)
         grow = lambda a, axis: np.concatenate([a, np.zeros(a.shape[:axis] + (n,) + a.shape[axis + 1 :], a.dtype)], axis)  # noqa: E731
-        return states, rows[i][None], grow(past_k, 4), grow(past_v, 3)
+        return states, rows[i][None], [grow(k, 3) for k in past_k], [grow(v, 2) for v in past_v]
 
     return step, calls
 
@@ -93,7 +93,7 @@ def test_greedy_picks_language_applies_suppression_and_collects_one_state_per_st
             _logits([2, 9]),             # 2 is suppressed -> 9
             _logits([59, 9])]            # end of text
     step, calls = _scripted_step(rows)
-    empty_k, empty_v = np.zeros((1, 1, 1, 4, 0), np.float32), np.zeros((1, 1, 1, 0, 4), np.float32)
+    empty_k, empty_v = [np.zeros((1, 1, 4, 0), np.float32)], [np.zeros((1, 1, 0, 4), np.float32)]
     out = greedy_decode(step, None, None, TINY_VOCAB, empty_k, empty_v)
     assert out.language == 56
     assert calls[:2] == [[[60]], [[56, 61, 62]]]
@@ -103,8 +103,8 @@ def test_greedy_picks_language_applies_suppression_and_collects_one_state_per_st
 
 def test_greedy_stops_at_max_new_tokens():
     step, _ = _scripted_step([_logits([55])] + [_logits([7])] * 10)
-    out = greedy_decode(step, None, None, TINY_VOCAB, np.zeros((1, 1, 1, 4, 0), np.float32),
-                        np.zeros((1, 1, 1, 0, 4), np.float32), max_new_tokens=4)
+    out = greedy_decode(step, None, None, TINY_VOCAB, [np.zeros((1, 1, 4, 0), np.float32)],
+                        [np.zeros((1, 1, 0, 4), np.float32)], max_new_tokens=4)
     assert out.tokens == [7] * 4 and len(out.states) == 4
 
 
@@ -202,3 +202,92 @@ def test_lyrics_cli_keeps_order_marks_failures(tiny_lyrics, inputs, tmp_path, ca
 def test_lyrics_needs_a_lyrics_export(tiny_export, capsys):
     assert cli.main(["lyrics", "x.flac", "--model", str(tiny_export)]) == 2
     assert "no lyrics model" in capsys.readouterr().err
+
+
+def test_windows_decoded_together_equal_each_alone(tiny_lyrics, sample_clips):
+    out, ref, _, _ = tiny_lyrics
+    model = Lyrics.from_pretrained(out)
+    windows = np.concatenate([next(model.windows(str(c), str(c))) for c in sample_clips[:3]])
+    together = model.decode_windows(windows)
+    for i, got in enumerate(together):
+        alone = model.decode_windows(windows[i : i + 1])[0]
+        want = ref.decode_features(windows[i : i + 1], model.max_new_tokens)
+        assert got.tokens == alone.tokens == want.tokens and got.language == want.language
+        np.testing.assert_allclose(got.states, want.states, atol=1e-4)
+        np.testing.assert_allclose(got.states, alone.states, atol=1e-5)
+
+
+def test_decoder_graph_has_per_layer_caches(tiny_lyrics):
+    import onnx
+
+    out, ref, _, _ = tiny_lyrics
+    graph = onnx.load(str(out / "lyrics_decoder.onnx")).graph
+    names = [i.name for i in graph.input]
+    assert names[0] == "tokens" and "past_k_1" in names and "cross_v_1" in names and "cross_k" not in names
+    assert [o.name for o in graph.output][:3] == ["states", "logits", "present_k_0"]
+
+
+@pytest.fixture(scope="module")
+def quantized_lyrics(tiny_lyrics, tmp_path_factory, sample_clips):
+    from wavlink_edge.quantization.lyrics import quantize_lyrics
+
+    out = tmp_path_factory.mktemp("lyrics_q") / "export"
+    shutil.copytree(tiny_lyrics[0], out)
+    lines = []
+    # random tiny weights: the gates are for real models (measured on base), so this writes under them
+    written = quantize_lyrics(out, ["fp16", "int8"], force=True, log=lines.append, clips=sample_clips[:2])
+    return out, written, lines
+
+
+def test_quantized_lyrics_artifacts_are_listed_with_fidelity_and_serve(quantized_lyrics, sample_clips):
+    import onnx
+
+    out, written, lines = quantized_lyrics
+    manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
+    for precision in ("fp16", "int8"):
+        for tower in ("lyrics_encoder", "lyrics_decoder", "lyrics_head"):
+            entry = manifest[f"{tower}_{precision}.onnx"]
+            assert entry["precision"] == precision and entry["tower"] == tower and entry["source"]["file"] == f"{tower}.onnx"
+            fid = entry["fidelity"]
+            assert len(fid["clips"]) == 2 and {"differing_tokens", "embedding_cosine"} <= set(fid["clips"][0])
+            assert -1 <= fid["embedding_cosine_min"] <= fid["embedding_cosine_mean"] <= 1 + 1e-9
+    decoder16 = onnx.load(str(out / "lyrics_decoder_fp16.onnx")).graph
+    kinds = {i.name: i.type.tensor_type.elem_type for i in decoder16.input}
+    assert kinds["past_k_0"] == kinds["cross_v_1"] == onnx.TensorProto.FLOAT16 and kinds["tokens"] == onnx.TensorProto.INT64
+    ops = {n.op_type for n in onnx.load(str(out / "lyrics_decoder_int8.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    fp32 = Lyrics.from_pretrained(out).embed_lyrics([str(sample_clips[0])])[0]
+    for precision in ("fp16", "int8"):
+        model = Lyrics.from_pretrained(out, precision=precision)
+        got = model.embed_lyrics([str(sample_clips[0])])[0]
+        assert got.dtype == np.float32 and got.shape == fp32.shape
+        assert abs(np.linalg.norm(got) - 1) < 1e-3
+    assert any("wrote lyrics int8" in line for line in lines)
+
+
+def test_quantized_lyrics_under_the_gate_are_refused(tiny_lyrics, tmp_path, sample_clips, monkeypatch):
+    from wavlink_edge.quantization import lyrics as lq
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_lyrics[0], out)
+    monkeypatch.setattr(lq, "EMBEDDING_GATE", (1.5, 1.5))  # no cosine reaches it
+    with pytest.raises(lq.LyricsQuantizationError, match="int8"):
+        lq.quantize_lyrics(out, ["int8"], log=lambda _: None, clips=sample_clips[:1])
+    assert not any("_int8" in name for name in json.loads((out / "manifest.json").read_text())["artifacts"])
+    assert not list(out.glob("*int8*")) and not list(out.glob(".tmp-*"))
+
+
+def test_quantize_lyrics_leaves_exports_without_lyrics_alone(tiny_export):
+    from wavlink_edge.quantization.lyrics import quantize_lyrics
+
+    assert quantize_lyrics(tiny_export, ["int8"]) == {}
+
+
+def test_lyrics_cli_runs_the_chosen_precision(quantized_lyrics, sample_clips, tmp_path):
+    out, _, _ = quantized_lyrics
+    npy = tmp_path / "lyr8.npy"
+    assert cli.main(["lyrics", str(sample_clips[0]), "--model", str(out), "--precision", "int8", "--out", str(npy)]) == 0
+    header, _ = read_rows(tmp_path / "lyr8.npy.sources.jsonl")
+    assert header["precision"] == "int8"
+    np.testing.assert_allclose(np.load(npy)[0], Lyrics.from_pretrained(out, precision="int8").embed_lyrics(
+        [str(sample_clips[0])])[0], atol=1e-6)

@@ -75,10 +75,14 @@ class WhisperDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(dims) for _ in range(dims.n_layers))
         self.layer_norm = nn.LayerNorm(dims.d_model)
 
-    def cross_kv(self, audio_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys/values of every layer, computed once per 30 s chunk."""
+    def cross_kv_layers(self, audio_states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Cross-attention keys/values of every layer (one tensor each), computed once per 30 s chunk."""
         kvs = [layer.encoder_attn.keys_values(audio_states) for layer in self.layers]
-        return torch.stack([k for k, _ in kvs]), torch.stack([v for _, v in kvs])
+        return [k for k, _ in kvs], [v for _, v in kvs]
+
+    def cross_kv(self, audio_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ks, vs = self.cross_kv_layers(audio_states)
+        return torch.stack(ks), torch.stack(vs)
 
     def empty_cache(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         d, h, n = self.dims.d_model, self.dims.n_heads, self.dims.n_layers
@@ -86,8 +90,15 @@ class WhisperDecoder(nn.Module):
 
     def forward(self, tokens, past_k, past_v, cross_k, cross_v):
         """tokens [B, n] at positions past..past+n-1 -> (final-layer states [B, n, d], logits of the last
-        position [B, vocab], the self-attention cache extended by n)."""
-        n, offset = tokens.shape[1], past_k.shape[-1]
+        position [B, vocab], the self-attention cache extended by n). The caches are stacked over layers."""
+        states, logits, present_k, present_v = self.forward_layers(tokens, past_k, past_v, cross_k, cross_v)
+        return states, logits, torch.stack(present_k), torch.stack(present_v)
+
+    def forward_layers(self, tokens, past_k, past_v, cross_k, cross_v):
+        """`forward` with the caches as one tensor per layer (sequences indexed by layer; a stacked tensor
+        works too). The exported graph uses this form: with stacked inputs ONNX Runtime copies each
+        layer's slice of the cross K/V (37 MB for whisper-base) at every step."""
+        n, offset = tokens.shape[1], past_k[0].shape[-1]
         query_pos = torch.arange(n) + offset
         key_pos = torch.arange(offset + n)
         causal_bias = torch.where(key_pos[None, :] > query_pos[:, None], float("-inf"), 0.0)
@@ -102,7 +113,7 @@ class WhisperDecoder(nn.Module):
             present_v.append(v)
         states = self.layer_norm(x)
         logits = states[:, -1] @ table
-        return states, logits, torch.stack(present_k), torch.stack(present_v)
+        return states, logits, present_k, present_v
 
 
 def whisper_decoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -31,6 +31,9 @@ from wavlink_edge.runtime.arguments import add_model_option
 from wavlink_edge.runtime.manifest import sha256_file
 
 TOWERS = ("audio", "text")
+LYRICS_NOT_TENSORRT = ("the lyrics graphs get no TensorRT engine: the decoder step is called once per token with a "
+                       "self-attention cache one longer each call, bound in place by ORT IO binding; run them with "
+                       "Lyrics.from_pretrained(EXPORT, providers=['CUDAExecutionProvider'], precision='fp16') (docs/wealy.md)")
 WORKSPACE_MIB = 4096
 
 
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = a.cache_dir or a.export_dir / "trt_cache"
     seq = a.seq or tb.DEFAULT_TEXT_SEQ
     try:
+        if any(t.strip().startswith("lyrics") for t in a.tower.split(",")):
+            raise ValueError(LYRICS_NOT_TENSORRT)
         if a.dry_run:
             trt_version, cc = a.trt_version or "10.3.0", a.compute_capability or "8.7"
         else:

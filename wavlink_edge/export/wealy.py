@@ -24,7 +24,7 @@ from torch import nn
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import SAMPLES_DIR
 from wavlink_edge.runtime.features import log_mel_spectrogram
-from wavlink_edge.runtime.lyrics import CONFIG_FILE, Decoded, OrtStep, WhisperVocab, greedy_decode
+from wavlink_edge.runtime.lyrics import CONFIG_FILE, Decoded, OrtDecoder, WhisperVocab, greedy_decode_batch
 from wavlink_edge.runtime.manifest import Manifest
 from wavlink_edge.runtime.session import OnnxSession
 
@@ -138,6 +138,50 @@ class LyricsEncoder(nn.Module):
         return self.decoder.cross_kv(self.tower.frame_states(input_features))
 
 
+class _EncoderGraph(nn.Module):
+    """The exported encoder: one cross_k_i / cross_v_i output per decoder layer."""
+
+    def __init__(self, encoder: LyricsEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_features: torch.Tensor):
+        ks, vs = self.encoder.decoder.cross_kv_layers(self.encoder.tower.frame_states(input_features))
+        return (*ks, *vs)
+
+
+def name_like_audio_tower(path: Path) -> None:
+    """Rename the encoder layers' nodes /layers.N/... to /audio/layers.N/..., the audio tower graph's names
+    (the tracer drops the scope of a method call), so the audio INT8 recipe's graph passes (attention
+    fusion, per-token int8: quantization/graph.py) find them. Names only; the computation is unchanged."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        if node.name.startswith("/layers."):
+            node.name = "/audio" + node.name
+    onnx.save(model, str(path))
+
+
+class _DecoderGraph(nn.Module):
+    """The exported decoder step: tokens, then past_k_i, past_v_i, cross_k_i, cross_v_i per layer ->
+    states, logits, present_k_i, present_v_i. Per-layer tensors, so no step slices a stacked cache."""
+
+    def __init__(self, decoder: WhisperDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens, *caches):
+        n = self.decoder.dims.n_layers
+        past_k, past_v, cross_k, cross_v = (caches[j * n : (j + 1) * n] for j in range(4))
+        states, logits, present_k, present_v = self.decoder.forward_layers(tokens, past_k, past_v, cross_k, cross_v)
+        return (states, logits, *present_k, *present_v)
+
+
+def layer_names(prefix: str, n_layers: int) -> list[str]:
+    return [f"{prefix}_{i}" for i in range(n_layers)]
+
+
 class TorchStep:
     """The PyTorch decoder as a runtime `Step`, so reference and ORT run the very same greedy loop."""
 
@@ -146,8 +190,12 @@ class TorchStep:
 
     @torch.no_grad()
     def __call__(self, tokens, past_k, past_v, cross_k, cross_v):
-        out = self.decoder(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (tokens, past_k, past_v, cross_k, cross_v)))
-        return tuple(o.numpy() for o in out)
+        def tensors(layers):
+            return [torch.from_numpy(np.ascontiguousarray(a)) for a in layers]
+
+        states, logits, k, v = self.decoder.forward_layers(torch.from_numpy(tokens), tensors(past_k), tensors(past_v),
+                                                           tensors(cross_k), tensors(cross_v))
+        return states.numpy(), logits.numpy(), [t.numpy() for t in k], [t.numpy() for t in v]
 
 
 @dataclass
@@ -157,14 +205,20 @@ class LyricsReference:
     vocab: WhisperVocab
     tokenizer_json: Path | None
 
-    def empty_cache(self) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(t.numpy() for t in self.decoder.empty_cache(1))
+    def empty_cache(self, batch: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-layer empty caches (the runtime's layout)."""
+        k, v = self.decoder.empty_cache(batch)
+        return list(k.numpy()), list(v.numpy())
 
     @torch.no_grad()
     def decode_features(self, features: np.ndarray, max_new_tokens: int = MAX_NEW_TOKENS) -> Decoded:
+        return self.decode_batch(features[:1], max_new_tokens)[0]
+
+    @torch.no_grad()
+    def decode_batch(self, features: np.ndarray, max_new_tokens: int = MAX_NEW_TOKENS) -> list[Decoded]:
         cross_k, cross_v = self.encoder(torch.from_numpy(np.ascontiguousarray(features, np.float32)))
-        return greedy_decode(TorchStep(self.decoder), cross_k.numpy(), cross_v.numpy(), self.vocab,
-                             *self.empty_cache(), max_new_tokens)
+        return greedy_decode_batch(TorchStep(self.decoder), list(cross_k.numpy()), list(cross_v.numpy()), self.vocab,
+                                   *self.empty_cache(len(features)), max_new_tokens)
 
 
 def whisper_vocab(ct2_config: dict, tokenizer_json: dict) -> WhisperVocab:
@@ -207,28 +261,35 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, o
 def export_graphs(ref: LyricsReference, head: WealyHead, out_dir: Path, opset: int = 17) -> dict[str, Path]:
     out_dir = Path(out_dir)
     n_mels = ref.encoder.tower.dims.n_mels
+    n_layers = ref.decoder.dims.n_layers
     mel = torch.zeros(2, n_mels, 2 * ref.encoder.tower.dims.n_ctx)
     prompt = torch.tensor([[ref.vocab.sot, ref.vocab.transcribe]] * 2)
     with torch.no_grad():
-        cross_k, cross_v = ref.encoder(mel)
-        past_k, past_v = ref.decoder(prompt, *ref.decoder.empty_cache(2), cross_k, cross_v)[2:]
-    kv_axes = {"past_k": {1: "batch", 4: "past"}, "past_v": {1: "batch", 3: "past"},
-               "present_k": {1: "batch", 4: "total"}, "present_v": {1: "batch", 3: "total"},
-               "cross_k": {1: "batch"}, "cross_v": {1: "batch"}}
+        cross_k, cross_v = ref.decoder.cross_kv_layers(ref.encoder.tower.frame_states(mel))
+        past_k, past_v = ref.decoder.forward_layers(prompt, *(list(t) for t in ref.decoder.empty_cache(2)),
+                                                    cross_k, cross_v)[2:]
+    names = {kind: layer_names(kind, n_layers) for kind in ("past_k", "past_v", "cross_k", "cross_v",
+                                                           "present_k", "present_v")}
+    # per layer: k [B, h, d_head, T], v [B, h, T, d_head]
+    axes = {name: {0: "batch", 3 if kind.endswith("k") else 2: ("past" if kind.startswith("past") else "total")}
+            for kind in ("past_k", "past_v", "present_k", "present_v") for name in names[kind]}
+    axes.update({name: {0: "batch"} for kind in ("cross_k", "cross_v") for name in names[kind]})
+    cross_names = names["cross_k"] + names["cross_v"]
     with torch.no_grad():
         paths = {
-            "lyrics_encoder": _export(ref.encoder, (mel,), out_dir / "lyrics_encoder.onnx", ["input_features"],
-                                      ["cross_k", "cross_v"], {"input_features": {0: "batch"}, "cross_k": {1: "batch"},
-                                                               "cross_v": {1: "batch"}}, opset),
-            "lyrics_decoder": _export(ref.decoder, (prompt, past_k, past_v, cross_k, cross_v),
+            "lyrics_encoder": _export(_EncoderGraph(ref.encoder), (mel,), out_dir / "lyrics_encoder.onnx",
+                                      ["input_features"], cross_names,
+                                      {"input_features": {0: "batch"}, **{n: {0: "batch"} for n in cross_names}}, opset),
+            "lyrics_decoder": _export(_DecoderGraph(ref.decoder), (prompt, *past_k, *past_v, *cross_k, *cross_v),
                                       out_dir / "lyrics_decoder.onnx",
-                                      ["tokens", "past_k", "past_v", "cross_k", "cross_v"],
-                                      ["states", "logits", "present_k", "present_v"],
+                                      ["tokens", *names["past_k"], *names["past_v"], *cross_names],
+                                      ["states", "logits", *names["present_k"], *names["present_v"]],
                                       {"tokens": {0: "batch", 1: "tokens"}, "states": {0: "batch", 1: "tokens"},
-                                       "logits": {0: "batch"}, **kv_axes}, opset),
+                                       "logits": {0: "batch"}, **axes}, opset),
             "lyrics_head": _export(head.eval(), (torch.randn(2, 7, head.dims.d_in),), out_dir / "lyrics_head.onnx",
                                    ["states"], ["embedding"], {"states": {0: "batch", 1: "tokens"}}, opset),
         }
+    name_like_audio_tower(paths["lyrics_encoder"])
     return paths
 
 
@@ -247,12 +308,11 @@ def validate(ref: LyricsReference, head: WealyHead, sessions: dict[str, OnnxSess
              clips: list[tuple[str, np.ndarray]], max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """ORT greedy decoding vs PyTorch greedy decoding on each clip: tokens must match and states agree."""
 
+    decoder = OrtDecoder(sessions["lyrics_encoder"], sessions["lyrics_decoder"], ref.vocab)
     figures = {"clips": [], "state_cosine_min": 1.0, "state_max_abs": 0.0, "head_cosine_min": 1.0}
     for name, features in clips:
         expected = ref.decode_features(features, max_new_tokens)
-        cross_k, cross_v = sessions["lyrics_encoder"].run_all({"input_features": features})
-        got = greedy_decode(OrtStep(sessions["lyrics_decoder"]), cross_k, cross_v, ref.vocab, *ref.empty_cache(),
-                            max_new_tokens)
+        got = decoder.decode(features, max_new_tokens)[0]
         if got.tokens != expected.tokens or got.language != expected.language:
             raise RuntimeError(f"lyrics decoder: ORT and PyTorch greedy tokens differ on {name}: "
                                f"{got.tokens[:12]} vs {expected.tokens[:12]}")
@@ -291,6 +351,7 @@ def export_lyrics(export_dir: str | Path, ref: LyricsReference, head: WealyHead,
     config = {"model_type": "wealy", "heads": heads, "embed_dim": head.dims.embed_dim,
               "head": asdict(head.dims), "decoder": {"n_layers": dims.n_layers, "n_heads": dims.n_heads,
                                                      "d_model": dims.d_model, "n_vocab": dims.n_vocab},
+              "encoder": {"n_heads": ref.encoder.tower.dims.n_heads},
               "vocab": asdict(ref.vocab), "max_chunks": MAX_CHUNKS, "max_new_tokens": max_new_tokens,
               "training": {k: v for k, v in (meta or {}).items() if k != "dims"}}
     manifest = Manifest.load(export_dir)

@@ -503,8 +503,15 @@ def quantize_export(export_dir, precisions, calibration_dir=None, calibration_me
     if eval_dir is not None and not Path(eval_dir).is_dir():
         raise QuantizationError(f"--eval-dir {eval_dir}: not a directory")
     with exclusive_lock(export_dir.absolute(), f"the export {export_dir}"):  # the lock export/to_onnx.py takes
-        return _quantize_locked(export_dir, precisions, calibration_dir, calibration_method, force, towers, static_set,
-                                calibration_limit, eval_dir, eval_limit, log, fast, int8_variants)
+        results = _quantize_locked(export_dir, precisions, calibration_dir, calibration_method, force, towers, static_set,
+                                   calibration_limit, eval_dir, eval_limit, log, fast, int8_variants)
+        from wavlink_edge.quantization.lyrics import LyricsQuantizationError, quantize_lyrics
+
+        try:  # an export written with --lyrics: its lyrics graphs too (quantization/lyrics.py)
+            results.update(quantize_lyrics(export_dir, precisions, force=force, log=log, fast=fast))
+        except LyricsQuantizationError as exc:
+            raise QuantizationError(str(exc)) from None
+        return results
 
 
 def _quantize_locked(export_dir: Path, precisions, calibration_dir, calibration_method, force, towers, static_set,

@@ -438,6 +438,8 @@ def add_lyrics_parser(commands) -> None:
     lyrics = commands.add_parser("lyrics", help="WEALY lyrics embeddings of audio files (export written with --lyrics)")
     lyrics.add_argument("paths", nargs="+", help="audio files or directories (recursive); the first 5 minutes are decoded")
     lyrics.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help=f"export directory (default {DEFAULT_MODEL_DIR})")
+    lyrics.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="lyrics graphs to run (fp16 / int8 when the quantization step wrote them; docs/wealy.md)")
     lyrics.add_argument("--verbose", "-v", action="store_true")
     _add_output_options(lyrics, 1)
     lyrics.set_defaults(handler=cmd_lyrics)
@@ -452,9 +454,9 @@ def cmd_lyrics(args: argparse.Namespace) -> int:
 
     def load():
         _check_model_dir(args.model)
-        model = Lyrics.from_pretrained(args.model)
+        model = Lyrics.from_pretrained(args.model, precision=args.precision)
         embed = lambda paths: ((r.source, r.embedding, r.error) for r in model.iter_embed_lyrics(paths))  # noqa: E731
-        return model.dim, _header(model.manifest, model.digest, model.dim, "lyrics", "fp32"), embed
+        return model.dim, _header(model.manifest, model.digest, model.dim, "lyrics", args.precision), embed
 
     return _embed_files(args, sources, load)
 

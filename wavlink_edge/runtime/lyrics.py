@@ -7,6 +7,9 @@ cache (`lyrics_decoder.onnx`, one token per step) -> the final decoder layer's s
 step, concatenated over windows -> `lyrics_head.onnx` (projection, 4 transformer blocks, GeM, linear) ->
 L2-normalised embedding.
 
+The greedy rules are CTranslate2's (what faster-whisper runs) with beam_size=1: the model's suppress
+list at every step, blank and end-of-text suppressed at the first step.
+
 Whisper decodes silence, or a clip too short to hold a word, as "you" / "Thank you." with full
 confidence; an embedding of that says nothing of the item. So a window whose RMS is below
 ``SILENCE_DBFS`` (an energy floor: digital silence and near-silence) is not decoded, and an item is
@@ -40,6 +43,7 @@ from wavlink_edge.runtime.vectors import normalize, similarity
 log = logging.getLogger("wavlink_edge.runtime")
 
 CONFIG_FILE = "lyrics.json"
+TOWERS = ("lyrics_encoder", "lyrics_decoder", "lyrics_head")
 # Under this RMS level a window is silence (digital silence is -inf; a quiet room recording sits near -50).
 SILENCE_DBFS = -60.0
 # Whisper needs a word's worth of audio; below this the decoder's text is its prior ("you"), not the clip.
@@ -50,10 +54,10 @@ MIN_SECONDS = 0.5
 # with an instrumental passage keeps all its windows and its embedding.
 NO_SPEECH_THRESHOLD = 0.6
 NO_SPEECH_TOKENS = ("<|nocaptions|>", "<|nospeech|>")  # Whisper's name for it before and after large-v3
-TOWERS = ("lyrics_encoder", "lyrics_decoder", "lyrics_head")
-# Step = (tokens [1, n], past k, past v, cross k, cross v) -> (states [1, n, d], logits [1, V], k, v)
-Step = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-                tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+# Step = (tokens [B, n], past k, past v, cross k, cross v) -> (states [B, n, d], logits [B, V], present k, v).
+# The caches are per-layer sequences (k [B, h, d_head, T], v [B, h, T, d_head]) that the loop only passes
+# back: a step may hold them as OrtValues (no copy through numpy) or on a GPU.
+Step = Callable[[np.ndarray, Sequence, Sequence, Sequence, Sequence], tuple[np.ndarray, np.ndarray, Sequence, Sequence]]
 
 
 @dataclass(frozen=True)
@@ -84,38 +88,63 @@ class Decoded:
     no_speech_prob: float | None = None  # softmax at the first step of the no-speech token, when asked for
 
 
-def greedy_decode(step: Step, cross_k: np.ndarray, cross_v: np.ndarray, vocab: WhisperVocab,
-                  past_k: np.ndarray, past_v: np.ndarray, max_new_tokens: int = 224,
-                  no_speech_id: int | None = None) -> Decoded:
-    """Greedy decoding of one window; `past_k`/`past_v` are the empty caches ([L, 1, h, d_head, 0] and
-    [L, 1, h, 0, d_head]). The step that predicts end-of-text contributes its state, so silence still
-    yields one state. ``no_speech_id``: Whisper's <|nocaptions|> token, whose probability after
-    <|startoftranscript|> is its no-speech probability (as openai-whisper and faster-whisper read it)."""
-    _, logits, past_k, past_v = step(np.array([[vocab.sot]], np.int64), past_k, past_v, cross_k, cross_v)
-    no_speech_prob = None
+def suppression_masks(vocab: WhisperVocab, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Additive masks (0 or -inf, [n_vocab]) for the first step and for every later one: adding a mask
+    and taking the argmax picks the same token as setting the suppressed scores to -inf, without a
+    per-step copy and fancy-indexed write of the whole vocabulary."""
+    always = np.zeros(n_vocab, np.float32)
+    always[list(vocab.suppress)] = -np.inf
+    first = always.copy()
+    first[list(vocab.suppress_begin)] = -np.inf
+    return first, always
+
+
+def greedy_decode_batch(step: Step, cross_k, cross_v, vocab: WhisperVocab, past_k: np.ndarray, past_v: np.ndarray,
+                        max_new_tokens: int = 224, no_speech_id: int | None = None) -> list[Decoded]:
+    """Greedy decoding of B windows together (one decoder call per step for all of them: its weights
+    are read once per step, not once per window). `past_k`/`past_v` are the empty caches
+    ([L, B, h, d_head, 0] and [L, B, h, 0, d_head]); the caches and cross K/V the step returns are passed
+    back untouched, so a step may keep them as device-side values. A window that reached end-of-text
+    rides along on end-of-text tokens until the last one ends; its results are already final (every row
+    of the decoder is computed independently of the others). ``no_speech_id``: Whisper's <|nocaptions|>
+    token, whose probability after <|startoftranscript|> is its no-speech probability (as openai-whisper
+    and faster-whisper read it)."""
+    batch = len(past_k[0])  # per layer [B, h, d_head, 0]
+    _, logits, past_k, past_v = step(np.full((batch, 1), vocab.sot, np.int64), past_k, past_v, cross_k, cross_v)
+    no_speech = [None] * batch
     if no_speech_id is not None:
-        first = logits[0].astype(np.float64)
-        no_speech_prob = float(np.exp(first[no_speech_id] - first.max()) / np.exp(first - first.max()).sum())
+        first = logits.astype(np.float64)
+        first -= first.max(axis=1, keepdims=True)
+        no_speech = list(np.exp(first[:, no_speech_id]) / np.exp(first).sum(axis=1))
     lang_ids = np.asarray(vocab.lang_ids)
-    language = int(lang_ids[np.argmax(logits[0, lang_ids])])
-    prompt = np.array([[language, vocab.transcribe, vocab.no_timestamps]], np.int64)
-    states, logits, past_k, past_v = step(prompt, past_k, past_v, cross_k, cross_v)
-    suppress, suppress_begin = list(vocab.suppress), list(vocab.suppress_begin)
-    tokens, collected = [], [states[0, -1]]
+    languages = lang_ids[np.argmax(logits[:, lang_ids], axis=1)]
+    prompt = np.stack([languages, np.full(batch, vocab.transcribe), np.full(batch, vocab.no_timestamps)], 1)
+    states, logits, past_k, past_v = step(prompt.astype(np.int64), past_k, past_v, cross_k, cross_v)
+    first, always = suppression_masks(vocab, logits.shape[-1])
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    collected = [[states[b, -1]] for b in range(batch)]
+    running = np.ones(batch, bool)
     for i in range(max_new_tokens):
-        scores = logits[0].astype(np.float32, copy=True)
-        scores[suppress] = -np.inf
-        if i == 0:
-            scores[suppress_begin] = -np.inf
-        token = int(np.argmax(scores))
-        if token == vocab.eot:
+        chosen = np.argmax(logits + (first if i == 0 else always), axis=1)
+        running &= chosen != vocab.eot
+        for b in np.flatnonzero(running):
+            tokens[b].append(int(chosen[b]))
+        if not running.any() or i + 1 == max_new_tokens:
             break
-        tokens.append(token)
-        if i + 1 == max_new_tokens:
-            break
-        states, logits, past_k, past_v = step(np.array([[token]], np.int64), past_k, past_v, cross_k, cross_v)
-        collected.append(states[0, -1])
-    return Decoded(language, tokens, np.stack(collected).astype(np.float32), no_speech_prob)
+        feed = np.where(running, chosen, vocab.eot).astype(np.int64)[:, None]
+        states, logits, past_k, past_v = step(feed, past_k, past_v, cross_k, cross_v)
+        for b in np.flatnonzero(running):
+            collected[b].append(states[b, -1])
+    return [Decoded(int(languages[b]), tokens[b], np.stack(collected[b]).astype(np.float32),
+                    None if no_speech[b] is None else float(no_speech[b])) for b in range(batch)]
+
+
+def greedy_decode(step: Step, cross_k, cross_v, vocab: WhisperVocab, past_k: np.ndarray, past_v: np.ndarray,
+                  max_new_tokens: int = 224, no_speech_id: int | None = None) -> Decoded:
+    """Greedy decoding of one window; `past_k`/`past_v` are the empty per-layer caches ([1, h, d_head, 0]
+    and [1, h, 0, d_head] each). The step that predicts end-of-text contributes its state, so silence still
+    yields one state."""
+    return greedy_decode_batch(step, cross_k, cross_v, vocab, past_k, past_v, max_new_tokens, no_speech_id)[0]
 
 
 @dataclass(frozen=True)
@@ -135,53 +164,135 @@ class LyricsResult:
         return self.error is None
 
 
-class OrtStep:
-    """The decoder session as a `Step`."""
+def _device_of(session) -> str:
+    """Where the step keeps its caches: on the GPU when the session runs there (CUDA), else in host memory."""
+    return "cuda" if "CUDAExecutionProvider" in getattr(session, "providers", ()) else "cpu"
 
-    def __init__(self, session):
-        self.session = session
+
+def _bind_input(binding, name: str, value) -> None:
+    if isinstance(value, np.ndarray):
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    else:  # an OrtValue a previous call left where it was computed
+        binding.bind_ortvalue_input(name, value)
+
+
+def run_bound(session, feeds: dict, kept: Sequence[str], device: str = "cpu") -> list:
+    """One run of an `OnnxSession` with IO binding: the outputs named in `kept` stay OrtValues on
+    `device` (no copy into numpy; fed back as they are), the others come back as numpy arrays."""
+    ort_session = session._session  # the raw onnxruntime session: IO binding is not part of `Session`
+    binding = ort_session.io_binding()
+    for name, value in feeds.items():
+        _bind_input(binding, name, value)
+    names = [o.name for o in ort_session.get_outputs()]
+    for name in names:
+        binding.bind_output(name, device if name in kept else "cpu")
+    ort_session.run_with_iobinding(binding)
+    return [value if name in kept else value.numpy() for name, value in zip(names, binding.get_outputs())]
+
+
+class OrtStep:
+    """The decoder session as a `Step` over per-layer caches (lists of past_k_i, past_v_i, cross_k_i,
+    cross_v_i). The caches it returns, and the cross K/V `OrtDecoder` gives it, are OrtValues bound from
+    one call to the next without a round trip through numpy (on CUDA they never leave the GPU); only the
+    states and logits are copied out."""
+
+    def __init__(self, session, n_layers: int):
+        self.session, self.n_layers = session, n_layers
+        self.device = _device_of(session)
+        self._kept = tuple(f"present_{kind}_{i}" for kind in "kv" for i in range(n_layers))
 
     def __call__(self, tokens, past_k, past_v, cross_k, cross_v):
-        return tuple(self.session.run_all({"tokens": tokens, "past_k": past_k, "past_v": past_v,
-                                           "cross_k": cross_k, "cross_v": cross_v}))
+        feeds = {"tokens": tokens}
+        for kind, values in (("past_k", past_k), ("past_v", past_v), ("cross_k", cross_k), ("cross_v", cross_v)):
+            feeds.update({f"{kind}_{i}": value for i, value in enumerate(values)})
+        out = run_bound(self.session, feeds, self._kept, self.device)
+        n = self.n_layers
+        return out[0], out[1], out[2 : 2 + n], out[2 + n : 2 + 2 * n]
+
+
+def _float_type(session, name: str):
+    """numpy dtype of a float input (float16 in the fp16 artifacts, whose caches are fp16 too)."""
+    kind = next(i.type for i in session._session.get_inputs() if i.name == name)
+    return np.float16 if kind == "tensor(float16)" else np.float32
+
+
+class OrtDecoder:
+    """The lyrics encoder and decoder-step sessions: windows -> greedy `Decoded`, several windows at once."""
+
+    def __init__(self, encoder, decoder, vocab: WhisperVocab):
+        self.encoder, self.vocab = encoder, vocab
+        names = [i.name for i in decoder._session.get_inputs()]
+        if "cross_k_0" not in names:
+            raise ModelFilesError("the lyrics decoder graph takes stacked caches (an export older than the per-layer "
+                                  "layout): re-export with `python export/to_onnx.py --size base --lyrics`")
+        self.n_layers = sum(name.startswith("past_k_") for name in names)
+        shape = next(i.shape for i in decoder._session.get_inputs() if i.name == "past_k_0")  # [B, h, d_head, T]
+        self.heads, self.d_head = int(shape[1]), int(shape[2])
+        self.step = OrtStep(decoder, self.n_layers)
+        self.feature_type = _float_type(encoder, "input_features")
+        self.cache_type = _float_type(decoder, "past_k_0")
+        self._cross = [o.name for o in encoder._session.get_outputs()]
+
+    def empty_cache(self, batch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Empty per-layer self-attention caches for `batch` windows, in the decoder artifact's precision."""
+        k = np.zeros((batch, self.heads, self.d_head, 0), self.cache_type)
+        v = np.zeros((batch, self.heads, 0, self.d_head), self.cache_type)
+        return [k] * self.n_layers, [v] * self.n_layers
+
+    def cross(self, features: np.ndarray) -> tuple[list, list]:
+        """Windows [B, n_mels, frames] -> per-layer cross K/V, left where the encoder computed them."""
+        feeds = {"input_features": np.ascontiguousarray(features, self.feature_type)}
+        out = run_bound(self.encoder, feeds, self._cross, self.step.device)
+        return out[: self.n_layers], out[self.n_layers :]
+
+    def decode(self, features: np.ndarray, max_new_tokens: int, no_speech_id: int | None = None) -> list[Decoded]:
+        """Windows [B, n_mels, frames] -> one `Decoded` each: encoded in one call, decoded together."""
+        return greedy_decode_batch(self.step, *self.cross(features), self.vocab, *self.empty_cache(len(features)),
+                                   max_new_tokens, no_speech_id)
 
 
 class Lyrics:
     """WEALY lyrics embeddings from an export written with `export/to_onnx.py --lyrics`."""
 
-    def __init__(self, manifest: Manifest, sessions: dict, config: dict, tokenizer=None):
+    def __init__(self, manifest: Manifest, sessions: dict, config: dict, tokenizer=None, precision: str = "fp32",
+                 batch_windows: int = 4):
         self.manifest = manifest
         self.config = config
         self.vocab = WhisperVocab.from_dict(config["vocab"])
         self.encoder, self.head = sessions["lyrics_encoder"], sessions["lyrics_head"]
-        self.step: Step = OrtStep(sessions["lyrics_decoder"])
+        self.precision = precision
+        self.decoder = OrtDecoder(self.encoder, sessions["lyrics_decoder"], self.vocab)
+        self.step: Step = self.decoder.step
+        self._state_type = _float_type(self.head, "states")
         self.tokenizer = tokenizer
         self.dim = int(config["embed_dim"])
         self.max_chunks = int(config["max_chunks"])
         self.max_new_tokens = int(config["max_new_tokens"])
-        layers, heads, d_model = (int(config["decoder"][k]) for k in ("n_layers", "n_heads", "d_model"))
-        self.empty_cache = (np.zeros((layers, 1, heads, d_model // heads, 0), np.float32),
-                       np.zeros((layers, 1, heads, 0, d_model // heads), np.float32))
+        self.empty_cache = self.decoder.empty_cache(1)  # one window's empty per-layer caches
+        # windows of one item decoded together; 4 keeps the cross K/V (37 MB per window fp32) modest
+        self.batch_windows = max(1, int(batch_windows))
         self.n_mels, self.max_frames = manifest.model.n_mels, manifest.model.max_frames  # 3000: Whisper's 30 s
         self.heads = config.get("heads", "untrained")
         self.no_speech_id = next((tokenizer.token_to_id(t) for t in NO_SPEECH_TOKENS
                                   if tokenizer is not None and tokenizer.token_to_id(t) is not None), None)
-        self.digest = artifacts_digest([manifest.find_artifact(tower, "fp32") for tower in TOWERS],
+        self.digest = artifacts_digest([manifest.find_artifact(tower, precision) for tower in TOWERS],
                                        f"{CONFIG_FILE}:{manifest.files[CONFIG_FILE]['sha256']}")
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, providers: Sequence[ProviderSpec] | None = None,
-                        threads: int | None = None) -> Lyrics:
-        """Open the lyrics artifacts of an export (fp32), each size- and sha256-checked first."""
+                        threads: int | None = None, precision: str = "fp32", batch_windows: int = 4) -> Lyrics:
+        """Open the lyrics artifacts of an export, each size- and sha256-checked first. `precision`: fp32,
+        or fp16 / int8 when the quantization step wrote them (`quantization/lyrics.py`; fp16 is for GPUs:
+        on a CPU it runs, slower than fp32)."""
         manifest = Manifest.load(export_dir)
         if CONFIG_FILE not in manifest.files:
             raise ModelFilesError(f"{manifest.export_dir} has no lyrics model: write one with "
                                   "`python export/to_onnx.py --size base --lyrics`")
         config = json.loads(manifest.read_verified(CONFIG_FILE).decode("utf-8"))
-        chosen = choose_providers(providers, "fp32", trt_cache_dir(manifest.export_dir))
+        chosen = choose_providers(providers, precision, trt_cache_dir(manifest.export_dir))
         chosen = [p for p in chosen if p != "TensorrtExecutionProvider"] or [CPU_EP]  # dynamic KV shapes
-        sessions = {tower: open_session("onnxruntime", manifest, manifest.find_artifact(tower, "fp32"), chosen, threads)
-                    for tower in TOWERS}
+        sessions = {tower: open_session("onnxruntime", manifest, manifest.find_artifact(tower, precision), chosen,
+                                        threads) for tower in TOWERS}
         tokenizer = None
         if "whisper_tokenizer.json" in manifest.files:
             from tokenizers import Tokenizer
@@ -190,7 +301,7 @@ class Lyrics:
         if config.get("heads") != "trained":
             log.warning("%s: the lyrics head is untrained: embeddings are not meaningful for matching",
                         manifest.model.name)
-        return cls(manifest, sessions, config, tokenizer)
+        return cls(manifest, sessions, config, tokenizer, precision, batch_windows)
 
     # -- decoding ----------------------------------------------------------------------------------
 
@@ -210,16 +321,30 @@ class Lyrics:
     def _features(self, samples: np.ndarray) -> np.ndarray:
         return clip_features(samples, self.n_mels, "pad")[None, :, : self.max_frames]
 
+    def decode_windows(self, features: np.ndarray) -> list[Decoded]:
+        """Windows [B, n_mels, frames] -> one `Decoded` each, decoded together."""
+        return self.decoder.decode(features, self.max_new_tokens, self.no_speech_id)
+
+    def _decode_batched(self, features: Iterable[np.ndarray]) -> list[Decoded]:
+        """Windows [1, n_mels, frames] each, decoded `batch_windows` at a time, in order."""
+        decoded, pending = [], []
+        for window in features:
+            pending.append(window)
+            if len(pending) == self.batch_windows:
+                decoded += self.decode_windows(np.concatenate(pending))
+                pending = []
+        if pending:
+            decoded += self.decode_windows(np.concatenate(pending))
+        return decoded
+
     def decode_window(self, features: np.ndarray) -> Decoded:
-        cross_k, cross_v = self.encoder.run_all({"input_features": np.ascontiguousarray(features, np.float32)})
-        return greedy_decode(self.step, cross_k, cross_v, self.vocab, *self.empty_cache, self.max_new_tokens,
-                             self.no_speech_id)
+        return self.decode_windows(features[:1])[0]
 
     def decode(self, item: AudioInput, source: str | None = None) -> list[Decoded]:
         """Every window decoded, as it is (silence and non-speech included: what training caches read);
         ``iter_embed_lyrics`` is the checked path."""
         source = source or describe_source(item, 0)
-        decoded = [self.decode_window(self._features(samples)) for samples in self._window_samples(item, source)]
+        decoded = self._decode_batched(self.windows(item, source))
         if not decoded:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
         return decoded
@@ -227,13 +352,18 @@ class Lyrics:
     def _decode_speech(self, item: AudioInput, source: str) -> tuple[list[Decoded], int]:
         """The non-silent windows decoded, and how many were silent; raises AudioInputError for a clip too
         short, or with no speech (every window silent, or above the no-speech threshold)."""
-        decoded, silent, samples_seen = [], 0, 0
-        for samples in self._window_samples(item, source):
-            samples_seen += samples.size
-            if rms_dbfs(samples) < SILENCE_DBFS:
-                silent += 1
-                continue
-            decoded.append(self.decode_window(self._features(samples)))
+        counts = {"silent": 0, "samples": 0}
+
+        def speech_windows() -> Iterator[np.ndarray]:
+            for samples in self._window_samples(item, source):
+                counts["samples"] += samples.size
+                if rms_dbfs(samples) < SILENCE_DBFS:
+                    counts["silent"] += 1
+                    continue
+                yield self._features(samples)
+
+        decoded = self._decode_batched(speech_windows())
+        silent, samples_seen = counts["silent"], counts["samples"]
         if samples_seen == 0:
             raise AudioInputError(f"{source}: no audio left after resampling to {SAMPLE_RATE} Hz (too short)")
         if samples_seen < MIN_SECONDS * SAMPLE_RATE:
@@ -256,7 +386,8 @@ class Lyrics:
 
     def embed_states(self, states: np.ndarray) -> np.ndarray:
         """Decoder states [m, d] -> normalised embedding [dim]."""
-        return normalize(self.head.run({"states": np.ascontiguousarray(states[None], np.float32)}))[0]
+        feed = np.ascontiguousarray(states[None], self._state_type)
+        return normalize(self.head.run({"states": feed}).astype(np.float32))[0]
 
     # -- public API --------------------------------------------------------------------------------
 
