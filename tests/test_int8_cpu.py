@@ -94,7 +94,6 @@ def test_vpmaddubsw_emulation_saturates_8_bit_weights_and_not_7_bit():
 
 def test_shipped_audio_int8_weights_cannot_saturate_without_vnni(tiny_export):
     from wavlink_edge.quantization import graph
-
     from wavlink_edge.quantization import quantize as q
 
     model = _blockwise(tiny_export, q.AUDIO_WEIGHT_BITS)
@@ -152,13 +151,14 @@ def test_audio_gate_needs_the_target_for_each_clip_policy():
     assert q.gate(short, "int8", "text")[1]  # text keeps the mean-only 0.99 gate
 
 
-def test_gate_refuses_a_below_target_audio_int8_and_force_marks_it(tiny_export, tmp_path, monkeypatch):
+def test_gate_refuses_a_below_target_audio_int8_and_force_marks_it(base_export, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     from wavlink_edge.quantization import quantize as q
 
-    out = shutil.copytree(tiny_export, tmp_path / "export")
+    out = shutil.copytree(base_export, tmp_path / "export")
     monkeypatch.setattr(q, "AUDIO_DYNAMIC_TARGET", (0.995, 1.01))  # a min cosine over 1 cannot be reached
     monkeypatch.setattr(q, "AUDIO_DYNAMIC_LADDER", ("blockwise_int8",))
+    monkeypatch.setattr(q, "AUDIO_DYNAMIC_BUILDS", (("audio_int8_dynamic.onnx", 8, ("vnni", "arm_dotprod")),))
     args = dict(towers=("audio",), int8_variants=("dynamic",), fast=True, log=lambda *_: None)
     with pytest.raises(q.QuantizationError, match="audio_int8_dynamic.onnx"):
         q.quantize_export(out, ["int8"], **args)

@@ -61,9 +61,17 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
 # gate measured here holds on every CPU. AUDIO_DYNAMIC_TARGET is the gate of the audio artifacts (mean
 # and min cosine at every dim, met by each clip policy on its own): under it nothing is written unless
 # --force, and then it is marked.
-AUDIO_BLOCK_SIZE = 32
+AUDIO_BLOCK_SIZE = 16
 AUDIO_ACCURACY_LEVEL = 4
 AUDIO_WEIGHT_BITS = 7
+AUDIO_SEARCH_SCALE = False
+# The audio dynamic artifacts, one per CPU class: (file, weight bits, CPU kinds it is made for (runtime.cpu_features;
+# None = every CPU), required). The runtime picks by this CPU's flags (runtime/model.py _int8_for_this_cpu).
+# The 7-bit AVX2-safe one measured 0.9945 / 0.9845 under trim (block 16), just under the target: when no rung
+# reaches it, it is not written (not an error: it is optional), and a CPU without VNNI / dot product then
+# runs fp32 rather than an INT8 graph that would saturate or miss the target.
+AUDIO_DYNAMIC_BUILDS = (("audio_int8_dynamic.onnx", 8, ("vnni", "arm_dotprod"), True),
+                        ("audio_int8_dynamic_avx2.onnx", 7, None, False))
 AUDIO_DYNAMIC_LADDER = ("blockwise_int8", "blockwise_first_layer_fp32")
 # per-token rungs (the previous recipe, graph.per_token_int8): still buildable by name for the sweep
 PER_TOKEN_RUNGS = ("weight_matmuls", "first_attention_fp32", "first_attention_front_end_fp32", "first_layer_fp32",
@@ -137,7 +145,7 @@ def _exclusions(model: onnx.ModelProto, tower: str, exclusion_set: str) -> list[
 
 
 def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "weight_matmuls",
-                      absmax: dict | None = None) -> dict:
+                      absmax: dict | None = None, weight_bits: int = AUDIO_WEIGHT_BITS) -> dict:
     """CPU INT8 with activation scales computed at run time, never shared between batch rows.
 
     audio: fused attention (graph.fuse_attention: one MultiHeadAttention node per layer) and every weight
@@ -149,20 +157,21 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
     model = onnx.load(str(src))
     exclude = _exclusions(model, tower, exclusion_set)
     if tower == "audio" and exclusion_set.startswith("blockwise_"):
-        quantized, n_attention, n_int8, n_fp32 = audio_blockwise_int8_graph(model, _audio_heads(src), exclude)
+        quantized, n_attention, n_int8, n_fp32 = audio_blockwise_int8_graph(model, _audio_heads(src), exclude, weight_bits)
         onnx.save(quantized, str(dst))
         return {"method": "wavlink_edge.quantization.graph.matmul_nbits_int8 (com.microsoft.MatMulNBits)",
                 "exclusion_set": exclusion_set, "nodes_kept_fp32": n_fp32, "int8_matmuls": n_int8,
                 "attention": f"{n_attention} blocks fused into com.microsoft.MultiHeadAttention (fp32)",
-                "weights": f"int{AUDIO_WEIGHT_BITS} symmetric per output channel and block of {AUDIO_BLOCK_SIZE} "
-                           "input rows (zero point 64: stored 1..127, int16-safe on every int8 kernel)",
+                "weights": f"int{weight_bits} symmetric per output channel and block of {AUDIO_BLOCK_SIZE} input rows"
+                           + (" (zero point 64: stored 1..127, int16-safe on every int8 kernel)" if weight_bits < 8 else
+                              " (u8 x s8 pairs can saturate AVX2 without VNNI: made for VNNI / AMX / ARM dot-product CPUs)"),
                 "activations": f"int8 per row and block of {AUDIO_BLOCK_SIZE}, computed at run time "
                                f"(accuracy_level {AUDIO_ACCURACY_LEVEL})",
                 "front_end": "conv1/conv2 as im2col MatMuls (graph.conv_front_end_as_matmuls), int8 like the other weight MatMuls",
                 "smoothing": None,
                 "not_quantized": "attention act x act, LayerNorm, Softmax, Add",
                 "batch_exact": "no statistic crosses rows: each row (and block) has its own scale; no Scan",
-                "cpu": "every CPU (weights within 7 bits: no int16 saturation without VNNI)"}
+                "search_scale": AUDIO_SEARCH_SCALE}
     if tower == "audio":
         quantized, n_attention, smoothed, n_int8, n_fp32 = audio_int8_graph(model, _audio_heads(src), exclude, absmax)
         onnx.save(quantized, str(dst))
@@ -234,7 +243,8 @@ def audio_blockwise_int8_graph(model: onnx.ModelProto, heads: int, exclude=(), w
     fused, n_attention = graph.fuse_attention(model, heads)
     fused, _ = graph.conv_front_end_as_matmuls(fused)
     quantized, n_int8 = graph.matmul_nbits_int8(fused, exclude=set(exclude), block_size=AUDIO_BLOCK_SIZE,
-                                                accuracy_level=AUDIO_ACCURACY_LEVEL, weight_bits=weight_bits)
+                                                accuracy_level=AUDIO_ACCURACY_LEVEL, weight_bits=weight_bits,
+                                                search_scale=AUDIO_SEARCH_SCALE)
     return quantized, n_attention, n_int8, len(graph.per_token_candidates(fused)) - n_int8
 
 
@@ -412,6 +422,7 @@ class _Run:
         self._held: dict[str, ev.HeldOut] = {}
         self.results: dict[str, dict] = {}
         self.refused: list[str] = []
+        self.skipped: list[str] = []  # optional artifacts under their gate: not written, not an error
 
     def absmax(self, src: Path, tower: str, calibration_dir, limit: int | None) -> dict | None:
         """Per-channel max |x| of the smoothable LayerNorm outputs over the calibration clips (audio; once)."""
@@ -440,8 +451,8 @@ class _Run:
                 "heldout": held.describe()}, passed
 
     def commit(self, tmp_path: Path, tower: str, precision: str, variant: str | None, fidelity: dict,
-               recipe: dict, extra: dict | None = None) -> bool:
-        name = artifact_name(tower, precision, variant)
+               recipe: dict, extra: dict | None = None, name: str | None = None, required: bool = True) -> bool:
+        name = name or artifact_name(tower, precision, variant)
         dst = self.export_dir / name
         src = self.export_dir / f"{tower}.onnx"
         manifest = Manifest.load(self.export_dir)
@@ -454,10 +465,12 @@ class _Run:
                 dst.unlink(missing_ok=True)
                 manifest.remove(name)
                 manifest.save()
-            self.refused.append(name)
-            self.log(f"  REFUSED {name}: cosine mean {ev.min_mean(fidelity):.5f} / min {ev.min_min(fidelity):.5f} under "
-                     f"the gate ({fidelity['gate_on']}: {fidelity['gate']}{' / ' + str(fidelity['gate_min']) if 'gate_min' in fidelity else ''}) "
-                     f"(use --force to write it anyway, marked){'; the previous passing file is kept' if kept else ''}")
+            (self.refused if required else self.skipped).append(name)
+            limit = f"{fidelity['gate']}" + (f" / {fidelity['gate_min']}" if "gate_min" in fidelity else "")
+            self.log(f"  {'REFUSED' if required else 'not written (optional)'} {name}: cosine mean "
+                     f"{ev.min_mean(fidelity):.5f} / min {ev.min_min(fidelity):.5f} under the gate "
+                     f"({fidelity['gate_on']}: {limit}) (use --force to write it anyway, marked)"
+                     f"{'; the previous passing file is kept' if kept else ''}")
             return False
         fidelity["forced"] = not fidelity["passed"]
         os.replace(tmp_path, dst)
@@ -565,8 +578,12 @@ def _quantize_locked(export_dir: Path, precisions, calibration_dir, calibration_
                 _artifact_fp16(run, src, tower)
             if "int8" in precisions and "dynamic" in int8_variants:
                 per_token = tower == "audio" and any(not r.startswith("blockwise_") for r in AUDIO_DYNAMIC_LADDER)
-                _artifact_int8_dynamic(run, src, tower, run.absmax(src, tower, calibration_dir, smoothing_limit)
-                                       if per_token else None)
+                absmax = run.absmax(src, tower, calibration_dir, smoothing_limit) if per_token else None
+                if tower == "audio":
+                    for name, bits, cpus, required in AUDIO_DYNAMIC_BUILDS:
+                        _artifact_int8_dynamic(run, src, tower, absmax, name, bits, cpus, required)
+                else:
+                    _artifact_int8_dynamic(run, src, tower, absmax)
             if "int8" in precisions and "static" in int8_variants:
                 ladder = [static_set] if static_set else (AUDIO_STATIC_LADDER if tower == "audio" else recipes.STATIC_LADDER)
                 calibrated = any(name != "weights_only" for name in ladder)
@@ -589,30 +606,34 @@ def _artifact_fp16(run: _Run, src: Path, tower: str) -> None:
     run.commit(tmp, tower, "fp16", None, fid, recipe, {"batch_independent": True})
 
 
-def _artifact_int8_dynamic(run: _Run, src: Path, tower: str, absmax: dict | None = None) -> None:
+def _artifact_int8_dynamic(run: _Run, src: Path, tower: str, absmax: dict | None = None, name: str | None = None,
+                           weight_bits: int = AUDIO_WEIGHT_BITS, cpus=None, required: bool = True) -> None:
     t = time.perf_counter()
-    tmp = run.tmp(artifact_name(tower, "int8", "dynamic"))
+    name = name or artifact_name(tower, "int8", "dynamic")
+    tmp = run.tmp(name)
     tried = []
     ladder = AUDIO_DYNAMIC_LADDER if tower == "audio" else DYNAMIC_LADDER
     best = None  # (mean, rung) of the best rung tried, written marked under --force when none passes
-    for name in ladder:
-        recipe = make_int8_dynamic(src, tmp, tower, name, absmax)
+    for rung in ladder:
+        recipe = make_int8_dynamic(src, tmp, tower, rung, absmax, weight_bits)
         fid, passed = run.measure(tmp, tower, "int8")
-        tried.append({"exclusion_set": name, "cosine_mean": ev.min_mean(fid), "cosine_min": ev.min_min(fid),
+        tried.append({"exclusion_set": rung, "cosine_mean": ev.min_mean(fid), "cosine_min": ev.min_min(fid),
                       **({"by_policy": {p: [ev.min_mean(f), ev.min_min(f)] for p, f in fid.get("by_policy", {}).items()}}
                          if tower == "audio" else {})})
-        run.log(f"  {tower} dynamic {name}: cosine mean {ev.min_mean(fid):.5f} min {ev.min_min(fid):.5f}")
+        run.log(f"  {name} {rung}: cosine mean {ev.min_mean(fid):.5f} min {ev.min_min(fid):.5f}")
         if passed:
             break
         if best is None or ev.min_mean(fid) > best[0]:
-            best = (ev.min_mean(fid), name)
+            best = (ev.min_mean(fid), rung)
     else:
         if run.force and best is not None and best[1] != ladder[-1]:  # none passed: --force writes the best, marked
-            recipe = make_int8_dynamic(src, tmp, tower, best[1], absmax)
+            recipe = make_int8_dynamic(src, tmp, tower, best[1], absmax, weight_bits)
             fid, _ = run.measure(tmp, tower, "int8")
     recipe.update({"ladder_tried": tried, "seconds": round(time.perf_counter() - t, 1)})
     # batch_independent: audio per-token scales, text per-row Scan (tests check both)
-    run.commit(tmp, tower, "int8", "dynamic", fid, recipe, {"batch_independent": True, "execution": "cpu"})
+    run.commit(tmp, tower, "int8", "dynamic", fid, recipe,
+               {"batch_independent": True, "execution": "cpu", **({"int8_cpus": list(cpus)} if cpus else {})}, name,
+               required)
 
 
 def _artifact_int8_static(run: _Run, src: Path, tower: str, calibration_dir, method: str, static_set: str | None,
