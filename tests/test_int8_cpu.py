@@ -158,7 +158,7 @@ def test_gate_refuses_a_below_target_audio_int8_and_force_marks_it(base_export, 
     out = shutil.copytree(base_export, tmp_path / "export")
     monkeypatch.setattr(q, "AUDIO_DYNAMIC_TARGET", (0.995, 1.01))  # a min cosine over 1 cannot be reached
     monkeypatch.setattr(q, "AUDIO_DYNAMIC_LADDER", ("blockwise_int8",))
-    monkeypatch.setattr(q, "AUDIO_DYNAMIC_BUILDS", (("audio_int8_dynamic.onnx", 8, ("vnni", "arm_dotprod")),))
+    monkeypatch.setattr(q, "AUDIO_DYNAMIC_BUILDS", (("audio_int8_dynamic.onnx", 8, ("vnni", "arm_dotprod"), True),))
     args = dict(towers=("audio",), int8_variants=("dynamic",), fast=True, log=lambda *_: None)
     with pytest.raises(q.QuantizationError, match="audio_int8_dynamic.onnx"):
         q.quantize_export(out, ["int8"], **args)
