@@ -64,12 +64,18 @@ def encoder_runners(export_dir: Path, threads: int) -> dict:
         runners[f"CTranslate2 encode {compute_type}"] = (
             (lambda ct: lambda x: np.asarray(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x)))))(ct),  # noqa: B023
             "peer")
+    from wavlink_edge.runtime.model import _int8_for_this_cpu
+
     manifest = Manifest.load(export_dir)
     for spec in manifest.artifacts:
         if spec.tower != "audio":
             continue
+        # an export can hold one dynamic INT8 artifact per CPU class: the one the runtime picks on this CPU is
+        # "ORT int8_dynamic" (the goals' row), the others are named by file
+        picked = _int8_for_this_cpu(manifest, spec).file == spec.file
+        name = f"ORT {spec.precision_key}" if picked else f"ORT {spec.file.removesuffix('.onnx')}"
         session = OnnxSession(manifest.read_verified(spec.file), name=spec.file, threads=threads)
-        runners[f"ORT {spec.precision_key}"] = ((lambda s: lambda x: s.run({"input_features": x}))(session), "ours")
+        runners[name] = ((lambda s: lambda x: s.run({"input_features": x}))(session), "ours")
     return runners
 
 
