@@ -624,12 +624,12 @@ def vpmaddubsw(a_u8, w_s8):
     return total
 
 
-def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 7) -> tuple[onnx.ModelProto, int]:
+def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 8) -> tuple[onnx.ModelProto, int]:
     """Every weight MatMul's weight as int8 + `DequantizeLinear` (symmetric, per output channel): a Q/DQ
     graph with int8 weights and float activations. No activation scale at all, so nothing depends on the
     calibration set or a batch-mate, and no integer product is formed (TensorRT and ORT fold the DQ into
-    float weights): it stores int8, it does not compute in int8. weight_bits 7 keeps the integers within
-    [-63, 63] like the other audio artifacts. Returns (model, MatMuls converted)."""
+    float weights): it stores int8, it does not compute in int8, so no CPU can saturate on it.
+    Returns (model, MatMuls converted)."""
     import numpy as np
     from onnx import numpy_helper
 

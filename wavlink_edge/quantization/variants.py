@@ -1,7 +1,7 @@
 """Measure audio INT8 graph variants on real recordings, per clip policy, and time them round robin.
 
     python quantization/variants.py EXPORT_DIR --clips DIR [--clips DIR ...] [--out DIR] VARIANT [VARIANT ...]
-    python quantization/variants.py EXPORT_DIR --speed [--rounds 2] VARIANT [VARIANT ...]
+    python bench/encoders.py --model EXPORT_DIR --variants VARIANT,VARIANT --no-e2e --no-rss   (their speed)
 
 A VARIANT is a dash-separated name built from the export's fp32 audio graph by quantization.graph:
   nb<block>[w<bits>[s]]   block-wise MatMulNBits, int8 compute (w7: 7-bit weights; s: per-block clipping search)
@@ -9,16 +9,14 @@ A VARIANT is a dash-separated name built from the export's fp32 audio graph by q
 and modifiers: `sq` (SmoothQuant fold, alpha `a<alpha>`), `x:<exclusion set>` (quantize.py's names),
 `only:<group>` (int8 only in that group: fe, l0att, l0mlp, fc2, out, last, mid). E.g. `nb16`, `nb16w7`,
 `pt8-sq`, `pt7-sq-x:fc2_edges_fp32`, `pt8-sq-only:fe`. Fidelity = cosine to the fp32 ONNX, worst
-Matryoshka dim, mean / min, for pad and trim separately; --speed times every variant, ORT fp32 and
-CTranslate2 int8 (when installed) on random log-mel, one call each per round, in turn (ratios only).
-Built graphs are cached under --out.
+Matryoshka dim, mean / min, for pad and trim separately. Built graphs are cached under --out. Speed lives
+in bench/ (a later stage): bench/encoders.py --variants times them round robin against CTranslate2.
 """
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -84,65 +82,18 @@ def fidelity(export_dir: Path, clips: list[Path], variants: list[str], out_dir: 
         print(f"| {name} | {cells[0]} | {cells[1]} | {feeds[int(np.argmin(cos))][0]} ({cos.min():.4f}) |", flush=True)
 
 
-def speed(export_dir: Path, variants: list[str], out_dir: Path, rounds: int, threads: int) -> None:
-    from wavlink_edge.runtime.session import OnnxSession
-
-    runners = {}
-    try:
-        import ctranslate2
-
-        from wavlink_edge.bench import backends as B
-
-        ct = ctranslate2.models.Whisper(str(B.ct2_whisper_dir()), device="cpu", compute_type="int8",
-                                        intra_threads=threads, inter_threads=1)
-        runners["CTranslate2 int8"] = lambda x: np.asarray(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x))))
-    except ImportError:
-        pass
-    for name, path in [("ORT fp32", export_dir / "audio.onnx")] + [(v, build(export_dir, v, out_dir)) for v in variants]:
-        session = OnnxSession(path, name=name, threads=threads)
-        runners[name] = (lambda s: lambda x: s.run({"input_features": x}))(session)
-    rng = np.random.default_rng(0)
-    print("| backend | " + " | ".join(f"b{b} × {f}" for b, f in qz_shapes()) + " |\n" + "|---" * 5 + "|")
-    table = {k: [] for k in runners}
-    for b, f in qz_shapes():
-        x = (rng.standard_normal((b, 80, f)) * 0.5).astype(np.float32)
-        times = {k: [] for k in runners}
-        for run in runners.values():
-            run(x)
-        for _ in range(rounds):
-            for k, run in runners.items():
-                for _ in range(3):
-                    t = time.perf_counter()
-                    run(x)
-                    times[k].append(time.perf_counter() - t)
-        for k in runners:
-            table[k].append(np.median(times[k]) * 1e3)
-    for k, row in table.items():
-        print(f"| {k} | " + " | ".join(f"{v:.0f}" for v in row) + " |")
-
-
-def qz_shapes():
-    return ((1, 3000), (4, 3000), (1, 500), (4, 500))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("export_dir", type=Path)
     p.add_argument("variants", nargs="+")
     p.add_argument("--clips", type=Path, action="append", default=[], help="folder of real recordings (repeatable)")
     p.add_argument("--out", type=Path, default=Path("variants"), help="where built graphs are cached")
-    p.add_argument("--speed", action="store_true")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.speed:
-        speed(args.export_dir, args.variants, args.out, args.rounds, args.threads)
-    else:
-        clips = [c for folder in (args.clips or [ev.HELDOUT_DIR / "real", ev.SAMPLES_DIR]) for c in ev.audio_files(folder)]
-        if not clips:
-            p.error("no clips found")
-        fidelity(args.export_dir, clips, args.variants, args.out)
+    clips = [c for folder in (args.clips or [ev.HELDOUT_DIR / "real", ev.SAMPLES_DIR]) for c in ev.audio_files(folder)]
+    if not clips:
+        p.error("no clips found")
+    fidelity(args.export_dir, clips, args.variants, args.out)
     return 0
 
 
