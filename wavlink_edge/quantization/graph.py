@@ -624,16 +624,23 @@ def vpmaddubsw(a_u8, w_s8):
     return total
 
 
-def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 8) -> tuple[onnx.ModelProto, int]:
+def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 8, block_size: int | None = None) -> tuple[onnx.ModelProto, int]:
     """Every weight MatMul's weight as int8 + `DequantizeLinear` (symmetric, per output channel): a Q/DQ
     graph with int8 weights and float activations. No activation scale at all, so nothing depends on the
     calibration set or a batch-mate, and no integer product is formed (TensorRT and ORT fold the DQ into
     float weights): it stores int8, it does not compute in int8, so no CPU can saturate on it.
-    Returns (model, MatMuls converted)."""
+    block_size: one scale per (block of that many input rows, output channel) -- DequantizeLinear's blocked
+    form, which needs opset 21 (the model's default-domain opset is raised to 21 then) -- instead of one per
+    output channel. Returns (model, MatMuls converted)."""
     import numpy as np
     from onnx import numpy_helper
 
-    model = copy_model(model)
+    if block_size and next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        from onnx import version_converter  # ReduceL2's axes etc. change between opsets: convert, not relabel
+
+        model = version_converter.convert_version(model, 21)
+    else:
+        model = copy_model(model)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     qmax = 2 ** (weight_bits - 1) - 1
@@ -643,13 +650,21 @@ def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 8) -> tuple[onnx.
             name = node.input[1]
             if name not in done:
                 weight = numpy_helper.to_array(inits[name]).astype(np.float32)
-                scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / qmax
-                wq = np.clip(np.round(weight / scale), -qmax, qmax).astype(np.int8)
+                k, n = weight.shape
                 p = f"{name}/wq{weight_bits}"
+                if block_size and k % block_size == 0:
+                    scale = np.maximum(np.abs(weight.reshape(k // block_size, block_size, n)).max(axis=1), 1e-12) / qmax
+                    wq = np.clip(np.round(weight / np.repeat(scale, block_size, axis=0)), -qmax, qmax).astype(np.int8)
+                    attrs = {"axis": 0, "block_size": block_size}
+                    zero = np.zeros(scale.shape, np.int8)
+                else:
+                    scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / qmax
+                    wq = np.clip(np.round(weight / scale), -qmax, qmax).astype(np.int8)
+                    attrs, zero = {"axis": 1}, np.zeros(n, np.int8)
                 nodes.append(helper.make_node(
                     "DequantizeLinear", [_const(model, p, wq), _const(model, p + "/scale", scale.astype(np.float32)),
-                                         _const(model, p + "/zero_point", np.zeros(wq.shape[1], np.int8))],
-                    [p + "/dq"], axis=1, name=p + "/DequantizeLinear"))
+                                         _const(model, p + "/zero_point", zero)],
+                    [p + "/dq"], name=p + "/DequantizeLinear", **attrs))
                 done[name] = p + "/dq"
             node.input[1] = done[name]
             count += 1
