@@ -31,11 +31,13 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
 from wavlink_edge.bench import backends as B
 from wavlink_edge.bench.machine import usable_cores
 from wavlink_edge.bench.report import DEFAULT_OUT, command_line
+from wavlink_edge.quantization.variants import build
 from wavlink_edge.runtime import WavLink
 from wavlink_edge.runtime.audio import decode_audio
 from wavlink_edge.runtime.bundled import sample_clips
 from wavlink_edge.runtime.features import CHUNK_SAMPLES, SAMPLE_RATE, clip_features
 from wavlink_edge.runtime.manifest import Manifest
+from wavlink_edge.runtime.model import int8_for_this_cpu
 from wavlink_edge.runtime.session import OnnxSession
 
 SHAPES = ((1, 3000), (4, 3000), (1, 500), (4, 500))
@@ -52,8 +54,9 @@ def _threads(n: int) -> None:
         os.sched_setaffinity(0, usable_cores()[:n])
 
 
-def encoder_runners(export_dir: Path, threads: int) -> dict:
-    """name -> (callable on a [B, 80, T] float32 log-mel, kind) for every encoder compared."""
+def encoder_runners(export_dir: Path, threads: int, variants=(), variants_dir: Path | None = None) -> dict:
+    """name -> (callable on a [B, 80, T] float32 log-mel, kind) for every encoder compared; `variants` adds
+    audio INT8 graphs built by quantization/variants.py (names as there), cached in variants_dir."""
     import ctranslate2
     import torch
 
@@ -77,8 +80,17 @@ def encoder_runners(export_dir: Path, threads: int) -> dict:
     for spec in manifest.artifacts:
         if spec.tower != "audio":
             continue
+        # an export can hold one dynamic INT8 artifact per CPU class: the one the runtime picks on this CPU is
+        # "ORT int8_dynamic" (the goals' row), the others are named by file
+        picked = int8_for_this_cpu(manifest, spec).file == spec.file
+        name = f"ORT {spec.precision_key}" if picked else f"ORT {spec.file.removesuffix('.onnx')}"
         session = OnnxSession(manifest.read_verified(spec.file), name=spec.file, threads=threads)
-        runners[f"ORT {spec.precision_key}"] = ((lambda s: lambda x: s.run({"input_features": x}))(session), "ours")
+        runners[name] = ((lambda s: lambda x: s.run({"input_features": x}))(session), "ours")
+    if variants:
+        (variants_dir or Path("variants")).mkdir(parents=True, exist_ok=True)
+        for variant in variants:
+            session = OnnxSession(build(export_dir, variant, variants_dir or Path("variants")), name=variant, threads=threads)
+            runners[f"variant {variant}"] = ((lambda s: lambda x: s.run({"input_features": x}))(session), "variant")
     return runners
 
 
@@ -328,11 +340,11 @@ def markdown(doc: dict) -> str:
 
 
 def run(export_dir: Path, out_dir: Path, rounds: int, threads: int, e2e: bool = True, rss: bool = True,
-        command: str = "", log=print) -> dict:
+        command: str = "", log=print, variants=(), variants_dir: Path | None = None) -> dict:
     _threads(threads)
     load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
-    runners = encoder_runners(export_dir, threads)
+    runners = encoder_runners(export_dir, threads, variants, variants_dir)
     rows = round_robin(runners, SHAPES, rounds, log=log)
     fe = front_end()
     log(f"  front end: 5 s {fe['trim_5s_ms']:.1f} ms, 30 s {fe['trim_30s_ms']:.1f} ms")
@@ -356,9 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--variants", default="", help="comma list of audio INT8 graph variants to time as well "
+                        "(quantization/variants.py names, e.g. nb16,nb32,pt7-sq-x:fc2_edges_fp32)")
+    parser.add_argument("--variants-dir", type=Path, help="where the variants are built and cached (default ./variants)")
     args = parser.parse_args(argv)
     command = command_line("encoders", sys.argv[1:] if argv is None else list(argv))
-    doc = run(args.model, args.out, args.rounds, args.threads, not args.no_e2e, not args.no_rss, command)
+    doc = run(args.model, args.out, args.rounds, args.threads, not args.no_e2e, not args.no_rss, command,
+              variants=[v for v in args.variants.split(",") if v], variants_dir=args.variants_dir)
     print(markdown(doc))
     return 0
 

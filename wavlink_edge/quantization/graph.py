@@ -484,3 +484,200 @@ def matmul_input_absmax(model: onnx.ModelProto, names: list[str], feeds, threads
     inputs = {n.name: n.input[0] for n in model.graph.node if n.name in names}
     stats = activation_absmax(model, sorted(set(inputs.values())), feeds, threads)
     return {name: stats[tensor] for name, tensor in inputs.items()}
+
+
+def _bias_add(node: onnx.NodeProto, consumers: dict, inits: dict, n: int) -> onnx.NodeProto | None:
+    """The `Add(matmul_out, bias[n])` right after a weight MatMul, when it is the MatMul's only reader."""
+    readers = consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    add = readers[0]
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    bias = inits.get(other)
+    return add if bias is not None and list(bias.dims) == [n] and bias.data_type == onnx.TensorProto.FLOAT else None
+
+
+def _block_scales(blocks, qmax: int, search: bool):
+    """One symmetric scale per block (last axis): max |w| / qmax, or with `search` the clipped scale
+    (max |w| x r / qmax, r in 1.0 .. 0.75) with the least squared rounding error of that block."""
+    import numpy as np
+
+    amax = np.maximum(np.abs(blocks).max(axis=-1), 1e-12)
+    if not search:
+        return amax / qmax
+    best, best_err = amax / qmax, None
+    for ratio in np.linspace(1.0, 0.75, 11):
+        scale = amax * ratio / qmax
+        err = ((np.clip(np.round(blocks / scale[..., None]), -qmax, qmax) * scale[..., None] - blocks) ** 2).sum(-1)
+        if best_err is None:
+            best_err = err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
+    return best
+
+
+def matmul_nbits_int8(model: onnx.ModelProto, exclude=(), block_size: int = 32, accuracy_level: int = 4,
+                      weight_bits: int = 8, search_scale: bool = False) -> tuple[onnx.ModelProto, int]:
+    """Weight MatMuls -> `com.microsoft.MatMulNBits` with 8-bit block-wise weights and int8 compute.
+
+    Weights: symmetric int8 per (output channel, block of `block_size` input rows), stored offset by 128
+    (the op's default zero point for 8 bits, so no zero-point tensor). accuracy_level 4 makes ORT's CPU
+    kernel quantize the activations to int8 too, with one scale per row *and per block* of K, computed at
+    run time: no statistic crosses rows (an embedding is the same alone or in any batch, no Scan), and a
+    block's scale follows the local channel range (Whisper's residual stream has a few channels 100x the
+    rest, which a per-token scale has to cover). The kernel multiplies signed by signed int8 (both
+    symmetric in [-127, 127]), so the u8 x s8 saturation of AVX2's vpmaddubsw does not arise (the AVX2
+    path multiplies |a| by sign-adjusted b: at most 2 x 127 x 127 per pair). A following bias Add is
+    folded into the node. Returns (model, number of MatMuls converted).
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = copy_model(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    folded, nodes, count = set(), [], 0
+    for node in g.node:
+        if node.name in folded:
+            continue
+        if not _is_weight_matmul(node, inits) or node.name in exclude:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        k, n = weight.shape
+        blocks = -(-k // block_size)
+        padded = np.zeros((blocks * block_size, n), np.float32)
+        padded[:k] = weight
+        wb = padded.T.reshape(n, blocks, block_size)  # [N, blocks, block]
+        qmax = 2 ** (weight_bits - 1) - 1
+        zero_point = 2 ** (weight_bits - 1)  # 128 = the op's default for 8 bits; 64 for 7 (stored 1..127)
+        scale = _block_scales(wb, qmax, search_scale)  # [N, blocks]
+        q = (np.clip(np.round(wb / scale[..., None]), -qmax, qmax) + zero_point).astype(np.uint8)
+        p = node.name + "/nbits8"
+        zp_name = "" if zero_point == 128 else _const(model, p + "/zero_points", np.full((n, blocks), zero_point, np.uint8))
+        inputs = [node.input[0], _const(model, p + "/B", q), _const(model, p + "/scales", scale.astype(np.float32)),
+                  zp_name, ""]
+        output = node.output[0]
+        add = _bias_add(node, consumers, inits, n)
+        if add is not None:
+            bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            inputs.append(bias)
+            output = add.output[0]
+            folded.add(add.name)
+        else:
+            inputs = inputs[:4] if zp_name else inputs[:3]
+        nodes.append(helper.make_node("MatMulNBits", inputs, [output], domain=MS_DOMAIN, name=p, K=k, N=n, bits=8,
+                                      block_size=block_size, accuracy_level=accuracy_level))
+        count += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    remove_dead_nodes(model)
+    return model, count
+
+
+def int8_weights(model: onnx.ModelProto) -> dict:
+    """name -> the signed integer weights of every int8 GEMM in the graph ([K, N] of MatMulIntegerToFloat,
+    MatMulNBits blocks [N, blocks, block] minus their zero point), for the saturation check."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulIntegerToFloat":
+            out[node.name] = numpy_helper.to_array(inits[node.input[1]]).astype(np.int32)
+        elif node.op_type == "MatMulNBits":
+            stored = numpy_helper.to_array(inits[node.input[1]]).astype(np.int32)
+            has_zp = len(node.input) > 3 and node.input[3]
+            zp = numpy_helper.to_array(inits[node.input[3]]).astype(np.int32)[..., None] if has_zp else 128
+            out[node.name] = stored - zp
+    return out
+
+
+def worst_u8s8_pair(weights) -> int:
+    """The largest |a0*w0 + a1*w1| that AVX2's vpmaddubsw can meet on these weights with u8 activations
+    (a in [0, 255]) over adjacent pairs along K: over 32767 means the int16 intermediate can saturate.
+    Pairs are taken along the reduction axis (axis 0 of [K, N]; the last axis of MatMulNBits blocks)."""
+    import numpy as np
+
+    w = np.asarray(weights, np.int64)
+    w = np.moveaxis(w, -1, 0) if w.ndim == 3 else w  # MatMulNBits [N, blocks, block] -> [block, N, blocks]
+    k = w.shape[0] - w.shape[0] % 2
+    w0, w1 = w[0:k:2], w[1:k:2]
+    high = 255 * (np.maximum(w0, 0) + np.maximum(w1, 0))
+    low = 255 * (np.minimum(w0, 0) + np.minimum(w1, 0))
+    return int(max(high.max(initial=0), -low.min(initial=0)))
+
+
+def vpmaddubsw(a_u8, w_s8):
+    """numpy emulation of AVX2's vpmaddubsw + a 32-bit sum: u8 x s8 products added in pairs into a
+    *saturating* int16, then the pairs summed in int32 ([M, K] x [K, N] -> [M, N]). On a CPU with VNNI the
+    pair sums are exact; compare the two to see the saturation."""
+    import numpy as np
+
+    a = np.asarray(a_u8, np.int64)
+    w = np.asarray(w_s8, np.int64)
+    k = a.shape[1] - a.shape[1] % 2
+    pairs = a[:, 0:k:2, None] * w[None, 0:k:2] + a[:, 1:k:2, None] * w[None, 1:k:2]
+    total = np.clip(pairs, -32768, 32767).sum(axis=1)
+    if a.shape[1] % 2:
+        total += a[:, -1, None] * w[None, -1]
+    return total
+
+
+def weight_only_qdq(model: onnx.ModelProto, weight_bits: int = 8, block_size: int | None = None) -> tuple[onnx.ModelProto, int]:
+    """Every weight MatMul's weight as int8 + `DequantizeLinear` (symmetric, per output channel): a Q/DQ
+    graph with int8 weights and float activations. No activation scale at all, so nothing depends on the
+    calibration set or a batch-mate, and no integer product is formed (TensorRT and ORT fold the DQ into
+    float weights): it stores int8, it does not compute in int8, so no CPU can saturate on it.
+    block_size: one scale per (block of that many input rows, output channel) -- DequantizeLinear's blocked
+    form, which needs opset 21 (the model's default-domain opset is raised to 21 then) -- instead of one per
+    output channel. Returns (model, MatMuls converted)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if block_size and next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        from onnx import version_converter  # ReduceL2's axes etc. change between opsets: convert, not relabel
+
+        model = version_converter.convert_version(model, 21)
+    else:
+        model = copy_model(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    qmax = 2 ** (weight_bits - 1) - 1
+    nodes, count, done = [], 0, {}
+    for node in g.node:
+        if _is_weight_matmul(node, inits):
+            name = node.input[1]
+            if name not in done:
+                weight = numpy_helper.to_array(inits[name]).astype(np.float32)
+                k, n = weight.shape
+                p = f"{name}/wq{weight_bits}"
+                if block_size and k % block_size == 0:
+                    scale = np.maximum(np.abs(weight.reshape(k // block_size, block_size, n)).max(axis=1), 1e-12) / qmax
+                    wq = np.clip(np.round(weight / np.repeat(scale, block_size, axis=0)), -qmax, qmax).astype(np.int8)
+                    attrs = {"axis": 0, "block_size": block_size}
+                    zero = np.zeros(scale.shape, np.int8)
+                else:
+                    scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / qmax
+                    wq = np.clip(np.round(weight / scale), -qmax, qmax).astype(np.int8)
+                    attrs, zero = {"axis": 1}, np.zeros(n, np.int8)
+                nodes.append(helper.make_node(
+                    "DequantizeLinear", [_const(model, p, wq), _const(model, p + "/scale", scale.astype(np.float32)),
+                                         _const(model, p + "/zero_point", zero)],
+                    [p + "/dq"], name=p + "/DequantizeLinear", **attrs))
+                done[name] = p + "/dq"
+            node.input[1] = done[name]
+            count += 1
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    remove_dead_nodes(model)
+    return model, count

@@ -123,6 +123,9 @@ def static_selection(name: str, model: onnx.ModelProto, tower: str) -> tuple[lis
 STATIC_SETS = ("everything", "no_add", "no_add_layernorm", "weight_matmuls", "weight_matmuls_fc2_fp32",
                "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32", "weight_matmuls_mlp_fp32",
                "weight_matmuls_mlp_edges_fp32", "ln_fed_middle")
+# What quantize.py's --static-set takes: the sets above plus "weights_only" (int8 weights + DequantizeLinear,
+# float activations), built by graph.weight_only_qdq rather than quantize_static: no calibration, no selection.
+STATIC_CHOICES = STATIC_SETS + ("weights_only",)
 # Candidates for the shipped static artifact: only weight-MatMul sets (Q/DQ on MatMul inputs is also the
 # placement TensorRT fuses best); the broader sets are in the sweep for the record.
 STATIC_LADDER = ("weight_matmuls", "weight_matmuls_fc2_fp32", "weight_matmuls_edges_fp32", "weight_matmuls_fc2_edges_fp32",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wavlink_edge.runtime import cpu_features
 from wavlink_edge.runtime.audio import AudioInput, describe_source, is_array_pair, iter_audio_blocks
 from wavlink_edge.runtime.batching import DEFAULT_MAX_BATCH_FRAMES, FRAME_LENGTHS, Batch, WindowBatcher
 from wavlink_edge.runtime.errors import AudioInputError, ModelFilesError, TextInputError, UsageError
@@ -393,6 +394,29 @@ def _check_graph_matches_manifest(manifest: Manifest, tower: str, file: str, ses
 
 
 def _pick_artifact(manifest: Manifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:
+    return int8_for_this_cpu(manifest, _pick_listed_artifact(manifest, tower, precision, accelerated))
+
+
+def int8_for_this_cpu(manifest: Manifest, artifact: ArtifactSpec, flags=None) -> ArtifactSpec:
+    """Among the artifacts of this one's tower, precision and variant: one made for this CPU's kind
+    (runtime.cpu_features) if the manifest lists one (`int8_cpus`, e.g. ["vnni", "arm_dotprod"] for full
+    8-bit weights, whose u8 x s8 products saturate AVX2's int16 pairs without VNNI), else one that lists no
+    kinds (exact everywhere: weights within 7 bits), else fp32 with a warning. So AVX2 without VNNI and a CPU
+    whose kind is unknown get the AVX2-safe artifact. Artifacts that are not INT8 pass through."""
+    if artifact.precision != "int8":
+        return artifact
+    kind = cpu_features.int8_kind(flags)
+    same = [a for a in manifest.artifacts if (a.tower, a.precision, a.variant) == (artifact.tower, "int8", artifact.variant)]
+    made_for_here = [a for a in same if kind in (manifest.files[a.file].get("int8_cpus") or ())]
+    anywhere = [a for a in same if not manifest.files[a.file].get("int8_cpus")]
+    if made_for_here or anywhere:
+        return (made_for_here or anywhere)[0]
+    log.warning("%s is exact only on %s CPUs and this one is %s: using fp32 (re-quantize with the AVX2-safe "
+                "artifact for this CPU)", artifact.file, "/".join(manifest.files[artifact.file]["int8_cpus"]), kind)
+    return manifest.find_artifact(artifact.tower, "fp32")
+
+
+def _pick_listed_artifact(manifest: Manifest, tower: str, precision: str, accelerated: bool) -> ArtifactSpec:
     if precision.startswith("int8_"):
         return manifest.find_artifact(tower, "int8", precision.split("_", 1)[1])
     if precision != "int8":
