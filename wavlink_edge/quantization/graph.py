@@ -162,6 +162,16 @@ def _is_weight_matmul(node: onnx.NodeProto, inits: dict) -> bool:
             and len(inits[node.input[1]].dims) == 2)
 
 
+def _with_ms_nodes(model: onnx.ModelProto, nodes: list) -> onnx.ModelProto:
+    """`model` with `nodes` as its graph's nodes (some of them com.microsoft ops) and dead nodes removed."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    remove_dead_nodes(model)
+    return model
+
+
 def per_token_candidates(model: onnx.ModelProto) -> list[str]:
     """MatMuls per_token_int8 can quantize: a 2-D constant weight as second input (Gemm nodes, e.g. the
     projector, stay fp32)."""
@@ -238,12 +248,7 @@ def per_token_int8(model: onnx.ModelProto, exclude=(), weight_bits: int = 7) -> 
                              name=p + "/out_shape"),
             helper.make_node("Reshape", [p + "_rows_out", p + "_shape"], [y], name=p + "/unrows"),
         ]
-    del g.node[:]
-    g.node.extend(nodes)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    remove_dead_nodes(model)
-    return model, count
+    return _with_ms_nodes(model, nodes), count
 
 
 def _layernorm_targets(model: onnx.ModelProto, ln: onnx.NodeProto, consumers: dict, inits: dict) -> list | None:
@@ -574,12 +579,7 @@ def matmul_nbits_int8(model: onnx.ModelProto, exclude=(), block_size: int = 32, 
         nodes.append(helper.make_node("MatMulNBits", inputs, [output], domain=MS_DOMAIN, name=p, K=k, N=n, bits=8,
                                       block_size=block_size, accuracy_level=accuracy_level))
         count += 1
-    del g.node[:]
-    g.node.extend(nodes)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    remove_dead_nodes(model)
-    return model, count
+    return _with_ms_nodes(model, nodes), count
 
 
 def int8_weights(model: onnx.ModelProto) -> dict:

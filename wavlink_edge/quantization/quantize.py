@@ -159,29 +159,6 @@ def fused_audio_graph(model: onnx.ModelProto, export_dir: Path) -> tuple[onnx.Mo
                    "layernorm": "fp32 (fp16 not measured for fidelity: no GPU in the session that built this)"}
 
 
-def _exclusions(model: onnx.ModelProto, tower: str, exclusion_set: str) -> list[str]:
-    if exclusion_set.startswith("blockwise_"):
-        exclusion_set = exclusion_set[len("blockwise_"):]
-        if exclusion_set == "int8":
-            return []
-    edges = recipes.edge_layer_nodes(model, tower) if exclusion_set.endswith("_edges_fp32") else []
-    if exclusion_set == "weight_matmuls":
-        return []
-    if exclusion_set == "fc2_fp32":
-        return recipes.fc2_nodes(model, tower)
-    if exclusion_set == "fc2_edges_fp32":
-        return sorted(set(recipes.fc2_nodes(model, tower)) | set(edges))
-    if exclusion_set == "mlp_edges_fp32":
-        return sorted(set(recipes.mlp_nodes(model, tower)) | set(edges))
-    if exclusion_set == "first_attention_fp32":
-        return recipes.first_attention_nodes(model, tower)
-    if exclusion_set == "first_attention_front_end_fp32":
-        return recipes.first_attention_nodes(model, tower) + list(graph.FRONT_END_MATMULS)
-    if exclusion_set == "first_layer_fp32":
-        return recipes.first_layer_nodes(model, tower)
-    raise ValueError(f"unknown dynamic exclusion set {exclusion_set!r}")
-
-
 def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "weight_matmuls",
                       absmax: dict | None = None, weight_bits: int = AUDIO_WEIGHT_BITS) -> dict:
     """CPU INT8 with activation scales computed at run time, never shared between batch rows.
@@ -193,7 +170,7 @@ def make_int8_dynamic(src: Path, dst: Path, tower: str, exclusion_set: str = "we
     matmuls, "edges" the first and last layer + projector.
     """
     model = onnx.load(str(src))
-    exclude = _exclusions(model, tower, exclusion_set)
+    exclude = recipes.dynamic_exclusions(model, tower, exclusion_set)
     if tower == "audio" and exclusion_set.startswith("blockwise_"):
         quantized, n_attention, n_int8, n_fp32 = audio_blockwise_int8_graph(model, audio_heads(src), exclude, weight_bits)
         onnx.save(quantized, str(dst))

@@ -12,6 +12,8 @@ import re
 import onnx
 from onnx import TensorProto, helper
 
+from wavlink_edge.quantization.graph import FRONT_END_MATMULS
+
 LAYER_RE = {"audio": re.compile(r"/layers\.(\d+)/"), "text": re.compile(r"/layer\.(\d+)/")}
 FC1_RE = {"audio": re.compile(r"/fc1/MatMul$"), "text": re.compile(r"/intermediate/dense/MatMul$")}
 FC2_RE = {"audio": re.compile(r"/fc2/MatMul$"), "text": re.compile(r"/layer\.\d+/output/dense/MatMul$")}
@@ -68,6 +70,30 @@ def first_attention_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
 
 def first_layer_nodes(model: onnx.ModelProto, tower: str) -> list[str]:
     return [n.name for n in model.graph.node if layer_of(n.name, tower) == 0]
+
+
+def dynamic_exclusions(model: onnx.ModelProto, tower: str, exclusion_set: str) -> list[str]:
+    """The MatMuls a dynamic INT8 rung keeps fp32 (quantize.py's ladders; the static sets are static_selection)."""
+    if exclusion_set.startswith("blockwise_"):
+        exclusion_set = exclusion_set[len("blockwise_"):]
+        if exclusion_set == "int8":
+            return []
+    edges = edge_layer_nodes(model, tower) if exclusion_set.endswith("_edges_fp32") else []
+    if exclusion_set == "weight_matmuls":
+        return []
+    if exclusion_set == "fc2_fp32":
+        return fc2_nodes(model, tower)
+    if exclusion_set == "fc2_edges_fp32":
+        return sorted(set(fc2_nodes(model, tower)) | set(edges))
+    if exclusion_set == "mlp_edges_fp32":
+        return sorted(set(mlp_nodes(model, tower)) | set(edges))
+    if exclusion_set == "first_attention_fp32":
+        return first_attention_nodes(model, tower)
+    if exclusion_set == "first_attention_front_end_fp32":
+        return first_attention_nodes(model, tower) + list(FRONT_END_MATMULS)
+    if exclusion_set == "first_layer_fp32":
+        return first_layer_nodes(model, tower)
+    raise ValueError(f"unknown dynamic exclusion set {exclusion_set!r}")
 
 
 # Static Q/DQ exclusion sets, from most to least quantized. Each returns (op_types, nodes_to_quantize,

@@ -27,7 +27,7 @@ if not __package__:  # run by path: run as this checkout's package module (wavli
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "run_by_path.py"))["run"](__file__)
 
 from wavlink_edge.quantization import evaluate as ev
-from wavlink_edge.quantization import graph
+from wavlink_edge.quantization import graph, recipes
 from wavlink_edge.quantization import quantize as qz
 from wavlink_edge.runtime import vectors
 
@@ -46,7 +46,7 @@ def build(export_dir: Path, name: str, out_dir: Path) -> Path:
         feeds, _ = qz.calibration_feeds(export_dir, "audio", None, qz.SMOOTHING_CLIPS)
         alpha = float(next((p[1:] for p in parts if re.fullmatch(r"a[0-9.]+", p)), qz.SMOOTH_ALPHA))
         model, _ = graph.smooth_layernorms(model, qz.smoothing_stats(model, feeds), alpha)
-    exclude = next((qz._exclusions(model, "audio", p[2:]) for p in parts if p.startswith("x:")), [])
+    exclude = next((recipes.dynamic_exclusions(model, "audio", p[2:]) for p in parts if p.startswith("x:")), [])
     fused, _ = graph.fuse_attention(model, qz.audio_heads(export_dir / "audio.onnx"))
     fused, _ = graph.conv_front_end_as_matmuls(fused)
     only = next((p[5:] for p in parts if p.startswith("only:")), None)

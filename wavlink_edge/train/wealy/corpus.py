@@ -109,11 +109,8 @@ def render(v: Version, pieces: dict, seed: int = 0) -> np.ndarray:
     return fade(mix / max(1.0, float(np.abs(mix).max()) / 0.98)).astype(np.float32)
 
 
-def generate(out_dir: str | Path, n_songs: int = 60, versions: int = 5, n_test: int = 20, seed: int = 0) -> list[Version]:
-    """Write `<clip>.flac` for every version and `versions.json`; already written clips are kept."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    versions_ = plan(n_songs, versions, n_test, seed)
+def render_missing(out_dir: Path, versions_: list[Version], seed: int = 0) -> None:
+    """Write `<clip>.flac` of each version not written yet (each music piece rendered once)."""
     pieces = {}
     for v in versions_:
         path = out_dir / f"{v.clip}.flac"
@@ -122,6 +119,14 @@ def generate(out_dir: str | Path, n_songs: int = 60, versions: int = 5, n_test: 
         if v.music is not None and tuple(v.music) not in pieces:
             pieces[tuple(v.music)] = music.render(*v.music)
         sf.write(path, render(v, pieces, seed), SR)
+
+
+def generate(out_dir: str | Path, n_songs: int = 60, versions: int = 5, n_test: int = 20, seed: int = 0) -> list[Version]:
+    """Write `<clip>.flac` for every version and `versions.json`; already written clips are kept."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    versions_ = plan(n_songs, versions, n_test, seed)
+    render_missing(out_dir, versions_, seed)
     (out_dir / "versions.json").write_text(json.dumps([asdict(v) for v in versions_], indent=1))
     return versions_
 

@@ -17,14 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from wavlink_edge.quantization.lyrics import edit_distance
 from wavlink_edge.runtime.lyrics import Lyrics
 
-from ..corpus import music
-from ..corpus.audio import SR
-from .corpus import plan, render
+from .corpus import plan, render_missing
 from .train import version_metrics
 
 
@@ -32,14 +29,7 @@ def test_clips(corpus: Path, songs: int, n_songs: int = 60, versions: int = 5, n
     """The test versions of the first `songs` songs (the plan `corpus.generate` writes), rendered if missing."""
     corpus.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in plan(n_songs, versions, n_test, seed) if v.split == "test" and v.song < songs]
-    pieces = {}
-    for v in chosen:
-        path = corpus / f"{v.clip}.flac"
-        if path.is_file():
-            continue
-        if v.music is not None and tuple(v.music) not in pieces:
-            pieces[tuple(v.music)] = music.render(*v.music)
-        sf.write(path, render(v, pieces, seed), SR)
+    render_missing(corpus, chosen, seed)
     return chosen
 
 
