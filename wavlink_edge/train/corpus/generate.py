@@ -21,7 +21,7 @@ from .plan import composition, plan_split, resolve_events
 SPLITS = ("train", "test")
 CAPTION_COLUMNS = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
 OPUS_LEVEL = 0.92  # ~28 kbit/s at 16 kHz: speech and music stay clear, 600 test clips fit in ~12 MB
-_POOL: dict = {}  # rendered sources; set before forking so workers share it copy-on-write
+_POOL: dict = {}  # rendered sources, set in each worker by _set_sources
 
 
 def available() -> dict:
@@ -57,13 +57,21 @@ def _render_and_write(args) -> dict:
     return {"clip": clip, "captions": captions(clip), "length_s": len(x) / SR}
 
 
-def _fork_pool(workers: int):
-    return mp.get_context("fork").Pool(workers)
+def _set_sources(sources: dict) -> None:
+    global _POOL
+    _POOL = sources
+
+
+def _worker_pool(workers: int, sources: dict | None = None):
+    """Worker processes started by a fork server (a clean single-threaded process), each given `sources`.
+    A plain fork copies the caller's locks as they are: forked from a process with other threads running
+    (tqdm's monitor, onnxruntime's and torch's pools, a test runner's), a child could wait forever on a
+    lock one of them held at that instant -- seen here as a CI run hung in the corpus fixture."""
+    return mp.get_context("forkserver").Pool(workers, initializer=_set_sources, initargs=(sources or {},))
 
 
 def generate(out_dir, n_train: int = 3000, n_test: int = 600, seed: int = 0, workers: int = 2) -> dict:
     """Write DIR/audio/<split>/*.flac, captions_<split>.csv (Clotho), metadata_<split>.csv, DATA_CARD.md."""
-    global _POOL
     t0 = time.time()
     out = Path(out_dir)
     avail = available()
@@ -74,16 +82,15 @@ def generate(out_dir, n_train: int = 3000, n_test: int = 600, seed: int = 0, wor
                                 f"(apt-get install {' '.join(missing)})")
     plans = {s: resolve_events(clips) for s, clips in plans.items()}
     keys = sorted({k for clips in plans.values() for c in clips for k in source_keys(c)}, key=repr)
-    with _fork_pool(workers) as pool:
-        _POOL = dict(zip(keys, pool.map(render_source, keys, chunksize=4)))
+    with _worker_pool(workers) as pool:
+        sources = dict(zip(keys, pool.map(render_source, keys, chunksize=4)))
     t_sources = time.time() - t0
     results = {}
-    with _fork_pool(workers) as pool:  # forked after _POOL is filled, so children see it
+    with _worker_pool(workers, sources) as pool:
         for split, clips in plans.items():
             (out / "audio" / split).mkdir(parents=True, exist_ok=True)
             results[split] = pool.map(_render_and_write, [(c, str(out)) for c in clips], chunksize=8)
             write_tables(out, split, results[split], ext=".flac")
-    _POOL = {}
     stats = {"seed": seed, "available": avail, "n_sources_rendered": len(keys),
              "seconds_sources": round(t_sources, 1), "seconds_total": round(time.time() - t0, 1),
              "splits": {s: split_stats(r) for s, r in results.items()}}
@@ -169,7 +176,7 @@ def export_eval(src, out_dir, split: str = "test", workers: int = 2) -> dict:
         text = (src / name).read_text().replace(".flac,", ".ogg,")
         (out / name).write_text(text)
     jobs = [(path, str(out / "audio" / split / (Path(path).stem + ".ogg"))) for path, _ in load_split(src, split)]
-    with _fork_pool(workers) as pool:
+    with _worker_pool(workers) as pool:
         total = sum(pool.map(_to_ogg, jobs, chunksize=8))
     stats = json.loads((src / "stats.json").read_text())
     stats["splits"] = {split: stats["splits"][split]}

@@ -42,7 +42,8 @@ def cache(corpus: str | Path, model_dir: str | Path, out: str | Path, workers: i
     clips = [str(corpus / f"{v.clip}.flac") for v in versions]
     start = time.perf_counter()
     jobs = [(str(model_dir), clips[i::workers], str(out)) for i in range(workers)]  # interleaved: songs finish in order
-    with mp.get_context("fork").Pool(workers) as pool:
+    # a fork server, not fork: a fork copies the caller's other threads' locks as they stand (train/corpus/generate.py)
+    with mp.get_context("forkserver").Pool(workers) as pool:
         pool.map(_decode_all, jobs)
     print(f"decoded {len(clips)} clips in {time.perf_counter() - start:.0f} s ({workers} workers, 1 thread each)")
 
