@@ -80,6 +80,7 @@ def _blockwise(tiny_export, weight_bits):
 
 
 def test_vpmaddubsw_emulation_saturates_8_bit_weights_and_not_7_bit():
+    pytest.importorskip("onnx", reason="the quantization stage needs onnx (the [export] extra)")
     from wavlink_edge.quantization import graph
 
     rng = np.random.default_rng(0)
@@ -93,6 +94,7 @@ def test_vpmaddubsw_emulation_saturates_8_bit_weights_and_not_7_bit():
 
 
 def test_shipped_audio_int8_weights_cannot_saturate_without_vnni(tiny_export):
+    pytest.importorskip("onnx", reason="the quantization stage needs onnx (the [export] extra)")
     from wavlink_edge.quantization import graph
     from wavlink_edge.quantization import quantize as q
 
@@ -146,6 +148,7 @@ def test_blockwise_int8_mixed_batch_equals_each_clip_alone(tiny_export, tmp_path
 # ---------------------------------------------------------------- the gate
 
 def test_audio_gate_needs_the_target_for_each_clip_policy():
+    pytest.importorskip("onnx", reason="the quantization stage needs onnx (the [export] extra)")
     from wavlink_edge.quantization import quantize as q
 
     ok = {"512": {"cosine_mean": 0.999, "cosine_min": 0.99}, "64": {"cosine_mean": 0.998, "cosine_min": 0.99}}
